@@ -1,0 +1,1 @@
+//! pgseal-keyserver (being built).

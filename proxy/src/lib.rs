@@ -1,0 +1,1 @@
+//! pgseal-proxy (being built).
