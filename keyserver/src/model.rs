@@ -1,0 +1,471 @@
+//! Domain types and the JSON shapes of the HTTP API (shared by server and client).
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Maximum length of keyring and proxy names.
+pub const MAX_NAME_LEN: usize = 63;
+
+/// Why a name was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {kind} name: {reason}")]
+pub struct NameError {
+    /// What kind of name ("keyring", "proxy").
+    pub kind: &'static str,
+    /// Human readable reason.
+    pub reason: &'static str,
+}
+
+fn check_name(s: &str, kind: &'static str, allow_dot: bool) -> Result<(), NameError> {
+    let err = |reason| NameError { kind, reason };
+    if s.is_empty() {
+        return Err(err("must not be empty"));
+    }
+    if s.len() > MAX_NAME_LEN {
+        return Err(err("must be at most 63 characters"));
+    }
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit() => {}
+        _ => return Err(err("must start with a lowercase letter or digit")),
+    }
+    if !s.chars().all(|c| {
+        c.is_ascii_lowercase()
+            || c.is_ascii_digit()
+            || c == '-'
+            || c == '_'
+            || (allow_dot && c == '.')
+    }) {
+        return Err(err(if allow_dot {
+            "may contain only a-z, 0-9, '-', '_' and '.'"
+        } else {
+            "may contain only a-z, 0-9, '-' and '_'"
+        }));
+    }
+    Ok(())
+}
+
+/// A validated keyring name: `[a-z0-9][a-z0-9_-]{0,62}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KeyringName(String);
+
+impl KeyringName {
+    /// Validates a keyring name.
+    pub fn parse(s: &str) -> Result<Self, NameError> {
+        check_name(s, "keyring", false)?;
+        Ok(Self(s.to_owned()))
+    }
+    /// The name as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for KeyringName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A validated proxy identity (the client certificate's common name): `[a-z0-9][a-z0-9._-]{0,62}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ProxyName(String);
+
+impl ProxyName {
+    /// Validates a proxy name.
+    pub fn parse(s: &str) -> Result<Self, NameError> {
+        check_name(s, "proxy", true)?;
+        Ok(Self(s.to_owned()))
+    }
+    /// The name as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ProxyName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// State of one key version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VersionState {
+    /// Newest version, used for new writes (exactly one per keyring).
+    Active,
+    /// Older version, still usable for decryption.
+    DecryptOnly,
+    /// Reversibly disabled: material kept but not served.
+    Disabled,
+    /// Material erased for good; metadata kept as a tombstone.
+    Destroyed,
+}
+
+impl VersionState {
+    /// Database / wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::DecryptOnly => "decrypt_only",
+            Self::Disabled => "disabled",
+            Self::Destroyed => "destroyed",
+        }
+    }
+    /// Parses the database spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "active" => Self::Active,
+            "decrypt_only" => Self::DecryptOnly,
+            "disabled" => Self::Disabled,
+            "destroyed" => Self::Destroyed,
+            _ => return None,
+        })
+    }
+}
+
+/// Role of an admin token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Manages keyrings, versions, proxies and tokens; never reads key material.
+    KeyAdmin,
+    /// Reads metadata and the audit log.
+    Auditor,
+}
+
+impl Role {
+    /// Wire / database spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::KeyAdmin => "key-admin",
+            Self::Auditor => "auditor",
+        }
+    }
+    /// Parses the wire spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "key-admin" => Some(Self::KeyAdmin),
+            "auditor" => Some(Self::Auditor),
+            _ => None,
+        }
+    }
+}
+
+/// One version in keyring metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionInfo {
+    /// Version number, starting at 1.
+    pub version: u32,
+    /// Current state.
+    pub state: VersionState,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+}
+
+/// Keyring metadata (`GET /v1/keyrings/{name}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyringMeta {
+    /// Non-enumerable id (`kr_` + 32 hex digits).
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// Version used for new writes.
+    pub active_version: u32,
+    /// Versions below this must not be used for decryption.
+    pub min_decryption_version: u32,
+    /// Server-wide revision at the last change of this keyring (monotonic).
+    pub revision: u64,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+    /// All versions, ascending.
+    pub versions: Vec<VersionInfo>,
+}
+
+/// Entry of `GET /v1/keyrings`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyringSummary {
+    /// Keyring id.
+    pub id: String,
+    /// Keyring name.
+    pub name: String,
+    /// Active version.
+    pub active_version: u32,
+    /// Minimum decryption version.
+    pub min_decryption_version: u32,
+    /// Revision of the last change.
+    pub revision: u64,
+}
+
+/// `GET /v1/keyrings` response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyringList {
+    /// Keyrings sorted by name.
+    pub keyrings: Vec<KeyringSummary>,
+}
+
+/// `GET /v1/keyrings/{name}/versions/{n}/material` response.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaterialResponse {
+    /// Keyring id.
+    pub keyring_id: String,
+    /// Keyring name.
+    pub keyring: String,
+    /// Version number.
+    pub version: u32,
+    /// State of the version (active or decrypt_only).
+    pub state: VersionState,
+    /// 32 bytes of key material, standard base64 with padding.
+    pub material: String,
+}
+
+impl fmt::Debug for MaterialResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MaterialResponse")
+            .field("keyring_id", &self.keyring_id)
+            .field("keyring", &self.keyring)
+            .field("version", &self.version)
+            .field("state", &self.state)
+            .field("material", &"<redacted>")
+            .finish()
+    }
+}
+
+/// One entry of the change feed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangedKeyring {
+    /// Keyring id.
+    pub id: String,
+    /// Keyring name.
+    pub name: String,
+    /// Revision of its last change.
+    pub revision: u64,
+}
+
+/// `GET /v1/changes?since=REV[&wait=SECS]` response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangesResponse {
+    /// Current server-wide revision; pass it as `since` next time.
+    pub revision: u64,
+    /// Keyrings visible to the caller changed after `since`.
+    pub changed: Vec<ChangedKeyring>,
+}
+
+/// `POST /v1/keyrings` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKeyringRequest {
+    /// Name of the new keyring.
+    pub name: String,
+}
+
+/// `PUT /v1/keyrings/{name}/min-decryption-version` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetMinVersionRequest {
+    /// New minimum decryption version (1..=active_version).
+    pub min_decryption_version: u32,
+}
+
+/// `POST /v1/tokens` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTokenRequest {
+    /// Label (who or what uses the token).
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Optional lifetime in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_secs: Option<u64>,
+}
+
+/// Token metadata (never the secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenInfo {
+    /// Token id (`tok_` + 32 hex digits).
+    pub id: String,
+    /// Label.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+    /// Expiry as unix seconds, if any.
+    pub expires_at: Option<i64>,
+    /// Whether the token was revoked.
+    pub revoked: bool,
+}
+
+/// `POST /v1/tokens` response: the only time the secret is shown.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreatedToken {
+    /// Metadata.
+    pub info: TokenInfo,
+    /// The bearer token; shown once.
+    pub token: String,
+}
+
+impl fmt::Debug for CreatedToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CreatedToken")
+            .field("info", &self.info)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+/// `GET /v1/tokens` response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenList {
+    /// All tokens.
+    pub tokens: Vec<TokenInfo>,
+}
+
+/// `PUT /v1/proxies/{name}` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetProxyRequest {
+    /// Keyrings the proxy may read (replaces the previous list).
+    pub keyrings: Vec<String>,
+}
+
+/// A proxy identity and its grants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyInfo {
+    /// Proxy name (certificate common name).
+    pub name: String,
+    /// Keyring names it may read.
+    pub keyrings: Vec<String>,
+}
+
+/// `GET /v1/proxies` response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyList {
+    /// All proxies.
+    pub proxies: Vec<ProxyInfo>,
+}
+
+/// One audit record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRecord {
+    /// Sequence number, from 1, contiguous.
+    pub seq: u64,
+    /// RFC 3339 UTC time.
+    pub ts: String,
+    /// Caller identity (`proxy:NAME`, `token:ID`, `anonymous`, `local:…`).
+    pub actor: String,
+    /// Action (e.g. `keyring.rotate`).
+    pub action: String,
+    /// Keyring name, if any.
+    pub keyring: Option<String>,
+    /// Version, if any.
+    pub version: Option<u32>,
+    /// `ok` or an error code.
+    pub outcome: String,
+    /// Extra detail (never secrets).
+    pub detail: Option<String>,
+    /// Hash of the previous record (64 zeros for the first).
+    pub prev_hash: String,
+    /// SHA-256 over this record's fields and `prev_hash`.
+    pub hash: String,
+}
+
+/// `GET /v1/audit` response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditList {
+    /// Records in ascending order.
+    pub records: Vec<AuditRecord>,
+}
+
+/// First bad record found by audit verification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditProblem {
+    /// Sequence number of the first bad record (or where a record is missing).
+    pub seq: u64,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// Result of verifying the audit chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditVerifyReport {
+    /// Whether the whole chain is intact.
+    pub ok: bool,
+    /// Number of records checked.
+    pub records: u64,
+    /// Hash of the last good record.
+    pub head_hash: String,
+    /// First problem, if any.
+    pub first_bad: Option<AuditProblem>,
+}
+
+/// `GET /v1/health` response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// Always `ok` when the server answers.
+    pub status: String,
+}
+
+/// Error body of every non-2xx response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorBody {
+    /// Stable machine-readable code.
+    pub error: String,
+    /// Human readable message.
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(KeyringName::parse("patients").is_ok());
+        assert!(KeyringName::parse("a-b_c9").is_ok());
+        assert!(KeyringName::parse("").is_err());
+        assert!(KeyringName::parse("Patients").is_err());
+        assert!(KeyringName::parse("-x").is_err());
+        assert!(KeyringName::parse("a.b").is_err());
+        assert!(KeyringName::parse("a/b").is_err());
+        assert!(KeyringName::parse(&"a".repeat(64)).is_err());
+        assert!(KeyringName::parse(&"a".repeat(63)).is_ok());
+        assert!(ProxyName::parse("proxy-eu.1").is_ok());
+        assert!(ProxyName::parse("proxy eu").is_err());
+    }
+
+    #[test]
+    fn state_round_trip() {
+        for s in [
+            VersionState::Active,
+            VersionState::DecryptOnly,
+            VersionState::Disabled,
+            VersionState::Destroyed,
+        ] {
+            assert_eq!(VersionState::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(VersionState::parse("nope"), None);
+        assert_eq!(Role::parse("key-admin"), Some(Role::KeyAdmin));
+        assert_eq!(Role::parse("proxy"), None);
+    }
+}

@@ -1,0 +1,96 @@
+//! Schema migrations, applied in order and tracked in `PRAGMA user_version`.
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// Migration scripts; index + 1 is the schema version they produce.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE keyrings (
+    id                     TEXT PRIMARY KEY,
+    name                   TEXT NOT NULL UNIQUE,
+    created_at             TEXT NOT NULL,
+    active_version         INTEGER NOT NULL,
+    min_decryption_version INTEGER NOT NULL,
+    revision               INTEGER NOT NULL
+);
+CREATE TABLE key_versions (
+    keyring_id   TEXT NOT NULL REFERENCES keyrings(id),
+    version      INTEGER NOT NULL,
+    state        TEXT NOT NULL CHECK (state IN ('active', 'decrypt_only', 'disabled', 'destroyed')),
+    wrapped      BLOB,
+    created_at   TEXT NOT NULL,
+    destroyed_at TEXT,
+    PRIMARY KEY (keyring_id, version),
+    CHECK ((state = 'destroyed') = (wrapped IS NULL))
+);
+CREATE TABLE tokens (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    role        TEXT NOT NULL,
+    secret_hash BLOB NOT NULL,
+    created_at  TEXT NOT NULL,
+    expires_at  INTEGER,
+    revoked_at  TEXT
+);
+CREATE TABLE proxies (
+    name       TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE proxy_grants (
+    proxy      TEXT NOT NULL REFERENCES proxies(name) ON DELETE CASCADE,
+    keyring_id TEXT NOT NULL REFERENCES keyrings(id),
+    PRIMARY KEY (proxy, keyring_id)
+);
+CREATE TABLE audit (
+    seq       INTEGER PRIMARY KEY,
+    ts        TEXT NOT NULL,
+    actor     TEXT NOT NULL,
+    action    TEXT NOT NULL,
+    keyring   TEXT,
+    version   INTEGER,
+    outcome   TEXT NOT NULL,
+    detail    TEXT,
+    prev_hash TEXT NOT NULL,
+    hash      TEXT NOT NULL
+);
+INSERT INTO meta (key, value) VALUES ('revision', '0');
+"#];
+
+/// Current schema version.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// Applies all pending migrations, each in its own transaction.
+pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let current: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > SCHEMA_VERSION {
+        return Err(StoreError::Corrupt(format!(
+            "database schema version {current} is newer than this keyserver ({SCHEMA_VERSION})"
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i as u32 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn migrates_once() {
+        let mut c = rusqlite::Connection::open_in_memory().unwrap();
+        super::migrate(&mut c).unwrap();
+        super::migrate(&mut c).unwrap();
+        let v: u32 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, super::SCHEMA_VERSION);
+    }
+}

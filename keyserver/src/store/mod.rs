@@ -1,0 +1,190 @@
+//! Storage of keyrings, versions, tokens, proxy grants and the audit log.
+//!
+//! [`KeyStore`] is the seam for a later PostgreSQL backend; [`sqlite::SqliteStore`] is the
+//! single-node default. Every mutating call takes the [`AuditEvent`] describing the request and
+//! writes it in the same transaction as the change: either both are stored or neither.
+
+pub mod migrations;
+pub mod sqlite;
+
+use pgseal_crypto::SecretKey;
+
+use crate::audit::AuditEvent;
+use crate::model::{
+    AuditRecord, AuditVerifyReport, ChangesResponse, KeyringMeta, KeyringName, KeyringSummary,
+    ProxyInfo, ProxyName, Role, TokenInfo, VersionState,
+};
+use crate::rootkey::{RootKey, RootKeyError};
+
+pub use sqlite::SqliteStore;
+
+/// Storage errors. Domain errors (`NotFound`, `Conflict`, …) roll the transaction back.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The keyring/version/token does not exist, or the caller may not see it.
+    #[error("not found")]
+    NotFound,
+    /// A keyring or proxy with that name exists already.
+    #[error("already exists")]
+    AlreadyExists,
+    /// The request conflicts with the current state (code, message).
+    #[error("{1}")]
+    Conflict(&'static str, String),
+    /// The request is invalid for this data (message).
+    #[error("{0}")]
+    Invalid(String),
+    /// The version was destroyed.
+    #[error("key version destroyed")]
+    Destroyed,
+    /// Root key failure.
+    #[error(transparent)]
+    RootKey(#[from] RootKeyError),
+    /// SQLite failure.
+    #[error("database error: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// Data in the database is not what this code wrote.
+    #[error("database content is corrupt: {0}")]
+    Corrupt(String),
+    /// A previous panic poisoned the connection lock.
+    #[error("storage lock poisoned")]
+    Poisoned,
+    /// The OS random number generator failed.
+    #[error("random number generator failed")]
+    Random,
+}
+
+/// Who is reading a keyring.
+#[derive(Debug, Clone, Copy)]
+pub enum Access<'a> {
+    /// An admin token (key-admin or auditor): sees every keyring.
+    Admin,
+    /// A proxy: sees only keyrings granted to it.
+    Proxy(&'a ProxyName),
+}
+
+/// State change of a version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionAction {
+    /// decrypt_only → disabled.
+    Disable,
+    /// disabled → decrypt_only.
+    Enable,
+    /// disabled → destroyed (material erased).
+    Destroy,
+}
+
+/// A stored admin token (only the hash of its secret).
+#[derive(Debug, Clone)]
+pub struct TokenRecord {
+    /// `tok_…` id.
+    pub id: String,
+    /// Label.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// SHA-256 of the secret part.
+    pub secret_hash: [u8; 32],
+    /// RFC 3339 creation time.
+    pub created_at: String,
+    /// Expiry (unix seconds).
+    pub expires_at: Option<i64>,
+    /// Revoked?
+    pub revoked: bool,
+}
+
+/// Unwrapped material of one usable version.
+pub struct Material {
+    /// Keyring id.
+    pub keyring_id: String,
+    /// Version.
+    pub version: u32,
+    /// State (active or decrypt_only).
+    pub state: VersionState,
+    /// The key.
+    pub key: SecretKey,
+}
+
+/// The storage backend.
+pub trait KeyStore: Send + Sync {
+    /// Stores a root-key check value (first start) or verifies it (later starts).
+    fn check_root_key(&self, root: &dyn RootKey) -> Result<(), StoreError>;
+    /// Appends one audit record in its own transaction.
+    fn append_audit(&self, ev: &AuditEvent, outcome: &str) -> Result<(), StoreError>;
+    /// Creates a keyring with version 1 active.
+    fn create_keyring(
+        &self,
+        name: &KeyringName,
+        root: &dyn RootKey,
+        ev: &AuditEvent,
+    ) -> Result<KeyringMeta, StoreError>;
+    /// Reads keyring metadata.
+    fn keyring(
+        &self,
+        access: Access<'_>,
+        name: &KeyringName,
+        ev: &AuditEvent,
+    ) -> Result<KeyringMeta, StoreError>;
+    /// Lists all keyrings.
+    fn list_keyrings(&self, ev: &AuditEvent) -> Result<Vec<KeyringSummary>, StoreError>;
+    /// Adds a version, makes it active, turns the previous active one decrypt-only.
+    fn rotate(
+        &self,
+        name: &KeyringName,
+        root: &dyn RootKey,
+        ev: &AuditEvent,
+    ) -> Result<KeyringMeta, StoreError>;
+    /// Disables, enables or destroys a version.
+    fn set_version_state(
+        &self,
+        name: &KeyringName,
+        version: u32,
+        action: VersionAction,
+        ev: &AuditEvent,
+    ) -> Result<KeyringMeta, StoreError>;
+    /// Sets `min_decryption_version` (1..=active_version).
+    fn set_min_decryption_version(
+        &self,
+        name: &KeyringName,
+        min: u32,
+        ev: &AuditEvent,
+    ) -> Result<KeyringMeta, StoreError>;
+    /// Unwraps the material of a usable version for a proxy holding a grant.
+    fn fetch_material(
+        &self,
+        proxy: &ProxyName,
+        name: &KeyringName,
+        version: u32,
+        root: &dyn RootKey,
+        ev: &AuditEvent,
+    ) -> Result<Material, StoreError>;
+    /// Keyrings visible to `access` changed after revision `since` (not audited: the caller audits).
+    fn changes_since(&self, access: Access<'_>, since: u64) -> Result<ChangesResponse, StoreError>;
+    /// Stores a new token.
+    fn create_token(&self, rec: &TokenRecord, ev: &AuditEvent) -> Result<(), StoreError>;
+    /// Looks a token up by id (authentication; not audited here).
+    fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError>;
+    /// Lists tokens (no secrets).
+    fn list_tokens(&self, ev: &AuditEvent) -> Result<Vec<TokenInfo>, StoreError>;
+    /// Revokes a token.
+    fn revoke_token(&self, id: &str, ev: &AuditEvent) -> Result<TokenInfo, StoreError>;
+    /// Creates or replaces a proxy identity and its keyring grants.
+    fn set_proxy(
+        &self,
+        name: &ProxyName,
+        keyrings: &[KeyringName],
+        ev: &AuditEvent,
+    ) -> Result<ProxyInfo, StoreError>;
+    /// Lists proxies.
+    fn list_proxies(&self, ev: &AuditEvent) -> Result<Vec<ProxyInfo>, StoreError>;
+    /// Removes a proxy and its grants.
+    fn delete_proxy(&self, name: &ProxyName, ev: &AuditEvent) -> Result<(), StoreError>;
+    /// Audit records with `seq > after`, at most `limit`; audits the read when `ev` is given.
+    fn audit_records(
+        &self,
+        after: u64,
+        limit: u32,
+        ev: Option<&AuditEvent>,
+    ) -> Result<Vec<AuditRecord>, StoreError>;
+    /// Verifies the whole chain; audits the verification when `ev` is given.
+    fn verify_audit(&self, ev: Option<&AuditEvent>) -> Result<AuditVerifyReport, StoreError>;
+}

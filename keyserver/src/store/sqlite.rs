@@ -1,0 +1,868 @@
+//! SQLite implementation of [`KeyStore`]: one connection behind a mutex, WAL mode,
+//! `secure_delete` on, every change in an `IMMEDIATE` transaction with its audit record.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use pgseal_crypto::SecretKey;
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+
+use super::{migrations, Access, KeyStore, Material, StoreError, TokenRecord, VersionAction};
+use crate::audit::{record_hash, verify_chain, AuditEvent, GENESIS_HASH};
+use crate::model::{
+    AuditRecord, AuditVerifyReport, ChangedKeyring, ChangesResponse, KeyringMeta, KeyringName,
+    KeyringSummary, ProxyInfo, ProxyName, Role, TokenInfo, VersionInfo, VersionState,
+};
+use crate::rootkey::{RootKey, RootKeyError};
+use crate::util::{now_rfc3339, random_id};
+
+const ROOT_CHECK_BINDING: &[u8] = b"pgseal-keyserver/root-check";
+
+/// How hard SQLite syncs to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// WAL + `synchronous=NORMAL`: durable against process crashes; a power loss may lose the
+    /// last transactions (never corrupts).
+    #[default]
+    Normal,
+    /// `synchronous=FULL`: every commit is fsynced.
+    Full,
+}
+
+/// SQLite-backed key store.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+/// Binding (AAD) of a wrapped version: keyring id and version.
+pub fn binding(keyring_id: &str, version: u32) -> Vec<u8> {
+    format!("{keyring_id}/{version}").into_bytes()
+}
+
+struct KeyringRow {
+    id: String,
+    name: String,
+    created_at: String,
+    active_version: u32,
+    min_decryption_version: u32,
+    revision: u64,
+}
+
+fn to_u32(v: i64, what: &str) -> Result<u32, StoreError> {
+    u32::try_from(v).map_err(|_| StoreError::Corrupt(format!("{what} out of range")))
+}
+
+fn to_u64(v: i64, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{what} out of range")))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) and migrates the database at `path`.
+    pub fn open(path: &Path, durability: Durability) -> Result<Self, StoreError> {
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(
+            None,
+            "synchronous",
+            match durability {
+                Durability::Normal => "NORMAL",
+                Durability::Full => "FULL",
+            },
+        )?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.pragma_update(None, "secure_delete", "ON")?;
+        migrations::migrate(&mut conn)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
+        self.conn.lock().map_err(|_| StoreError::Poisoned)
+    }
+
+    /// Runs `f` in an IMMEDIATE transaction; on success appends `ev` (outcome `ok`) and commits.
+    fn write_tx<R>(
+        &self,
+        ev: Option<&AuditEvent>,
+        f: impl FnOnce(&Transaction<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let mut conn = self.lock()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        if let Some(ev) = ev {
+            append_audit_tx(&tx, ev, "ok")?;
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Moves WAL content into the main file and truncates the WAL, so erased pages
+    /// do not linger in the WAL file.
+    fn checkpoint_truncate(&self) -> Result<(), StoreError> {
+        let conn = self.lock()?;
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+}
+
+fn get_meta(tx: &Connection, key: &str) -> Result<Option<String>, StoreError> {
+    Ok(tx
+        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
+        .optional()?)
+}
+
+fn set_meta(tx: &Connection, key: &str, value: &str) -> Result<(), StoreError> {
+    tx.prepare_cached("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?
+        .execute([key, value])?;
+    Ok(())
+}
+
+fn bump_revision(tx: &Connection) -> Result<i64, StoreError> {
+    let cur: i64 = get_meta(tx, "revision")?
+        .unwrap_or_default()
+        .parse()
+        .map_err(|_| StoreError::Corrupt("revision".into()))?;
+    let next = cur + 1;
+    set_meta(tx, "revision", &next.to_string())?;
+    Ok(next)
+}
+
+fn current_revision(c: &Connection) -> Result<u64, StoreError> {
+    get_meta(c, "revision")?
+        .unwrap_or_default()
+        .parse()
+        .map_err(|_| StoreError::Corrupt("revision".into()))
+}
+
+fn append_audit_tx(tx: &Connection, ev: &AuditEvent, outcome: &str) -> Result<(), StoreError> {
+    let head_seq: u64 = match get_meta(tx, "audit_head_seq")? {
+        Some(s) => s
+            .parse()
+            .map_err(|_| StoreError::Corrupt("audit head".into()))?,
+        None => 0,
+    };
+    let prev_hash = get_meta(tx, "audit_head_hash")?.unwrap_or_else(|| GENESIS_HASH.to_owned());
+    let mut rec = AuditRecord {
+        seq: head_seq + 1,
+        ts: now_rfc3339(),
+        actor: ev.actor.clone(),
+        action: ev.action.clone(),
+        keyring: ev.keyring.clone(),
+        version: ev.version,
+        outcome: outcome.to_owned(),
+        detail: ev.detail.clone(),
+        prev_hash,
+        hash: String::new(),
+    };
+    rec.hash = record_hash(&rec);
+    let seq = i64::try_from(rec.seq).map_err(|_| StoreError::Corrupt("audit seq".into()))?;
+    tx.prepare_cached(
+        "INSERT INTO audit (seq, ts, actor, action, keyring, version, outcome, detail, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        seq,
+        rec.ts,
+        rec.actor,
+        rec.action,
+        rec.keyring,
+        rec.version,
+        rec.outcome,
+        rec.detail,
+        rec.prev_hash,
+        rec.hash
+    ])?;
+    set_meta(tx, "audit_head_seq", &rec.seq.to_string())?;
+    set_meta(tx, "audit_head_hash", &rec.hash)?;
+    Ok(())
+}
+
+fn load_keyring(tx: &Connection, name: &KeyringName) -> Result<Option<KeyringRow>, StoreError> {
+    let row = tx
+        .prepare_cached(
+            "SELECT id, name, created_at, active_version, min_decryption_version, revision FROM keyrings WHERE name = ?1",
+        )?
+        .query_row([name.as_str()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
+            ))
+        })
+        .optional()?;
+    match row {
+        None => Ok(None),
+        Some((id, name, created_at, a, m, rev)) => Ok(Some(KeyringRow {
+            id,
+            name,
+            created_at,
+            active_version: to_u32(a, "active_version")?,
+            min_decryption_version: to_u32(m, "min_decryption_version")?,
+            revision: to_u64(rev, "revision")?,
+        })),
+    }
+}
+
+fn load_accessible(
+    tx: &Connection,
+    access: Access<'_>,
+    name: &KeyringName,
+) -> Result<KeyringRow, StoreError> {
+    let row = load_keyring(tx, name)?.ok_or(StoreError::NotFound)?;
+    if let Access::Proxy(p) = access {
+        let granted = tx
+            .prepare_cached("SELECT 1 FROM proxy_grants WHERE proxy = ?1 AND keyring_id = ?2")?
+            .query_row([p.as_str(), row.id.as_str()], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if !granted {
+            return Err(StoreError::NotFound);
+        }
+    }
+    Ok(row)
+}
+
+fn versions(tx: &Connection, keyring_id: &str) -> Result<Vec<VersionInfo>, StoreError> {
+    let mut stmt =
+        tx.prepare_cached("SELECT version, state, created_at FROM key_versions WHERE keyring_id = ?1 ORDER BY version")?;
+    let rows = stmt.query_map([keyring_id], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (v, s, created_at) = row?;
+        out.push(VersionInfo {
+            version: to_u32(v, "version")?,
+            state: VersionState::parse(&s)
+                .ok_or_else(|| StoreError::Corrupt(format!("version state {s}")))?,
+            created_at,
+        });
+    }
+    Ok(out)
+}
+
+fn meta_of(tx: &Connection, row: KeyringRow) -> Result<KeyringMeta, StoreError> {
+    let versions = versions(tx, &row.id)?;
+    Ok(KeyringMeta {
+        id: row.id,
+        name: row.name,
+        active_version: row.active_version,
+        min_decryption_version: row.min_decryption_version,
+        revision: row.revision,
+        created_at: row.created_at,
+        versions,
+    })
+}
+
+fn insert_version(
+    tx: &Connection,
+    keyring_id: &str,
+    version: u32,
+    root: &dyn RootKey,
+    created_at: &str,
+) -> Result<(), StoreError> {
+    let key = SecretKey::generate().map_err(|_| StoreError::Random)?;
+    let wrapped = root.wrap(&key, &binding(keyring_id, version))?;
+    tx.prepare_cached(
+        "INSERT INTO key_versions (keyring_id, version, state, wrapped, created_at) VALUES (?1, ?2, 'active', ?3, ?4)",
+    )?
+    .execute(params![keyring_id, version, wrapped, created_at])?;
+    Ok(())
+}
+
+fn version_state(
+    tx: &Connection,
+    keyring_id: &str,
+    version: u32,
+) -> Result<VersionState, StoreError> {
+    let s: String = tx
+        .prepare_cached("SELECT state FROM key_versions WHERE keyring_id = ?1 AND version = ?2")?
+        .query_row(params![keyring_id, version], |r| r.get(0))
+        .optional()?
+        .ok_or(StoreError::NotFound)?;
+    VersionState::parse(&s).ok_or_else(|| StoreError::Corrupt(format!("version state {s}")))
+}
+
+fn token_info(rec: &TokenRecord) -> TokenInfo {
+    TokenInfo {
+        id: rec.id.clone(),
+        name: rec.name.clone(),
+        role: rec.role,
+        created_at: rec.created_at.clone(),
+        expires_at: rec.expires_at,
+        revoked: rec.revoked,
+    }
+}
+
+fn load_token(c: &Connection, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+    let row = c
+        .prepare_cached("SELECT id, name, role, secret_hash, created_at, expires_at, revoked_at FROM tokens WHERE id = ?1")?
+        .query_row([id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, Option<i64>>(5)?,
+                r.get::<_, Option<String>>(6)?,
+            ))
+        })
+        .optional()?;
+    let Some((id, name, role, hash, created_at, expires_at, revoked_at)) = row else {
+        return Ok(None);
+    };
+    Ok(Some(TokenRecord {
+        role: Role::parse(&role)
+            .ok_or_else(|| StoreError::Corrupt(format!("token role {role}")))?,
+        secret_hash: hash
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("token hash length".into()))?,
+        id,
+        name,
+        created_at,
+        expires_at,
+        revoked: revoked_at.is_some(),
+    }))
+}
+
+fn proxy_info(c: &Connection, name: &str) -> Result<ProxyInfo, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT k.name FROM proxy_grants g JOIN keyrings k ON k.id = g.keyring_id WHERE g.proxy = ?1 ORDER BY k.name",
+    )?;
+    let keyrings = stmt
+        .query_map([name], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ProxyInfo {
+        name: name.to_owned(),
+        keyrings,
+    })
+}
+
+fn read_audit(c: &Connection, after: u64, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
+    let after = i64::try_from(after).unwrap_or(i64::MAX);
+    let mut stmt = c.prepare_cached(
+        "SELECT seq, ts, actor, action, keyring, version, outcome, detail, prev_hash, hash
+         FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![after, limit], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, Option<String>>(4)?,
+            r.get::<_, Option<i64>>(5)?,
+            r.get::<_, String>(6)?,
+            r.get::<_, Option<String>>(7)?,
+            r.get::<_, String>(8)?,
+            r.get::<_, String>(9)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (seq, ts, actor, action, keyring, version, outcome, detail, prev_hash, hash) = row?;
+        out.push(AuditRecord {
+            seq: to_u64(seq, "audit seq")?,
+            ts,
+            actor,
+            action,
+            keyring,
+            version: version.map(|v| to_u32(v, "audit version")).transpose()?,
+            outcome,
+            detail,
+            prev_hash,
+            hash,
+        });
+    }
+    Ok(out)
+}
+
+fn audit_head(c: &Connection) -> Result<Option<(u64, String)>, StoreError> {
+    let seq = get_meta(c, "audit_head_seq")?;
+    let hash = get_meta(c, "audit_head_hash")?;
+    match (seq, hash) {
+        (Some(s), Some(h)) => Ok(Some((
+            s.parse()
+                .map_err(|_| StoreError::Corrupt("audit head".into()))?,
+            h,
+        ))),
+        _ => Ok(None),
+    }
+}
+
+fn verify_all(c: &Connection) -> Result<AuditVerifyReport, StoreError> {
+    // Read in pages so a long log does not need one huge statement result.
+    let head = audit_head(c)?;
+    let mut all = Vec::new();
+    let mut after = 0u64;
+    loop {
+        let page = read_audit(c, after, 10_000)?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        all.extend(page);
+    }
+    Ok(verify_chain(all, head))
+}
+
+impl KeyStore for SqliteStore {
+    fn check_root_key(&self, root: &dyn RootKey) -> Result<(), StoreError> {
+        let conn = self.lock()?;
+        match get_meta(&conn, "root_check")? {
+            Some(hex_blob) => {
+                let blob =
+                    hex::decode(hex_blob).map_err(|_| StoreError::Corrupt("root check".into()))?;
+                root.unwrap(&blob, ROOT_CHECK_BINDING)
+                    .map_err(|_| RootKeyError::Mismatch)?;
+                Ok(())
+            }
+            None => {
+                let probe = SecretKey::generate().map_err(|_| StoreError::Random)?;
+                let blob = root.wrap(&probe, ROOT_CHECK_BINDING)?;
+                set_meta(&conn, "root_check", &hex::encode(blob))
+            }
+        }
+    }
+
+    fn append_audit(&self, ev: &AuditEvent, outcome: &str) -> Result<(), StoreError> {
+        self.write_tx(None, |tx| append_audit_tx(tx, ev, outcome))
+    }
+
+    fn create_keyring(
+        &self,
+        name: &KeyringName,
+        root: &dyn RootKey,
+        ev: &AuditEvent,
+    ) -> Result<KeyringMeta, StoreError> {
+        self.write_tx(Some(ev), |tx| {
+            if load_keyring(tx, name)?.is_some() {
+                return Err(StoreError::AlreadyExists);
+            }
+            let id = random_id("kr").map_err(|_| StoreError::Random)?;
+            let now = now_rfc3339();
+            let rev = bump_revision(tx)?;
+            tx.prepare_cached(
+                "INSERT INTO keyrings (id, name, created_at, active_version, min_decryption_version, revision)
+                 VALUES (?1, ?2, ?3, 1, 1, ?4)",
+            )?
+            .execute(params![id, name.as_str(), now, rev])?;
+            insert_version(tx, &id, 1, root, &now)?;
+            let row = load_keyring(tx, name)?.ok_or(StoreError::NotFound)?;
+            meta_of(tx, row)
+        })
+    }
+
+    fn keyring(
+        &self,
+        access: Access<'_>,
+        name: &KeyringName,
+        ev: &AuditEvent,
+    ) -> Result<KeyringMeta, StoreError> {
+        self.write_tx(Some(ev), |tx| {
+            let row = load_accessible(tx, access, name)?;
+            meta_of(tx, row)
+        })
+    }
+
+    fn list_keyrings(&self, ev: &AuditEvent) -> Result<Vec<KeyringSummary>, StoreError> {
+        self.write_tx(Some(ev), |tx| {
+            let mut stmt = tx.prepare_cached(
+                "SELECT id, name, active_version, min_decryption_version, revision FROM keyrings ORDER BY name",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?, r.get::<_, i64>(4)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, name, a, m, rev) = row?;
+                out.push(KeyringSummary {
+                    id,
+                    name,
+                    active_version: to_u32(a, "active_version")?,
+                    min_decryption_version: to_u32(m, "min_decryption_version")?,
+                    revision: to_u64(rev, "revision")?,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn rotate(
+        &self,
+        name: &KeyringName,
+        root: &dyn RootKey,
+        ev: &AuditEvent,
+    ) -> Result<KeyringMeta, StoreError> {
+        self.write_tx(Some(ev), |tx| {
+            let row = load_keyring(tx, name)?.ok_or(StoreError::NotFound)?;
+            let max: i64 = tx
+                .prepare_cached("SELECT COALESCE(MAX(version), 0) FROM key_versions WHERE keyring_id = ?1")?
+                .query_row([row.id.as_str()], |r| r.get(0))?;
+            let next = to_u32(max, "version")?
+                .checked_add(1)
+                .ok_or_else(|| StoreError::Conflict("version_overflow", "no more versions".into()))?;
+            tx.prepare_cached("UPDATE key_versions SET state = 'decrypt_only' WHERE keyring_id = ?1 AND state = 'active'")?
+                .execute([row.id.as_str()])?;
+            let now = now_rfc3339();
+            insert_version(tx, &row.id, next, root, &now)?;
+            let rev = bump_revision(tx)?;
+            tx.prepare_cached("UPDATE keyrings SET active_version = ?1, revision = ?2 WHERE id = ?3")?
+                .execute(params![next, rev, row.id])?;
+            let row = load_keyring(tx, name)?.ok_or(StoreError::NotFound)?;
+            meta_of(tx, row)
+        })
+    }
+
+    fn set_version_state(
+        &self,
+        name: &KeyringName,
+        version: u32,
+        action: VersionAction,
+        ev: &AuditEvent,
+    ) -> Result<KeyringMeta, StoreError> {
+        let meta = self.write_tx(Some(ev), |tx| {
+            let row = load_keyring(tx, name)?.ok_or(StoreError::NotFound)?;
+            let state = version_state(tx, &row.id, version)?;
+            let conflict =
+                |code: &'static str, msg: &str| Err(StoreError::Conflict(code, msg.to_owned()));
+            let new_state = match (action, state) {
+                (_, VersionState::Destroyed) => {
+                    return conflict("version_destroyed", "the version is destroyed")
+                }
+                (_, VersionState::Active) => {
+                    return conflict(
+                        "version_active",
+                        "the active version cannot be changed; rotate first",
+                    )
+                }
+                (VersionAction::Disable, VersionState::DecryptOnly) => VersionState::Disabled,
+                (VersionAction::Disable, VersionState::Disabled) => {
+                    return conflict("already_disabled", "the version is already disabled")
+                }
+                (VersionAction::Enable, VersionState::Disabled) => VersionState::DecryptOnly,
+                (VersionAction::Enable, VersionState::DecryptOnly) => {
+                    return conflict("already_enabled", "the version is already enabled")
+                }
+                (VersionAction::Destroy, VersionState::Disabled) => VersionState::Destroyed,
+                (VersionAction::Destroy, VersionState::DecryptOnly) => {
+                    return conflict("not_disabled", "disable the version before destroying it")
+                }
+            };
+            if new_state == VersionState::Destroyed {
+                tx.prepare_cached(
+                    "UPDATE key_versions SET state = 'destroyed', wrapped = NULL, destroyed_at = ?1
+                     WHERE keyring_id = ?2 AND version = ?3",
+                )?
+                .execute(params![now_rfc3339(), row.id, version])?;
+            } else {
+                tx.prepare_cached(
+                    "UPDATE key_versions SET state = ?1 WHERE keyring_id = ?2 AND version = ?3",
+                )?
+                .execute(params![new_state.as_str(), row.id, version])?;
+            }
+            let rev = bump_revision(tx)?;
+            tx.prepare_cached("UPDATE keyrings SET revision = ?1 WHERE id = ?2")?
+                .execute(params![rev, row.id])?;
+            let row = load_keyring(tx, name)?.ok_or(StoreError::NotFound)?;
+            meta_of(tx, row)
+        })?;
+        if action == VersionAction::Destroy {
+            self.checkpoint_truncate()?;
+        }
+        Ok(meta)
+    }
+
+    fn set_min_decryption_version(
+        &self,
+        name: &KeyringName,
+        min: u32,
+        ev: &AuditEvent,
+    ) -> Result<KeyringMeta, StoreError> {
+        self.write_tx(Some(ev), |tx| {
+            let row = load_keyring(tx, name)?.ok_or(StoreError::NotFound)?;
+            if min == 0 || min > row.active_version {
+                return Err(StoreError::Invalid(format!(
+                    "min_decryption_version must be between 1 and the active version {}",
+                    row.active_version
+                )));
+            }
+            let rev = bump_revision(tx)?;
+            tx.prepare_cached(
+                "UPDATE keyrings SET min_decryption_version = ?1, revision = ?2 WHERE id = ?3",
+            )?
+            .execute(params![min, rev, row.id])?;
+            let row = load_keyring(tx, name)?.ok_or(StoreError::NotFound)?;
+            meta_of(tx, row)
+        })
+    }
+
+    fn fetch_material(
+        &self,
+        proxy: &ProxyName,
+        name: &KeyringName,
+        version: u32,
+        root: &dyn RootKey,
+        ev: &AuditEvent,
+    ) -> Result<Material, StoreError> {
+        self.write_tx(Some(ev), |tx| {
+            let row = load_accessible(tx, Access::Proxy(proxy), name)?;
+            let (state, wrapped): (String, Option<Vec<u8>>) = tx
+                .prepare_cached("SELECT state, wrapped FROM key_versions WHERE keyring_id = ?1 AND version = ?2")?
+                .query_row(params![row.id, version], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?
+                .ok_or(StoreError::NotFound)?;
+            let state = VersionState::parse(&state).ok_or_else(|| StoreError::Corrupt(format!("version state {state}")))?;
+            match state {
+                VersionState::Destroyed => return Err(StoreError::Destroyed),
+                VersionState::Disabled => {
+                    return Err(StoreError::Conflict("version_disabled", "the version is disabled".into()))
+                }
+                VersionState::Active | VersionState::DecryptOnly => {}
+            }
+            if version < row.min_decryption_version {
+                return Err(StoreError::Conflict(
+                    "below_min_decryption_version",
+                    format!("version {version} is below min_decryption_version {}", row.min_decryption_version),
+                ));
+            }
+            let wrapped = wrapped.ok_or_else(|| StoreError::Corrupt("missing wrapped key".into()))?;
+            let key = root.unwrap(&wrapped, &binding(&row.id, version))?;
+            Ok(Material { keyring_id: row.id, version, state, key })
+        })
+    }
+
+    fn changes_since(&self, access: Access<'_>, since: u64) -> Result<ChangesResponse, StoreError> {
+        let conn = self.lock()?;
+        let revision = current_revision(&conn)?;
+        let since = i64::try_from(since).unwrap_or(i64::MAX);
+        let rows: Vec<(String, String, i64)> = match access {
+            Access::Admin => conn
+                .prepare_cached("SELECT id, name, revision FROM keyrings WHERE revision > ?1 ORDER BY revision")?
+                .query_map([since], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<_, _>>()?,
+            Access::Proxy(p) => conn
+                .prepare_cached(
+                    "SELECT k.id, k.name, k.revision FROM keyrings k JOIN proxy_grants g ON g.keyring_id = k.id
+                     WHERE g.proxy = ?1 AND k.revision > ?2 ORDER BY k.revision",
+                )?
+                .query_map(params![p.as_str(), since], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<_, _>>()?,
+        };
+        let changed = rows
+            .into_iter()
+            .map(|(id, name, rev)| {
+                Ok(ChangedKeyring {
+                    id,
+                    name,
+                    revision: to_u64(rev, "revision")?,
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok(ChangesResponse { revision, changed })
+    }
+
+    fn create_token(&self, rec: &TokenRecord, ev: &AuditEvent) -> Result<(), StoreError> {
+        self.write_tx(Some(ev), |tx| {
+            tx.prepare_cached(
+                "INSERT INTO tokens (id, name, role, secret_hash, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![rec.id, rec.name, rec.role.as_str(), rec.secret_hash.to_vec(), rec.created_at, rec.expires_at])?;
+            Ok(())
+        })
+    }
+
+    fn token(&self, id: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let conn = self.lock()?;
+        load_token(&conn, id)
+    }
+
+    fn list_tokens(&self, ev: &AuditEvent) -> Result<Vec<TokenInfo>, StoreError> {
+        self.write_tx(Some(ev), |tx| {
+            let ids: Vec<String> = tx
+                .prepare_cached("SELECT id FROM tokens ORDER BY created_at, id")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let mut out = Vec::new();
+            for id in ids {
+                if let Some(rec) = load_token(tx, &id)? {
+                    out.push(token_info(&rec));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn revoke_token(&self, id: &str, ev: &AuditEvent) -> Result<TokenInfo, StoreError> {
+        self.write_tx(Some(ev), |tx| {
+            let n = tx
+                .prepare_cached(
+                    "UPDATE tokens SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL",
+                )?
+                .execute(params![now_rfc3339(), id])?;
+            let rec = load_token(tx, id)?.ok_or(StoreError::NotFound)?;
+            if n == 0 {
+                return Err(StoreError::Conflict(
+                    "already_revoked",
+                    "the token is already revoked".into(),
+                ));
+            }
+            Ok(token_info(&rec))
+        })
+    }
+
+    fn set_proxy(
+        &self,
+        name: &ProxyName,
+        keyrings: &[KeyringName],
+        ev: &AuditEvent,
+    ) -> Result<ProxyInfo, StoreError> {
+        self.write_tx(Some(ev), |tx| {
+            let mut ids = Vec::new();
+            for k in keyrings {
+                let row = load_keyring(tx, k)?.ok_or_else(|| StoreError::Invalid(format!("unknown keyring {k}")))?;
+                ids.push(row.id);
+            }
+            tx.prepare_cached("INSERT INTO proxies (name, created_at) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING")?
+                .execute(params![name.as_str(), now_rfc3339()])?;
+            tx.prepare_cached("DELETE FROM proxy_grants WHERE proxy = ?1")?.execute([name.as_str()])?;
+            for id in ids {
+                tx.prepare_cached("INSERT OR IGNORE INTO proxy_grants (proxy, keyring_id) VALUES (?1, ?2)")?
+                    .execute([name.as_str(), id.as_str()])?;
+            }
+            proxy_info(tx, name.as_str())
+        })
+    }
+
+    fn list_proxies(&self, ev: &AuditEvent) -> Result<Vec<ProxyInfo>, StoreError> {
+        self.write_tx(Some(ev), |tx| {
+            let names: Vec<String> = tx
+                .prepare_cached("SELECT name FROM proxies ORDER BY name")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            names.iter().map(|n| proxy_info(tx, n)).collect()
+        })
+    }
+
+    fn delete_proxy(&self, name: &ProxyName, ev: &AuditEvent) -> Result<(), StoreError> {
+        self.write_tx(Some(ev), |tx| {
+            tx.prepare_cached("DELETE FROM proxy_grants WHERE proxy = ?1")?
+                .execute([name.as_str()])?;
+            let n = tx
+                .prepare_cached("DELETE FROM proxies WHERE name = ?1")?
+                .execute([name.as_str()])?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            Ok(())
+        })
+    }
+
+    fn audit_records(
+        &self,
+        after: u64,
+        limit: u32,
+        ev: Option<&AuditEvent>,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        self.write_tx(ev, |tx| read_audit(tx, after, limit))
+    }
+
+    fn verify_audit(&self, ev: Option<&AuditEvent>) -> Result<AuditVerifyReport, StoreError> {
+        match ev {
+            // Verify first, then record the verification (so the report covers the log as it was).
+            Some(ev) => self.write_tx(Some(ev), |tx| verify_all(tx)),
+            None => {
+                let conn = self.lock()?;
+                verify_all(&conn)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rootkey::LocalRootKey;
+
+    fn store() -> (tempfile::TempDir, SqliteStore, LocalRootKey) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("ks.db"), Durability::Normal).unwrap();
+        let root = LocalRootKey::from_key(SecretKey::generate().unwrap(), "test");
+        s.check_root_key(&root).unwrap();
+        (dir, s, root)
+    }
+
+    #[test]
+    fn lifecycle() {
+        let (_d, s, root) = store();
+        let ev = AuditEvent::new("t", "x");
+        let name = KeyringName::parse("patients").unwrap();
+        let m = s.create_keyring(&name, &root, &ev).unwrap();
+        assert_eq!(m.active_version, 1);
+        assert!(matches!(
+            s.create_keyring(&name, &root, &ev),
+            Err(StoreError::AlreadyExists)
+        ));
+        let m = s.rotate(&name, &root, &ev).unwrap();
+        assert_eq!(m.active_version, 2);
+        assert_eq!(m.versions[0].state, VersionState::DecryptOnly);
+        assert_eq!(m.versions[1].state, VersionState::Active);
+        assert!(matches!(
+            s.set_version_state(&name, 2, VersionAction::Disable, &ev),
+            Err(StoreError::Conflict("version_active", _))
+        ));
+        assert!(matches!(
+            s.set_version_state(&name, 1, VersionAction::Destroy, &ev),
+            Err(StoreError::Conflict("not_disabled", _))
+        ));
+        s.set_version_state(&name, 1, VersionAction::Disable, &ev)
+            .unwrap();
+        s.set_version_state(&name, 1, VersionAction::Enable, &ev)
+            .unwrap();
+        s.set_version_state(&name, 1, VersionAction::Disable, &ev)
+            .unwrap();
+        let m = s
+            .set_version_state(&name, 1, VersionAction::Destroy, &ev)
+            .unwrap();
+        assert_eq!(m.versions[0].state, VersionState::Destroyed);
+        assert!(matches!(
+            s.set_min_decryption_version(&name, 3, &ev),
+            Err(StoreError::Invalid(_))
+        ));
+        let m = s.set_min_decryption_version(&name, 2, &ev).unwrap();
+        assert_eq!(m.min_decryption_version, 2);
+        assert!(s.verify_audit(None).unwrap().ok);
+    }
+
+    #[test]
+    fn wrong_root_key_is_detected() {
+        let (_d, s, _root) = store();
+        let other = LocalRootKey::from_key(SecretKey::generate().unwrap(), "other");
+        assert!(matches!(
+            s.check_root_key(&other),
+            Err(StoreError::RootKey(RootKeyError::Mismatch))
+        ));
+    }
+
+    #[test]
+    fn failed_change_leaves_no_audit_record_and_no_change() {
+        let (_d, s, root) = store();
+        let ev = AuditEvent::new("t", "x");
+        let name = KeyringName::parse("k").unwrap();
+        s.create_keyring(&name, &root, &ev).unwrap();
+        let before = s.audit_records(0, 100, None).unwrap().len();
+        assert!(s.set_min_decryption_version(&name, 9, &ev).is_err());
+        assert_eq!(s.audit_records(0, 100, None).unwrap().len(), before);
+    }
+}
