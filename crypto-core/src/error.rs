@@ -34,6 +34,9 @@ pub enum CryptoError {
     /// The output buffer cannot hold the result.
     #[error("value too large: {0} bytes")]
     ValueTooLarge(usize),
+    /// HKDF refused to derive a key (cannot happen for 32-byte outputs).
+    #[error("key derivation failed")]
+    KeyDerivation,
     /// The operating system's random number generator failed.
     #[error("operating system random number generator failed")]
     Random,

@@ -5,40 +5,46 @@
 //! keyserver: keyring id and version) is the associated data, so a wrapped
 //! blob copied to another keyring or version fails to unwrap.
 
-use aes_gcm_siv::aead::{AeadInOut, KeyInit};
-use aes_gcm_siv::{Aes256GcmSiv, Nonce, Tag};
 use zeroize::Zeroizing;
 
+use crate::aead::FieldCipher;
 use crate::{CryptoError, SecretKey, KEY_LEN};
 
 /// Format version of a wrapped key blob.
 pub const WRAP_VERSION: u8 = 1;
-const NONCE_LEN: usize = 12;
-const TAG_LEN: usize = 16;
+use crate::aead::{NONCE_LEN, TAG_LEN};
 /// Length of a wrapped key blob in bytes.
 pub const WRAPPED_LEN: usize = 1 + NONCE_LEN + KEY_LEN + TAG_LEN;
 const LABEL: &[u8] = b"pgseal/keywrap/v1\0";
 
 /// Seals `key` under `root`, bound to `binding`.
 pub fn wrap_key(root: &SecretKey, key: &SecretKey, binding: &[u8]) -> Result<Vec<u8>, CryptoError> {
-    let cipher = Aes256GcmSiv::new(root.expose_secret().into());
+    let cipher = FieldCipher::new(root)?;
     let mut nonce = [0u8; NONCE_LEN];
     getrandom::fill(&mut nonce).map_err(|_| CryptoError::Random)?;
+    let mut sealed = [0u8; KEY_LEN];
+    let mut tag = [0u8; TAG_LEN];
+    cipher.seal(
+        &nonce,
+        &aad(binding),
+        key.expose_secret(),
+        &mut sealed,
+        &mut tag,
+    )?;
     let mut out = Vec::with_capacity(WRAPPED_LEN);
     out.push(WRAP_VERSION);
     out.extend_from_slice(&nonce);
-    out.extend_from_slice(key.expose_secret());
-    let aad = aad(binding);
-    let body = out.get_mut(1 + NONCE_LEN..).ok_or(CryptoError::UnwrapFailed)?;
-    let tag = cipher
-        .encrypt_inout_detached(&Nonce::from(nonce), &aad, body.into())
-        .map_err(|_| CryptoError::ValueTooLarge(KEY_LEN))?;
-    out.extend_from_slice(tag.as_slice());
+    out.extend_from_slice(&sealed);
+    out.extend_from_slice(&tag);
     Ok(out)
 }
 
 /// Opens a blob made by [`wrap_key`] with the same root key and binding.
-pub fn unwrap_key(root: &SecretKey, wrapped: &[u8], binding: &[u8]) -> Result<SecretKey, CryptoError> {
+pub fn unwrap_key(
+    root: &SecretKey,
+    wrapped: &[u8],
+    binding: &[u8],
+) -> Result<SecretKey, CryptoError> {
     if wrapped.len() != WRAPPED_LEN {
         return Err(CryptoError::UnwrapFailed);
     }
@@ -49,17 +55,9 @@ pub fn unwrap_key(root: &SecretKey, wrapped: &[u8], binding: &[u8]) -> Result<Se
     let (nonce, rest) = rest.split_at(NONCE_LEN);
     let (body, tag) = rest.split_at(KEY_LEN);
     let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| CryptoError::UnwrapFailed)?;
-    let tag: [u8; TAG_LEN] = tag.try_into().map_err(|_| CryptoError::UnwrapFailed)?;
     let mut plain = Zeroizing::new([0u8; KEY_LEN]);
-    plain.copy_from_slice(body);
-    let cipher = Aes256GcmSiv::new(root.expose_secret().into());
-    cipher
-        .decrypt_inout_detached(
-            &Nonce::from(nonce),
-            &aad(binding),
-            (&mut plain[..]).into(),
-            &Tag::from(tag),
-        )
+    FieldCipher::new(root)?
+        .open(&nonce, &aad(binding), body, tag, &mut plain[..])
         .map_err(|_| CryptoError::UnwrapFailed)?;
     Ok(SecretKey::from_bytes(*plain))
 }
@@ -91,8 +89,14 @@ mod tests {
         let other = SecretKey::generate().unwrap();
         let key = SecretKey::generate().unwrap();
         let blob = wrap_key(&root, &key, b"ring-1/v1").unwrap();
-        assert_eq!(unwrap_key(&other, &blob, b"ring-1/v1").unwrap_err(), CryptoError::UnwrapFailed);
-        assert_eq!(unwrap_key(&root, &blob, b"ring-1/v2").unwrap_err(), CryptoError::UnwrapFailed);
+        assert_eq!(
+            unwrap_key(&other, &blob, b"ring-1/v1").unwrap_err(),
+            CryptoError::UnwrapFailed
+        );
+        assert_eq!(
+            unwrap_key(&root, &blob, b"ring-1/v2").unwrap_err(),
+            CryptoError::UnwrapFailed
+        );
         for i in 0..blob.len() * 8 {
             let mut bad = blob.clone();
             bad[i / 8] ^= 1 << (i % 8);
