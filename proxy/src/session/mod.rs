@@ -1,0 +1,241 @@
+//! One client connection from accept to close: client startup and authentication, upstream
+//! connect and login, cancel-key registration, then the relay.
+
+pub mod intercept;
+mod relay;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tracing::{debug, info, warn};
+
+pub use intercept::{
+    Frame, InterceptError, InterceptorFactory, MessageInterceptor, Outbox, PassThrough,
+    SessionInfo, TagSet,
+};
+use relay::{Relay, RelayEnd};
+
+use crate::client::{self, uniform_auth_error, ClientStart};
+use crate::protocol::messages::{self, Severity};
+use crate::server::Shared;
+use crate::upstream::auth::{login, Credentials};
+use crate::upstream::UpstreamError;
+
+/// Runs one connection to completion. Never panics on client or upstream input; every failure
+/// ends only this connection.
+pub async fn run(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let _ = tcp.set_nodelay(true);
+    let Ok(_permit) = shared.conn_limit.clone().try_acquire_owned() else {
+        let mut conn = crate::net::Conn::Tcp(tcp);
+        warn!(%peer, "connection refused: too many connections");
+        client::send_fatal(&mut conn, "53300", "sorry, too many clients already").await;
+        return;
+    };
+    shared.metrics.connection_opened();
+    let started = tokio::time::timeout(
+        shared.config.startup_timeout(),
+        client::accept(tcp, &shared),
+    )
+    .await;
+    let start = match started {
+        Err(_) => {
+            info!(%peer, "client startup timed out");
+            shared.metrics.add_protocol_error();
+            shared.metrics.connection_closed();
+            return;
+        }
+        Ok(Err(fail)) => {
+            let (code, message) = fail.error.to_client(fail.user.as_deref());
+            match &fail.error {
+                client::ClientError::AuthFailed { .. }
+                | client::ClientError::Scram(crate::client::auth_scram::ScramError::BadProof) => {
+                    shared.metrics.add_auth_failure();
+                    info!(%peer, user = fail.user.as_deref().unwrap_or(""), reason = %fail.error, "login failed");
+                }
+                client::ClientError::Protocol(crate::protocol::ProtocolError::Truncated) => {
+                    debug!(%peer, "client closed during startup");
+                }
+                _ => {
+                    shared.metrics.add_protocol_error();
+                    warn!(%peer, error = %fail.error, "client rejected during startup");
+                }
+            }
+            if let Some(mut conn) = fail.conn {
+                client::send_fatal(&mut conn, code, &message).await;
+            }
+            shared.metrics.connection_closed();
+            return;
+        }
+        Ok(Ok(s)) => s,
+    };
+    match start {
+        ClientStart::Cancel { pid, secret } => {
+            if let Some((upid, usecret)) = shared.cancel.lookup(pid, secret) {
+                debug!(%peer, "forwarding cancel request");
+                if let Err(e) = shared.upstream.cancel(upid, usecret).await {
+                    warn!(%peer, error = %e, "cancel request to upstream failed");
+                }
+            } else {
+                debug!(%peer, "cancel request with an unknown key ignored");
+            }
+        }
+        ClientStart::Login(login_info) => serve(login_info, peer, &shared).await,
+    }
+    shared.metrics.connection_closed();
+}
+
+async fn serve(login_info: client::ClientLogin, peer: SocketAddr, shared: &Shared) {
+    let client::ClientLogin {
+        mut conn,
+        user,
+        database,
+        params,
+        server_final,
+    } = login_info;
+    let Some(u) = shared.config.users.get(&user) else {
+        client::send_fatal(&mut conn, "28P01", &uniform_auth_error(&user)).await;
+        return;
+    };
+    let creds = Credentials {
+        user: &u.upstream_user,
+        password: u.upstream_password.as_ref(),
+        database: &database,
+        params: &params,
+    };
+    let up = tokio::time::timeout(shared.config.connect_timeout(), async {
+        let c = shared.upstream.connect().await?;
+        login(c, &creds).await
+    })
+    .await
+    .unwrap_or(Err(UpstreamError::Timeout));
+    let mut up = match up {
+        Ok(up) => up,
+        Err(e) if e.is_login_failure() => {
+            shared.metrics.add_auth_failure();
+            info!(%peer, %user, reason = %e, "login failed upstream");
+            client::send_fatal(&mut conn, "28P01", &uniform_auth_error(&user)).await;
+            return;
+        }
+        Err(UpstreamError::Rejected(f)) => {
+            warn!(%peer, %user, code = %f.code, message = %f.message, "upstream refused the connection");
+            let code = if f.code.len() == 5 {
+                f.code.clone()
+            } else {
+                "08006".into()
+            };
+            client::send_fatal(&mut conn, &code, &f.message).await;
+            return;
+        }
+        Err(e) => {
+            warn!(%peer, %user, error = %e, "upstream unavailable");
+            client::send_fatal(&mut conn, "08006", "upstream server unavailable").await;
+            return;
+        }
+    };
+    let key = match shared.cancel.register(up.key) {
+        Ok(k) => k,
+        Err(e) => {
+            warn!(error = %e, "cannot create a cancel key");
+            client::send_fatal(&mut conn, "XX000", "internal error").await;
+            return;
+        }
+    };
+    let mut out = BytesMut::with_capacity(512);
+    client::finish_login(
+        &mut out,
+        &server_final,
+        &up.startup_messages,
+        key.pid,
+        key.secret,
+    );
+    if conn.write_all(&out).await.is_err() || conn.flush().await.is_err() {
+        return;
+    }
+    drop(out);
+    drop(up.startup_messages);
+    debug!(%peer, %user, %database, "session started");
+    let info = SessionInfo {
+        user: user.clone(),
+        upstream_user: u.upstream_user.clone(),
+        database,
+    };
+    let mut interceptor = shared.interceptors.create(&info);
+    let end = Relay {
+        client: &mut conn,
+        upstream: &mut up.conn,
+        interceptor: interceptor.as_mut(),
+        metrics: &shared.metrics,
+        max_message_bytes: shared.config.config.limits.max_message_bytes,
+        shutdown: shared.shutdown.clone(),
+        grace: std::time::Duration::from_secs(shared.config.config.shutdown.grace_seconds),
+        pid_map: up.key.map(|(upid, _)| (upid, key.pid)),
+    }
+    .run()
+    .await;
+    drop(key);
+    match end {
+        RelayEnd::ClientClosed => {
+            let mut b = BytesMut::new();
+            messages::terminate(&mut b);
+            let _ = up.conn.write_all(&b).await;
+            debug!(%peer, %user, "session ended by client");
+        }
+        RelayEnd::UpstreamClosed { reported } => {
+            info!(%peer, %user, "upstream closed the connection");
+            if !reported {
+                client::send_fatal(
+                    &mut conn,
+                    "08006",
+                    "upstream server closed the connection unexpectedly",
+                )
+                .await;
+            }
+        }
+        RelayEnd::UpstreamIo(e) => {
+            info!(%peer, %user, error = %e, "upstream connection lost");
+            client::send_fatal(&mut conn, "08006", "upstream server connection lost").await;
+        }
+        RelayEnd::ClientIo(e) => {
+            debug!(%peer, %user, error = %e, "client connection lost");
+        }
+        RelayEnd::ClientProtocol(e) => {
+            shared.metrics.add_protocol_error();
+            warn!(%peer, %user, error = %e, "client protocol violation; closing");
+            let msg = match e {
+                crate::protocol::ProtocolError::BadLength { .. } => {
+                    "invalid message length".to_string()
+                }
+                other => format!("protocol violation: {other}"),
+            };
+            client::send_fatal(&mut conn, "08P01", &msg).await;
+        }
+        RelayEnd::UpstreamProtocol(e) => {
+            shared.metrics.add_protocol_error();
+            warn!(%peer, %user, error = %e, "upstream protocol violation; closing");
+            client::send_fatal(&mut conn, "08P01", "upstream protocol violation").await;
+        }
+        RelayEnd::Intercept(e) => {
+            warn!(%peer, %user, code = e.code, error = %e.message, "session ended by the interceptor");
+            client::send_fatal(&mut conn, e.code, &e.message).await;
+        }
+        RelayEnd::Shutdown => {
+            info!(%peer, %user, "closing session for shutdown");
+            let mut b = BytesMut::new();
+            messages::terminate(&mut b);
+            let _ = up.conn.write_all(&b).await;
+            let mut e = BytesMut::new();
+            messages::error_response(
+                &mut e,
+                Severity::Fatal,
+                "57P01",
+                "terminating connection due to administrator command",
+            );
+            let _ = conn.write_all(&e).await;
+            let _ = conn.flush().await;
+            let _ = conn.shutdown().await;
+        }
+    }
+}

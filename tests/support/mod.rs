@@ -1,0 +1,190 @@
+//! Shared harness for the system tests: a throwaway PostgreSQL 15 cluster (`pg`), test
+//! certificates (`certs`) and an in-process pgseal-proxy (`proxy`).
+//!
+//! [`env()`] gives each test binary one cluster and one pass-through proxy in front of it (over the
+//! unix socket); each test makes its own database with [`TestEnv::new_db`]. Tests that need other
+//! settings (TLS, statement logging, a restart) start their own cluster.
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing
+)]
+
+pub mod certs;
+pub mod pg;
+pub mod proxy;
+pub mod raw;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+pub use pg::{PgCluster, PgOptions};
+pub use proxy::TestProxy;
+
+/// User clients log in to the proxy as.
+pub const APP_USER: &str = "app";
+/// Its password at the proxy.
+pub const APP_PASSWORD: &str = "app-secret";
+/// The upstream role's password (used when the proxy logs in over TCP).
+pub const UPSTREAM_PASSWORD: &str = "upstream-app-pw";
+
+/// A SCRAM verifier for [`APP_PASSWORD`] with few iterations, so debug-built drivers log in fast.
+pub fn app_verifier() -> String {
+    pgseal_proxy::client::auth_scram::ScramVerifier::derive(
+        APP_PASSWORD.as_bytes(),
+        b"pgseal-test-salt",
+        64,
+    )
+    .to_postgres_string()
+}
+
+/// Proxy configuration for `upstream_block` (the `[upstream]` table body) with the `app` user
+/// (SCRAM verifier in the file, upstream password from the environment).
+pub fn proxy_toml(upstream_block: &str, extra: &str) -> String {
+    proxy_toml_with_auth(
+        upstream_block,
+        extra,
+        &format!("scram_verifier = \"{}\"", app_verifier()),
+    )
+}
+
+/// Like [`proxy_toml`] with the user's authentication line given (e.g. `password_env = "..."`).
+pub fn proxy_toml_with_auth(upstream_block: &str, extra: &str, auth_line: &str) -> String {
+    format!(
+        r#"
+listen = "127.0.0.1:0"
+{extra}
+[upstream]
+{upstream_block}
+
+[[users]]
+name = "{APP_USER}"
+{auth_line}
+upstream_password_env = "TEST_UPSTREAM_PASSWORD"
+
+[shutdown]
+grace_seconds = 2
+"#
+    )
+}
+
+/// The environment variables the configurations above refer to.
+pub fn proxy_env() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("TEST_APP_PASSWORD", APP_PASSWORD),
+        ("TEST_UPSTREAM_PASSWORD", UPSTREAM_PASSWORD),
+    ]
+}
+
+/// One cluster and one proxy per test binary.
+pub struct TestEnv {
+    /// The cluster.
+    pub pg: PgCluster,
+    /// A pass-through proxy to it over the unix socket.
+    pub proxy: TestProxy,
+}
+
+static ENV: OnceLock<TestEnv> = OnceLock::new();
+static DB_COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// The shared environment, started on first use.
+pub fn env() -> &'static TestEnv {
+    ENV.get_or_init(|| {
+        let pg = PgCluster::start(PgOptions {
+            max_connections: Some(400),
+            ..Default::default()
+        });
+        pg.create_role(APP_USER, UPSTREAM_PASSWORD, "scram-sha-256");
+        let toml = proxy_toml(
+            &format!(
+                "host = \"{}\"\nport = {}",
+                pg.socket_dir().display(),
+                pg.port
+            ),
+            "[metrics]\nlisten = \"127.0.0.1:0\"",
+        );
+        let proxy = TestProxy::start(&toml, &proxy_env());
+        TestEnv { pg, proxy }
+    })
+}
+
+impl TestEnv {
+    /// A fresh database owned by the app role.
+    pub fn new_db(&self, hint: &str) -> String {
+        let n = DB_COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("t_{hint}_{n}");
+        self.pg.create_database(&name, APP_USER);
+        name
+    }
+
+    /// A libpq/tokio-postgres connection string to the proxy.
+    pub fn conn_str(&self, db: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={APP_USER} password={APP_PASSWORD} dbname={db}",
+            self.proxy.port()
+        )
+    }
+}
+
+/// Connects tokio-postgres to `conn_str` (no TLS) and drives the connection in the background.
+pub async fn connect(conn_str: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(conn_str, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect {conn_str}: {e}"));
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// Runs psql against the proxy with `args`; stdin from `input`.
+pub fn psql_proxy(port: u16, db: &str, args: &[&str], input: Option<&str>) -> Output {
+    let bindir = pg::bindir();
+    let mut cmd = Command::new(bindir.join("psql"));
+    cmd.args(["-X", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p"])
+        .arg(port.to_string())
+        .args(["-U", APP_USER, "-d", db])
+        .args(args)
+        .env("PGPASSWORD", APP_PASSWORD)
+        .env("PGSSLMODE", "disable")
+        .env("PGCONNECT_TIMEOUT", "10");
+    run_with_input(&mut cmd, input)
+}
+
+/// Runs a command with optional stdin, returning its output.
+pub fn run_with_input(cmd: &mut Command, input: Option<&str>) -> Output {
+    use std::io::Write as _;
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    if let Some(i) = input {
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(i.as_bytes()).unwrap();
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Asserts a command succeeded, showing its output otherwise; returns stdout.
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "command failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// A file with `contents` in `dir`.
+pub fn write_file(dir: &Path, name: &str, contents: &str) -> std::path::PathBuf {
+    pg::write_file(dir, name, contents)
+}
