@@ -3,7 +3,32 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Once;
+
 use pgseal_proxy::{Config, Server};
+
+/// Name of the proxy's runtime threads, so a panic there can be told from a test's own.
+const THREAD_NAME: &str = "pgseal-proxy-test-worker";
+static PROXY_PANICKED: AtomicBool = AtomicBool::new(false);
+static HOOK: Once = Once::new();
+
+/// Whether any proxy thread panicked (the proxy must never panic, whatever the input).
+pub fn proxy_panicked() -> bool {
+    PROXY_PANICKED.load(Ordering::SeqCst)
+}
+
+fn install_panic_hook() {
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if std::thread::current().name() == Some(THREAD_NAME) {
+                PROXY_PANICKED.store(true, Ordering::SeqCst);
+            }
+            previous(info);
+        }));
+    });
+}
 
 /// A running proxy; stopped on drop.
 pub struct TestProxy {
@@ -28,11 +53,13 @@ impl TestProxy {
             .unwrap()
             .resolve_with_env(|k| env.get(k).cloned())
             .unwrap();
+        install_panic_hook();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
+                .thread_name(THREAD_NAME)
                 .enable_all()
                 .build()
                 .unwrap();

@@ -138,7 +138,11 @@ pub async fn accept(tcp: TcpStream, shared: &Shared) -> Result<ClientStart, Acce
     let mut tcp = tcp;
     let mut negotiated_encryption = false;
     let (version, params, mut conn) = loop {
-        let packet = read_startup(&mut tcp).await.map_err(|e| fail(e, None))?;
+        let packet = match read_startup(&mut tcp).await {
+            Ok(p) => p,
+            // Tell the client why, like PostgreSQL ("invalid length of startup packet").
+            Err(e) => return Err(fail(e, Some(Conn::Tcp(tcp)))),
+        };
         match packet {
             StartupPacket::SslRequest if !negotiated_encryption => {
                 negotiated_encryption = true;
