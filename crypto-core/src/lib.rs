@@ -21,6 +21,7 @@ pub mod ids;
 pub mod key;
 pub mod keywrap;
 pub mod nonce;
+pub mod value;
 
 pub use blind_index::{BlindIndex, BlindIndexKey, BLIND_INDEX_LEN};
 pub use envelope::{ColumnKeys, EnvelopeKey};
