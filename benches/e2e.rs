@@ -1,1 +1,441 @@
-fn main() {}
+//! End-to-end benchmark: direct PostgreSQL vs PgBouncer (session pooling) vs pgseal-proxy
+//! (pass-through), side by side on one PostgreSQL, with `pgbench -S` at `-c 1` and `-c 8 -j 2` in
+//! `-M simple|extended|prepared`; then the proxy's RSS with 1, 100 and 400 idle client connections.
+//!
+//! Run: `cargo bench --bench e2e` (about 4 minutes) or `cargo bench --bench e2e -- --short`
+//! (about 1 minute, CI). Prints a table; figures are not asserted. The proxy runs as a separate
+//! process: this benchmark binary re-executes itself in proxy mode, so the proxy is built with
+//! the bench (release) profile and its memory can be read from /proc.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::pg::{bindir, free_port, PgCluster, PgOptions};
+
+const USER: &str = "bench";
+const PASSWORD: &str = "bench-pw";
+const DB: &str = "bench";
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("__serve_proxy") {
+        serve_proxy(Path::new(&args[2]));
+        return;
+    }
+    // `cargo test --all-targets` runs benches without `--bench`: do nothing then.
+    if !args.iter().any(|a| a == "--bench") {
+        println!("e2e: skipped (run with `cargo bench --bench e2e [-- --short]`)");
+        return;
+    }
+    let short = args.iter().any(|a| a == "--short")
+        || std::env::var("PGSEAL_BENCH_SHORT").is_ok_and(|v| v == "1");
+    let opt = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let mut plan = Plan {
+        secs: if short { 2 } else { 10 },
+        scale: if short { 1 } else { 10 },
+        modes: vec!["simple".into(), "extended".into(), "prepared".into()],
+        clients: vec![1, 8],
+        rounds: if short { 1 } else { 3 },
+        short,
+        proxy_workers: opt("--proxy-workers").map(|v| v.parse().unwrap()),
+    };
+    if let Some(v) = opt("--rounds") {
+        plan.rounds = v.parse().unwrap();
+    }
+    if let Some(v) = opt("--secs") {
+        plan.secs = v.parse().unwrap();
+    }
+    if let Some(v) = opt("--modes") {
+        plan.modes = v.split(',').map(str::to_owned).collect();
+    }
+    if let Some(v) = opt("--clients") {
+        plan.clients = v.split(',').map(|c| c.parse().unwrap()).collect();
+    }
+    run(&plan);
+}
+
+/// What to run: `--short`, `--secs N` (per round), `--rounds N`, `--modes
+/// simple,extended,prepared`, `--clients 1,8`, `--proxy-workers N`.
+struct Plan {
+    secs: u32,
+    rounds: u32,
+    scale: u32,
+    modes: Vec<String>,
+    clients: Vec<u32>,
+    short: bool,
+    proxy_workers: Option<usize>,
+}
+
+/// Proxy mode: run pgseal-proxy from a config file until SIGTERM, like `pgseal-proxy serve`.
+fn serve_proxy(config: &Path) {
+    let config = pgseal_proxy::Config::from_file(config).unwrap();
+    let threads = config.threads();
+    let server = pgseal_proxy::Server::bind_sync(
+        config.resolve().unwrap(),
+        std::sync::Arc::new(pgseal_proxy::PassThrough),
+    )
+    .unwrap();
+    server
+        .run_threaded(threads, pgseal_proxy::shutdown::terminate_signal())
+        .unwrap();
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listening on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn postgres_ids() -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(1)
+        != 0
+    {
+        return None;
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.first() == Some(&"postgres")).then(|| (f[2].parse().unwrap(), f[3].parse().unwrap()))
+    })
+}
+
+fn start_pgbouncer(pg: &PgCluster, dir: &Path) -> (Killed, u16, String) {
+    let port = free_port();
+    let ini = dir.join("pgbouncer.ini");
+    let users = dir.join("userlist.txt");
+    std::fs::write(&users, format!("\"{USER}\" \"{PASSWORD}\"\n")).unwrap();
+    std::fs::write(
+        &ini,
+        format!(
+            "[databases]\n{DB} = host={sock} port={pgport} dbname={DB}\n\n[pgbouncer]\n\
+             listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+             auth_type = scram-sha-256\nauth_file = {users}\npool_mode = session\n\
+             max_client_conn = 1000\ndefault_pool_size = 20\nlogfile = {log}\n\
+             log_connections = 0\nlog_disconnections = 0\n",
+            sock = pg.socket_dir().display(),
+            pgport = pg.port,
+            users = users.display(),
+            log = dir.join("pgbouncer.log").display(),
+        ),
+    )
+    .unwrap();
+    let version = Command::new("pgbouncer")
+        .arg("--version")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .unwrap_or_else(|_| "pgbouncer not found".into());
+    let mut cmd = Command::new("pgbouncer");
+    cmd.arg(&ini).stdout(Stdio::null()).stderr(Stdio::null());
+    if let Some((uid, gid)) = postgres_ids() {
+        for p in [&ini, &users] {
+            std::os::unix::fs::chown(p, Some(uid), Some(gid)).unwrap();
+        }
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid)).unwrap();
+        cmd.uid(uid).gid(gid);
+    }
+    let child = Killed(cmd.spawn().expect("start pgbouncer (scripts/install-deps)"));
+    wait_port(port);
+    (child, port, version)
+}
+
+fn start_proxy(pg: &PgCluster, dir: &Path, workers: Option<usize>) -> (Killed, u16) {
+    let port = free_port();
+    let workers = workers
+        .map(|w| format!("workers = {w}\n"))
+        .unwrap_or_default();
+    let cfg = dir.join("proxy.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\n{workers}[upstream]\nhost = \"{}\"\nport = {}\n\
+             [[users]]\nname = \"{USER}\"\npassword_env = \"BENCH_PROXY_PASSWORD\"\n\
+             [limits]\nmax_connections = 2000\n[shutdown]\ngrace_seconds = 1\n",
+            pg.socket_dir().display(),
+            pg.port
+        ),
+    )
+    .unwrap();
+    let child = Command::new(std::env::current_exe().unwrap())
+        .arg("__serve_proxy")
+        .arg(&cfg)
+        .env("BENCH_PROXY_PASSWORD", PASSWORD)
+        .env("PGSEAL_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(port);
+    (Killed(child), port)
+}
+
+#[derive(Clone, Copy, Default)]
+struct Run {
+    tps: f64,
+    latency_ms: f64,
+    failed: u64,
+    /// CPU time of the pooler/proxy process per transaction, µs (0 for direct).
+    cpu_us_per_tx: f64,
+}
+
+/// utime + stime of a process (all threads), in clock ticks (1/100 s).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    get(11) + get(12)
+}
+
+fn pgbench(port: u16, mode: &str, clients: u32, secs: u32, pid: Option<u32>) -> Run {
+    let ticks_before = pid.map(cpu_ticks);
+    let jobs = if clients > 1 { 2 } else { 1 };
+    let out = Command::new(bindir().join("pgbench"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", USER])
+        .args(["-S", "-n", "-M", mode])
+        .args(["-c", &clients.to_string(), "-j", &jobs.to_string()])
+        .args(["-T", &secs.to_string(), DB])
+        .env("PGPASSWORD", PASSWORD)
+        .env("PGSSLMODE", "disable")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "pgbench failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let find = |prefix: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix:?} in pgbench output:\n{text}"))
+    };
+    let tx = find("number of transactions actually processed:");
+    let cpu_us_per_tx = match (pid, ticks_before) {
+        (Some(p), Some(b)) if tx > 0.0 => (cpu_ticks(p) - b) as f64 * 10_000.0 / tx,
+        _ => 0.0,
+    };
+    Run {
+        tps: find("tps ="),
+        latency_ms: find("latency average ="),
+        failed: find("number of failed transactions:") as u64,
+        cpu_us_per_tx,
+    }
+}
+
+fn median(mut runs: Vec<Run>) -> Run {
+    runs.sort_by(|a, b| a.tps.total_cmp(&b.tps));
+    let failed = runs.iter().map(|r| r.failed).sum();
+    let mut m = runs[runs.len() / 2];
+    m.failed = failed;
+    m
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+fn idle_memory(proxy: &Killed, port: u16) -> Vec<(usize, u64)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let pid = proxy.0.id();
+    let conn_str =
+        format!("host=127.0.0.1 port={port} user={USER} password={PASSWORD} dbname={DB}");
+    rt.block_on(async {
+        let mut clients = Vec::new();
+        let mut out = vec![(0usize, rss_kib(pid))];
+        for target in [1usize, 100, 400] {
+            while clients.len() < target {
+                let (c, conn) = tokio_postgres::connect(&conn_str, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(conn);
+                // One round trip so the session is fully set up, then idle.
+                c.simple_query("SELECT 1").await.unwrap();
+                clients.push(c);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            out.push((target, rss_kib(pid)));
+        }
+        drop(clients);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        out
+    })
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    format!("{cores} vCPU, {cpu}")
+}
+
+fn run(plan: &Plan) {
+    let (secs, scale, short) = (plan.secs, plan.scale, plan.short);
+    println!(
+        "e2e benchmark ({} mode): pgbench -S -T {secs} x {} interleaved rounds (median), scale {scale}; machine: {}",
+        if short { "short" } else { "full" },
+        plan.rounds,
+        machine()
+    );
+    let pg = PgCluster::start(PgOptions {
+        max_connections: Some(600),
+        extra_conf: vec!["shared_buffers = 256MB".into()],
+        ..Default::default()
+    });
+    pg.create_role(USER, PASSWORD, "scram-sha-256");
+    pg.create_database(DB, USER);
+    let out = Command::new(bindir().join("pgbench"))
+        .args(["-i", "-q", "-s", &scale.to_string()])
+        .args(["-h"])
+        .arg(pg.socket_dir())
+        .args(["-p", &pg.port.to_string(), "-U", USER, DB])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let work = tempfile::tempdir().unwrap();
+    let (bouncer, bouncer_port, bouncer_version) = start_pgbouncer(&pg, work.path());
+    let (proxy, proxy_port) = start_proxy(&pg, work.path(), plan.proxy_workers);
+    println!("PgBouncer: {bouncer_version}; proxy pid {}", proxy.0.id());
+
+    // Idle memory first, on a fresh proxy process.
+    let mem = idle_memory(&proxy, proxy_port);
+
+    let targets = [
+        (pg.port, None),
+        (bouncer_port, Some(bouncer.0.id())),
+        (proxy_port, Some(proxy.0.id())),
+    ];
+    // Warm-up (caches, pools).
+    for (port, _) in targets {
+        pgbench(port, "simple", 8, 1, None);
+    }
+    let mut results = Vec::new();
+    for mode in &plan.modes {
+        let mode = mode.as_str();
+        for &clients in &plan.clients {
+            // Interleaved rounds (direct, PgBouncer, proxy, direct, ...) so drift on the shared
+            // machine hits all three alike; the median round of each is reported.
+            let mut runs: [Vec<Run>; 3] = Default::default();
+            for _ in 0..plan.rounds.max(1) {
+                for (i, (port, pid)) in targets.iter().enumerate() {
+                    runs[i].push(pgbench(*port, mode, clients, secs, *pid));
+                }
+            }
+            let r = runs.map(median);
+            results.push((mode, clients, r));
+        }
+    }
+    drop(proxy);
+    drop(bouncer);
+
+    println!();
+    println!("| mode | -c | direct TPS | PgBouncer TPS | proxy TPS | proxy/direct | proxy/PgBouncer | direct lat ms | PgBouncer lat ms | proxy lat ms | proxy added µs | PgBouncer CPU µs/tx | proxy CPU µs/tx | failed |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut misses = Vec::new();
+    for (mode, clients, r) in &results {
+        let [d, b, p] = *r;
+        let added_us = (p.latency_ms - d.latency_ms) * 1000.0;
+        println!(
+            "| {mode} | {clients} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.3} | {:.3} | {:.3} | {:.0} | {:.1} | {:.1} | {} |",
+            d.tps,
+            b.tps,
+            p.tps,
+            p.tps / d.tps,
+            p.tps / b.tps,
+            d.latency_ms,
+            b.latency_ms,
+            p.latency_ms,
+            added_us,
+            b.cpu_us_per_tx,
+            p.cpu_us_per_tx,
+            d.failed + b.failed + p.failed
+        );
+        if *clients == 8 && p.tps < b.tps {
+            misses.push(format!(
+                "{mode} -c 8: proxy/PgBouncer {:.2} < 1.0",
+                p.tps / b.tps
+            ));
+        }
+        if *clients == 1 && added_us > 60.0 {
+            misses.push(format!(
+                "{mode} -c 1: added latency {added_us:.0} µs > 60 µs"
+            ));
+        }
+    }
+    println!();
+    println!("| idle client connections | proxy RSS KiB |");
+    println!("|---|---|");
+    for (n, kib) in &mem {
+        println!("| {n} | {kib} |");
+    }
+    let base = mem.first().map(|m| m.1).unwrap_or(0);
+    let at400 = mem.last().map(|m| m.1).unwrap_or(0);
+    let per_conn = (at400.saturating_sub(base)) as f64 / 400.0;
+    let at100 = mem.get(2).map(|m| m.1).unwrap_or(0);
+    let marginal = (at400.saturating_sub(at100)) as f64 / 300.0;
+    println!("per idle connection: {per_conn:.1} KiB (0 → 400), {marginal:.1} KiB (100 → 400)");
+    if per_conn > 64.0 {
+        misses.push(format!(
+            "idle memory {per_conn:.1} KiB per connection > 64 KiB"
+        ));
+    }
+    println!();
+    if misses.is_empty() {
+        println!("targets: all met");
+    } else {
+        println!("targets missed: {}", misses.join("; "));
+    }
+}

@@ -1,13 +1,14 @@
 //! `pgseal-proxy serve --config FILE` and `pgseal-proxy check --config FILE`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use pgseal_proxy::{Config, Server};
+use pgseal_proxy::{Config, PassThrough, Server};
 
 const USAGE: &str = "usage: pgseal-proxy <serve|check> --config FILE\n\
   serve   run the proxy (SIGTERM: graceful shutdown)\n\
-  check   validate the configuration and the secrets it names, then exit\n\
+  check   validate the configuration and the secrets and files it names, then exit\n\
 Logging: PGSEAL_LOG (or RUST_LOG), e.g. PGSEAL_LOG=debug";
 
 fn parse_args() -> Result<(String, PathBuf)> {
@@ -25,10 +26,10 @@ fn parse_args() -> Result<(String, PathBuf)> {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--config" | "-c" => config = args.next().map(PathBuf::from),
-            s if s.starts_with("--config=") => {
-                config = Some(PathBuf::from(&s["--config=".len()..]))
-            }
-            other => bail!("unknown argument {other:?}\n{USAGE}"),
+            s => match s.strip_prefix("--config=") {
+                Some(p) => config = Some(PathBuf::from(p)),
+                None => bail!("unknown argument {s:?}\n{USAGE}"),
+            },
         }
     }
     let config = config.context(format!("--config FILE is required\n{USAGE}"))?;
@@ -45,43 +46,33 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let config = Config::from_file(&path)?;
-    let workers = config.workers;
+    let threads = config.threads();
     let resolved = config
         .resolve()
         .with_context(|| format!("{}: invalid configuration", path.display()))?;
     match cmd.as_str() {
         "check" => {
-            // Also load the TLS material, which is where most mistakes are.
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
+            // Also load the TLS material and bind (on free ports), which is where most
+            // mistakes are.
             let mut probe = resolved;
             probe.listen.set_port(0);
             if let Some(m) = probe.metrics_listen.as_mut() {
                 m.set_port(0);
             }
-            rt.block_on(Server::bind(probe))
+            Server::bind_sync(probe, Arc::new(PassThrough))
                 .context("configuration does not load")?;
             println!("{}: configuration OK", path.display());
             Ok(())
         }
         "serve" => {
-            let mut rt = tokio::runtime::Builder::new_multi_thread();
-            rt.enable_all();
-            if let Some(w) = workers {
-                rt.worker_threads(w);
-            }
-            let rt = rt.build()?;
-            rt.block_on(async {
-                let server = Server::bind(resolved).await?;
-                tracing::info!(
-                    listen = ?server.local_addr(),
-                    metrics = ?server.metrics_addr(),
-                    "pgseal-proxy listening"
-                );
-                server.run(pgseal_proxy::shutdown::terminate_signal()).await;
-                Ok::<_, anyhow::Error>(())
-            })?;
+            let server = Server::bind_sync(resolved, Arc::new(PassThrough))?;
+            tracing::info!(
+                listen = ?server.local_addr(),
+                metrics = ?server.metrics_addr(),
+                threads,
+                "pgseal-proxy listening"
+            );
+            server.run_threaded(threads, pgseal_proxy::shutdown::terminate_signal())?;
             Ok(())
         }
         other => bail!("unknown command {other:?}\n{USAGE}"),

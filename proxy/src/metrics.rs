@@ -29,7 +29,107 @@ pub struct Metrics {
     latency_count: AtomicU64,
 }
 
+/// Counters one session accumulates locally and merges into [`Metrics`] at most about once a
+/// second while busy and when it ends, so the hot path touches no shared cache line.
+#[derive(Debug)]
+pub struct LocalMetrics {
+    queries: u64,
+    errors: u64,
+    bytes_from_client: u64,
+    bytes_from_upstream: u64,
+    latency_buckets: [u64; BUCKETS.len()],
+    latency_sum_us: u64,
+    latency_count: u64,
+    last_flush: std::time::Instant,
+}
+
+impl Default for LocalMetrics {
+    fn default() -> Self {
+        LocalMetrics {
+            queries: 0,
+            errors: 0,
+            bytes_from_client: 0,
+            bytes_from_upstream: 0,
+            latency_buckets: [0; BUCKETS.len()],
+            latency_sum_us: 0,
+            latency_count: 0,
+            last_flush: std::time::Instant::now(),
+        }
+    }
+}
+
+/// How often a busy session merges its counters.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+impl LocalMetrics {
+    #[inline]
+    pub(crate) fn add_bytes_from_client(&mut self, n: usize) {
+        self.bytes_from_client += n as u64;
+    }
+    #[inline]
+    pub(crate) fn add_bytes_from_upstream(&mut self, n: usize) {
+        self.bytes_from_upstream += n as u64;
+    }
+    #[inline]
+    pub(crate) fn add_error(&mut self) {
+        self.errors += 1;
+    }
+    /// A ReadyForQuery that is not the end of a busy period (pipelined syncs).
+    #[inline]
+    pub(crate) fn observe_query_count(&mut self) {
+        self.queries += 1;
+    }
+    /// A ReadyForQuery that ends a busy period of `elapsed`; `now` is the current time.
+    #[inline]
+    pub(crate) fn observe_query(
+        &mut self,
+        elapsed: Duration,
+        now: std::time::Instant,
+        global: &Metrics,
+    ) {
+        self.queries += 1;
+        let secs = elapsed.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            if let Some(b) = self.latency_buckets.get_mut(i) {
+                *b += 1;
+            }
+        }
+        self.latency_sum_us += u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.latency_count += 1;
+        if now.duration_since(self.last_flush) >= FLUSH_EVERY {
+            global.merge(self);
+            self.last_flush = now;
+        }
+    }
+}
+
 impl Metrics {
+    /// Adds a session's local counters and resets them.
+    pub(crate) fn merge(&self, l: &mut LocalMetrics) {
+        self.queries
+            .fetch_add(std::mem::take(&mut l.queries), Relaxed);
+        self.errors
+            .fetch_add(std::mem::take(&mut l.errors), Relaxed);
+        self.bytes_from_client
+            .fetch_add(std::mem::take(&mut l.bytes_from_client), Relaxed);
+        self.bytes_from_upstream
+            .fetch_add(std::mem::take(&mut l.bytes_from_upstream), Relaxed);
+        for (g, b) in self
+            .latency_buckets
+            .iter()
+            .zip(l.latency_buckets.iter_mut())
+        {
+            let v = std::mem::take(b);
+            if v > 0 {
+                g.fetch_add(v, Relaxed);
+            }
+        }
+        self.latency_sum_us
+            .fetch_add(std::mem::take(&mut l.latency_sum_us), Relaxed);
+        self.latency_count
+            .fetch_add(std::mem::take(&mut l.latency_count), Relaxed);
+    }
+
     pub(crate) fn connection_opened(&self) {
         self.connections_total.fetch_add(1, Relaxed);
         self.connections_active.fetch_add(1, Relaxed);
@@ -43,38 +143,6 @@ impl Metrics {
     pub(crate) fn add_protocol_error(&self) {
         self.protocol_errors.fetch_add(1, Relaxed);
     }
-    pub(crate) fn add_error(&self) {
-        self.errors.fetch_add(1, Relaxed);
-    }
-    #[inline]
-    pub(crate) fn add_bytes_from_client(&self, n: usize) {
-        self.bytes_from_client.fetch_add(n as u64, Relaxed);
-    }
-    #[inline]
-    pub(crate) fn add_bytes_from_upstream(&self, n: usize) {
-        self.bytes_from_upstream.fetch_add(n as u64, Relaxed);
-    }
-    /// A ReadyForQuery that is not the end of a busy period (pipelined syncs).
-    pub(crate) fn observe_query_count(&self) {
-        self.queries.fetch_add(1, Relaxed);
-    }
-    /// A ReadyForQuery that ends a busy period of `elapsed`.
-    pub(crate) fn observe_query(&self, elapsed: Duration) {
-        self.queries.fetch_add(1, Relaxed);
-        let secs = elapsed.as_secs_f64();
-        for (b, bound) in self.latency_buckets.iter().zip(BUCKETS) {
-            if secs <= bound {
-                b.fetch_add(1, Relaxed);
-                break;
-            }
-        }
-        self.latency_sum_us.fetch_add(
-            u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
-            Relaxed,
-        );
-        self.latency_count.fetch_add(1, Relaxed);
-    }
-
     /// Active client connections.
     pub fn active_connections(&self) -> i64 {
         self.connections_active.load(Relaxed)

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use crate::cancel::CancelRegistry;
@@ -51,18 +51,25 @@ pub struct Shared {
     pub mock_secret: [u8; 32],
     /// Builds the per-session interceptor.
     pub interceptors: Arc<dyn InterceptorFactory>,
-    /// Becomes `true` when shutdown starts.
-    pub shutdown: watch::Receiver<bool>,
+    /// Signals shutdown to sessions.
+    pub shutdown: Arc<crate::shutdown::ShutdownRegistry>,
     /// Connection limit.
     pub conn_limit: Arc<Semaphore>,
 }
 
 /// A bound, not yet running proxy.
 pub struct Server {
-    listener: TcpListener,
-    metrics_listener: Option<TcpListener>,
+    listener: std::net::TcpListener,
+    metrics_listener: Option<std::net::TcpListener>,
     shared: Arc<Shared>,
-    shutdown_tx: watch::Sender<bool>,
+}
+
+fn bind_std(addr: SocketAddr) -> Result<std::net::TcpListener, ServerError> {
+    let l =
+        std::net::TcpListener::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
+    l.set_nonblocking(true)
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    Ok(l)
 }
 
 impl Server {
@@ -73,6 +80,14 @@ impl Server {
 
     /// Binds the listeners with a custom interceptor factory (the encryption layer).
     pub async fn bind_with(
+        config: Resolved,
+        interceptors: Arc<dyn InterceptorFactory>,
+    ) -> Result<Server, ServerError> {
+        Server::bind_sync(config, interceptors)
+    }
+
+    /// Like [`Server::bind_with`], outside any runtime.
+    pub fn bind_sync(
         config: Resolved,
         interceptors: Arc<dyn InterceptorFactory>,
     ) -> Result<Server, ServerError> {
@@ -105,24 +120,13 @@ impl Server {
             port: up.port,
             tls: upstream_tls,
         };
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
+        let listener = bind_std(config.listen)?;
         let metrics_listener = match config.metrics_listen {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| ServerError::Bind { addr, source })?,
-            ),
+            Some(addr) => Some(bind_std(addr)?),
             None => None,
         };
         let mut mock_secret = [0u8; 32];
         getrandom::fill(&mut mock_secret).map_err(|e| ServerError::Random(e.to_string()))?;
-        let (shutdown_tx, shutdown) = watch::channel(false);
         let conn_limit = Arc::new(Semaphore::new(config.config.limits.max_connections));
         Ok(Server {
             listener,
@@ -135,10 +139,9 @@ impl Server {
                 metrics: Arc::new(Metrics::default()),
                 mock_secret,
                 interceptors,
-                shutdown,
+                shutdown: Arc::new(crate::shutdown::ShutdownRegistry::default()),
                 conn_limit,
             }),
-            shutdown_tx,
         })
     }
 
@@ -159,50 +162,139 @@ impl Server {
         self.shared.metrics.clone()
     }
 
-    /// Accepts connections until `shutdown` resolves, then drains sessions for up to the grace
-    /// period.
+    /// Accepts connections on the current tokio runtime until `shutdown` resolves, then drains
+    /// sessions for up to the grace period.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Server {
             listener,
             metrics_listener,
             shared,
-            shutdown_tx,
         } = self;
-        let metrics_task = metrics_listener
-            .map(|l| tokio::spawn(crate::metrics::serve(l, shared.metrics.clone())));
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                r = listener.accept() => match r {
-                    Ok((tcp, peer)) => {
-                        tokio::spawn(session::run(tcp, peer, shared.clone()));
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
-            }
+        let metrics_task = spawn_metrics(metrics_listener, &shared);
+        let stop = shared.shutdown.listen();
+        tokio::select! {
+            _ = shutdown => shared.shutdown.trigger(),
+            _ = accept_loop(listener, shared.clone()) => {}
         }
-        drop(listener);
-        let grace = Duration::from_secs(shared.config.config.shutdown.grace_seconds);
-        info!(
-            active = shared.metrics.active_connections(),
-            ?grace,
-            "shutting down: no longer accepting"
-        );
-        let _ = shutdown_tx.send(true);
-        let deadline = tokio::time::Instant::now() + grace + Duration::from_secs(1);
-        while shared.metrics.active_connections() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        drop(stop);
+        drain(&shared).await;
         if let Some(t) = metrics_task {
             t.abort();
         }
-        info!(
-            remaining = shared.metrics.active_connections(),
-            "shutdown complete"
-        );
     }
+
+    /// Runs on `threads` single-threaded runtimes, one per thread, all accepting on the same
+    /// socket (thread per core: no work-stealing wake-ups between threads). Blocks until
+    /// `shutdown` resolves and sessions have drained.
+    pub fn run_threaded(
+        self,
+        threads: usize,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let Server {
+            listener,
+            metrics_listener,
+            shared,
+        } = self;
+        let mut handles = Vec::new();
+        for i in 1..threads.max(1) {
+            let l = listener.try_clone()?;
+            let shared = shared.clone();
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("pgseal-proxy-{i}"))
+                    .spawn(move || -> std::io::Result<()> {
+                        let rt = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()?;
+                        rt.block_on(async {
+                            accept_loop(l, shared.clone()).await;
+                            drain(&shared).await;
+                        });
+                        Ok(())
+                    })?,
+            );
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let metrics_task = spawn_metrics(metrics_listener, &shared);
+            let trigger = shared.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                trigger.shutdown.trigger();
+            });
+            accept_loop(listener, shared.clone()).await;
+            drain(&shared).await;
+            if let Some(t) = metrics_task {
+                t.abort();
+            }
+        });
+        for h in handles {
+            let _ = h.join();
+        }
+        Ok(())
+    }
+}
+
+fn spawn_metrics(
+    l: Option<std::net::TcpListener>,
+    shared: &Arc<Shared>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let l = l?;
+    match TcpListener::from_std(l) {
+        Ok(l) => Some(tokio::spawn(crate::metrics::serve(
+            l,
+            shared.metrics.clone(),
+        ))),
+        Err(e) => {
+            warn!(error = %e, "metrics listener unusable");
+            None
+        }
+    }
+}
+
+/// Accepts until shutdown starts.
+async fn accept_loop(listener: std::net::TcpListener, shared: Arc<Shared>) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(error = %e, "listener unusable");
+            return;
+        }
+    };
+    let stop = shared.shutdown.listen();
+    loop {
+        tokio::select! {
+            _ = stop.started() => break,
+            r = listener.accept() => match r {
+                Ok((tcp, peer)) => {
+                    tokio::spawn(session::run(tcp, peer, shared.clone()));
+                }
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Waits for sessions to end, up to the grace period (plus a second for the goodbyes).
+async fn drain(shared: &Shared) {
+    let grace = Duration::from_secs(shared.config.config.shutdown.grace_seconds);
+    info!(
+        active = shared.metrics.active_connections(),
+        ?grace,
+        "shutting down: no longer accepting"
+    );
+    let deadline = tokio::time::Instant::now() + grace + Duration::from_secs(1);
+    while shared.metrics.active_connections() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    info!(
+        remaining = shared.metrics.active_connections(),
+        "shutdown complete"
+    );
 }

@@ -169,7 +169,7 @@ async fn serve(login_info: client::ClientLogin, peer: SocketAddr, shared: &Share
         interceptor: interceptor.as_mut(),
         metrics: &shared.metrics,
         max_message_bytes: shared.config.config.limits.max_message_bytes,
-        shutdown: shared.shutdown.clone(),
+        shutdown: shared.shutdown.listen(),
         grace: std::time::Duration::from_secs(shared.config.config.shutdown.grace_seconds),
         pid_map: up.key.map(|(upid, _)| (upid, key.pid)),
     }

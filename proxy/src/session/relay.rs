@@ -10,10 +10,9 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
 
 use super::intercept::{Frame, InterceptError, MessageInterceptor, Outbox, TagSet};
-use crate::metrics::Metrics;
+use crate::metrics::{LocalMetrics, Metrics};
 use crate::net::Conn;
 use crate::protocol::framing::{peek_header, Limits};
 use crate::protocol::ProtocolError;
@@ -81,13 +80,22 @@ fn append(out: &mut BytesMut, chunk: BytesMut) {
     }
 }
 
-/// Per-connection counters the relay keeps (folded into the global metrics).
-struct Flow {
+/// Per-connection state the relay keeps; its counters are merged into the global metrics
+/// periodically and on drop.
+struct Flow<'m> {
+    metrics: &'m Metrics,
     /// Query/Sync/FunctionCall sent minus ReadyForQuery received.
     outstanding: u64,
     busy_since: Option<Instant>,
     last_backend_tag: u8,
     terminated: bool,
+    local: LocalMetrics,
+}
+
+impl Drop for Flow<'_> {
+    fn drop(&mut self) {
+        self.metrics.merge(&mut self.local);
+    }
 }
 
 pub(crate) struct Relay<'a> {
@@ -96,7 +104,7 @@ pub(crate) struct Relay<'a> {
     pub interceptor: &'a mut dyn MessageInterceptor,
     pub metrics: &'a Metrics,
     pub max_message_bytes: usize,
-    pub shutdown: watch::Receiver<bool>,
+    pub shutdown: crate::shutdown::ShutdownListener,
     pub grace: std::time::Duration,
     /// (upstream pid, pid given to the client): NotificationResponse pids are translated so a
     /// client can recognise its own notifications.
@@ -120,12 +128,14 @@ impl Relay<'_> {
         let mut to_upstream = BytesMut::new();
         let mut to_client = BytesMut::new();
         let mut flow = Flow {
+            metrics: self.metrics,
             outstanding: 0,
             busy_since: None,
             last_backend_tag: 0,
             terminated: false,
+            local: LocalMetrics::default(),
         };
-        let mut draining = *self.shutdown.borrow();
+        let mut draining = self.shutdown.is_started();
         let mut deadline = draining.then(|| tokio::time::Instant::now() + self.grace);
         if draining {
             return RelayEnd::Shutdown;
@@ -135,7 +145,7 @@ impl Relay<'_> {
             be.prepare_read();
             tokio::select! {
                 biased;
-                _ = self.shutdown.changed(), if !draining => {
+                _ = self.shutdown.started(), if !draining => {
                     draining = true;
                     deadline = Some(tokio::time::Instant::now() + self.grace);
                     if flow.outstanding == 0 && fe.buf.is_empty() && fe.pending == 0 {
@@ -148,7 +158,7 @@ impl Relay<'_> {
                 r = self.client.read_buf(&mut fe.buf) => {
                     match r {
                         Ok(0) => return RelayEnd::ClientClosed,
-                        Ok(n) => self.metrics.add_bytes_from_client(n),
+                        Ok(n) => flow.local.add_bytes_from_client(n),
                         Err(e) => return RelayEnd::ClientIo(e),
                     }
                     let mut out = Outbox { to_upstream: &mut to_upstream, to_client: &mut to_client };
@@ -167,7 +177,7 @@ impl Relay<'_> {
                         Ok(0) => {
                             return RelayEnd::UpstreamClosed { reported: flow.last_backend_tag == b'E' }
                         }
-                        Ok(n) => self.metrics.add_bytes_from_upstream(n),
+                        Ok(n) => flow.local.add_bytes_from_upstream(n),
                         Err(e) => return RelayEnd::UpstreamIo(e),
                     }
                     let mut out = Outbox { to_upstream: &mut to_upstream, to_client: &mut to_client };
@@ -226,7 +236,7 @@ fn frontend(
     tags: TagSet,
     limits: &Limits,
     interceptor: &mut dyn MessageInterceptor,
-    flow: &mut Flow,
+    flow: &mut Flow<'_>,
 ) -> Result<(), RelayEnd> {
     loop {
         if pump.pending > 0 {
@@ -278,7 +288,7 @@ fn backend(
     whole: TagSet,
     limits: &Limits,
     interceptor: &mut dyn MessageInterceptor,
-    flow: &mut Flow,
+    flow: &mut Flow<'_>,
     metrics: &Metrics,
     pid_map: Option<(i32, i32)>,
 ) -> Result<(), RelayEnd> {
@@ -307,13 +317,15 @@ fn backend(
                 flow.outstanding = flow.outstanding.saturating_sub(1);
                 if flow.outstanding == 0 {
                     if let Some(t) = flow.busy_since.take() {
-                        metrics.observe_query(t.elapsed());
+                        let now = Instant::now();
+                        flow.local
+                            .observe_query(now.duration_since(t), now, metrics);
                     }
                 } else {
-                    metrics.observe_query_count();
+                    flow.local.observe_query_count();
                 }
             }
-            b'E' => metrics.add_error(),
+            b'E' => flow.local.add_error(),
             b'A' => {
                 if let (Some((upstream_pid, client_pid)), Some(slot)) =
                     (pid_map, pump.buf.get_mut(5..9))
