@@ -1,0 +1,154 @@
+//! The per-call analysis state: slots, protected parameter uses, raw fragments.
+
+use sqlparser::ast::{Expr, Ident, ObjectName, ObjectNamePart};
+
+use super::mention;
+use super::plan::{Slot, UpstreamParam};
+use super::refusal::Refusal;
+use super::schema::{fold, ProtectedColumn, ProtectedSchema, TableResolver};
+use super::scope::{ColKind, Scope};
+use super::template::Sentinels;
+
+/// Analysis state of one `rewrite` call.
+pub(crate) struct Ctx<'a> {
+    pub(crate) schema: &'a ProtectedSchema,
+    resolver: &'a dyn TableResolver,
+    search_path: &'a [String],
+    pub(crate) sentinels: Sentinels,
+    pub(crate) slots: Vec<Slot>,
+    pub(crate) params: Vec<UpstreamParam>,
+    pub(crate) raws: Vec<String>,
+    /// Set when the AST was changed (the statement must be re-printed).
+    pub(crate) modified: bool,
+}
+
+/// Folded parts of an object name (None if a part is not a plain identifier).
+pub(crate) fn name_parts(name: &ObjectName) -> Option<Vec<String>> {
+    name.0
+        .iter()
+        .map(|p| match p {
+            ObjectNamePart::Identifier(i) => Some(fold(i)),
+            ObjectNamePart::Function(_) => None,
+        })
+        .collect()
+}
+
+/// The folded parts of a column reference expression, if it is one.
+pub(crate) fn col_ref(e: &Expr) -> Option<Vec<String>> {
+    match e {
+        Expr::Identifier(i) => Some(vec![fold(i)]),
+        Expr::CompoundIdentifier(is) => Some(is.iter().map(fold).collect()),
+        Expr::Nested(inner) => col_ref(inner),
+        _ => None,
+    }
+}
+
+impl<'a> Ctx<'a> {
+    pub(crate) fn new(
+        sql: &str,
+        schema: &'a ProtectedSchema,
+        resolver: &'a dyn TableResolver,
+        search_path: &'a [String],
+    ) -> Self {
+        Self {
+            schema,
+            resolver,
+            search_path,
+            sentinels: Sentinels::new(sql),
+            slots: Vec::new(),
+            params: Vec::new(),
+            raws: Vec::new(),
+            modified: false,
+        }
+    }
+
+    /// Resolves a table name to (schema, table). A name the resolver does not know but that
+    /// names a protected table in a search_path schema is taken to be that table (fail closed).
+    pub(crate) fn resolve_table(&self, name: &ObjectName) -> Option<(String, String)> {
+        let parts = name_parts(name)?;
+        if let Some(r) = self.resolver.resolve(&parts, self.search_path) {
+            return Some(r);
+        }
+        match parts.as_slice() {
+            [t] => self
+                .search_path
+                .iter()
+                .find(|s| self.schema.table(s, t).is_some())
+                .map(|s| (s.clone(), t.clone())),
+            [s, t] | [_, s, t] => Some((s.clone(), t.clone())),
+            _ => None,
+        }
+    }
+
+    /// The schema a new table named `name` is created in (first search_path schema).
+    pub(crate) fn creation_target(&self, name: &ObjectName) -> Option<(String, String)> {
+        let parts = name_parts(name)?;
+        match parts.as_slice() {
+            [t] => self
+                .search_path
+                .iter()
+                .find(|s| s.as_str() != "pg_catalog" && !s.starts_with('$'))
+                .map(|s| (s.clone(), t.clone())),
+            [s, t] | [_, s, t] => Some((s.clone(), t.clone())),
+            _ => None,
+        }
+    }
+
+    /// The protected column an expression refers to directly, if any.
+    pub(crate) fn protected_ref(
+        &self,
+        e: &Expr,
+        scope: &Scope<'_>,
+    ) -> Result<Option<ProtectedColumn>, Refusal> {
+        match col_ref(e) {
+            Some(parts) => Ok(match scope.resolve(&parts)? {
+                ColKind::Protected(p) => Some(*p),
+                ColKind::Plain => None,
+            }),
+            None => Ok(None),
+        }
+    }
+
+    /// Adds a slot; returns the expression standing for it.
+    pub(crate) fn slot(&mut self, slot: Slot) -> Expr {
+        let i = self.slots.len();
+        self.slots.push(slot);
+        self.modified = true;
+        Expr::Identifier(self.sentinels.slot(i))
+    }
+
+    /// Adds a protected parameter use; returns the expression standing for it.
+    pub(crate) fn param(&mut self, p: UpstreamParam) -> Expr {
+        let i = self.params.len();
+        self.params.push(p);
+        self.modified = true;
+        Expr::Identifier(self.sentinels.param(i))
+    }
+
+    /// Adds a raw SQL fragment; returns the identifier standing for it.
+    pub(crate) fn raw(&mut self, sql: String) -> Ident {
+        let i = self.raws.len();
+        self.raws.push(sql);
+        self.modified = true;
+        self.sentinels.raw(i)
+    }
+
+    /// Fail-closed check for a node not analysed in detail: refuse if its text names a protected
+    /// table, a protected column, or a name under which a protected column is visible.
+    pub(crate) fn opaque_check(
+        &self,
+        text: &str,
+        scope: &Scope<'_>,
+        what: &str,
+    ) -> Result<(), Refusal> {
+        let mut extra = Vec::new();
+        scope.protected_names(&mut extra);
+        match mention::first_protected_word(text, self.schema, &extra) {
+            None => Ok(()),
+            Some(name) => Err(Refusal::new(
+                super::refusal::FEATURE_NOT_SUPPORTED,
+                format!("pgseal: {what} that mentions the protected name {name} is not supported"),
+            )),
+        }
+    }
+}

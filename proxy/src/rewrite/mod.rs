@@ -1,0 +1,160 @@
+//! SQL analysis and rewriting for protected columns: client SQL plus a [`ProtectedSchema`] in,
+//! a [`Plan`] or a [`Refusal`] out. Pure: no I/O, no async, no keys.
+//!
+//! # Pipeline (fail closed)
+//! 1. If the text names no protected table (case-insensitive substring), [`Plan::PassThrough`]
+//!    without parsing.
+//! 2. Parse with sqlparser's `PostgreSqlDialect`; a parse failure is refused (`42601`), since the
+//!    text mentions a protected table.
+//! 3. If no identifier token names a protected table, pass through.
+//! 4. Otherwise analyse each statement with explicit scopes (aliases, joins, derived tables,
+//!    CTEs, subqueries): supported shapes are rewritten, anything else that touches a protected
+//!    column is refused. Nodes not analysed in detail are checked textually: if they name a
+//!    protected table, a protected column, or an alias of one, the statement is refused.
+//! 5. If nothing was rewritten, pass through (the original text, byte for byte); else the
+//!    statements are re-printed from the AST (formatting normalised, comments dropped) and split
+//!    into a template of SQL text and slots.
+//!
+//! # Rewrites
+//! - Literals stored into protected columns become [`Slot::Value`]; `$n` become
+//!   [`UpstreamParam::Value`] (`$k::bytea`).
+//! - `col = x`, `col IN (…)`, `col = ANY(ARRAY[…])` become
+//!   `SUBSTRING(col FROM 1 FOR 16) = ANY(<lookup>)`; `<>`, `NOT IN` and `<> ALL(…)` become
+//!   `… <> ALL(<lookup>)`. A lookup is a [`Slot::Lookup`] (literals) or an upstream parameter
+//!   `$k::bytea[]` ([`UpstreamParam::Lookup`], or [`UpstreamParam::LookupArray`] for
+//!   `= ANY($n)`). A `$n` used in several roles gets one upstream parameter per role.
+//! - Equality joins of two columns of one index group compare the two prefixes.
+//! - `ON CONFLICT (col)` on a unique indexed column targets `((substring(col from 1 for 16)))`.
+//! - DDL: protected columns become `BYTEA`, indexes on them the prefix expression.
+//!
+//! # Design notes (deviations from the brief, and why)
+//! - sqlparser's `visitor` feature needs `sqlparser_derive` 0.7, which the crate registry
+//!   reachable here does not have; the module therefore uses no visitor. Relation detection is
+//!   token-based (step 3) and the analysis walks the AST itself, with the textual fallback for
+//!   nodes it does not handle. Depend on `sqlparser = "0.64"` with default features.
+//! - `Plan::PassThrough` also covers statements that read protected columns without any
+//!   predicate or write on them (`SELECT * FROM patients`): nothing needs rewriting, and results
+//!   are decrypted through RowDescription.
+//! - Upstream parameters are numbered in order of first appearance in the rewritten text; client
+//!   parameters the statement never references are not forwarded.
+//! - Whole-row references (`row_to_json(p)`) are not detected; they return ciphertext (never
+//!   plaintext upstream).
+//!
+//! # Performance
+//! Measured in release mode on the 2-core development machine (`bench_rewrite`, ignored test,
+//! see the report in the commit): see `tests::bench_rewrite`.
+
+mod analyze;
+mod ctx;
+mod ddl;
+mod dml;
+mod expr;
+mod mention;
+mod operand;
+pub mod plan;
+mod predicate;
+mod query;
+pub mod refusal;
+pub mod schema;
+mod scope;
+mod template;
+
+#[cfg(test)]
+mod tests;
+
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+pub use ddl::schema_ddl;
+pub use plan::{Piece, Plan, PlanKind, RewritePlan, Slot, UpstreamParam};
+pub use refusal::Refusal;
+pub use schema::{InMemoryResolver, IndexSpec, ProtectedColumn, ProtectedSchema, TableResolver};
+
+use analyze::StatementKind;
+use ctx::Ctx;
+
+/// Analyses `sql` (one statement, or several separated by `;` as in the simple protocol) and
+/// returns how to forward it, or why it must not be forwarded.
+///
+/// `search_path` is the session's, already expanded (no `"$user"`); `pg_catalog` is implicit.
+pub fn rewrite(
+    sql: &str,
+    schema: &ProtectedSchema,
+    resolver: &dyn TableResolver,
+    search_path: &[String],
+) -> Result<Plan, Refusal> {
+    if schema.is_empty() || !mention::text_mentions_protected_table(sql, schema) {
+        return Ok(Plan::PassThrough);
+    }
+    let dialect = PostgreSqlDialect {};
+    let mut statements = match Parser::parse_sql(&dialect, sql) {
+        Ok(s) => s,
+        Err(_) => {
+            let lower = sql.to_lowercase();
+            let table = schema
+                .tables()
+                .find(|(_, t)| lower.contains(&t.to_lowercase()))
+                .map(|(s, t)| format!("{s}.{t}"))
+                .unwrap_or_default();
+            return Err(Refusal::new(
+                refusal::SYNTAX_ERROR,
+                format!("pgseal: a statement that mentions protected table {table} could not be parsed, so it is not forwarded"),
+            ));
+        }
+    };
+    if !mention::any_word(sql, |w| schema.is_table_name(w)) {
+        return Ok(Plan::PassThrough);
+    }
+    let mut ctx = Ctx::new(sql, schema, resolver, search_path);
+    let mut dml = false;
+    for st in statements.iter_mut() {
+        let before = ctx.modified;
+        let kind = ctx.statement(st)?;
+        if ctx.modified && !before && kind == StatementKind::Dml {
+            dml = true;
+        }
+        if kind == StatementKind::Dml && ctx.modified != before {
+            dml = true;
+        }
+    }
+    if !ctx.modified {
+        return Ok(Plan::PassThrough);
+    }
+    let text = statements
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join(";\n");
+    let built = template::build(
+        &text,
+        &ctx.sentinels,
+        ctx.slots.len(),
+        &ctx.params,
+        &ctx.raws,
+    )?;
+    let client_param_count = built.max_client_param;
+    let client_param_types = (1..=client_param_count)
+        .map(|n| {
+            let mut ty = None;
+            for u in built.upstream.iter().filter(|u| u.client_param() == n) {
+                let col = u.column()?;
+                let t = schema.column(col.schema(), col.table(), col.column())?.ty;
+                match (&u, ty) {
+                    (UpstreamParam::LookupArray { .. }, _) => return None,
+                    (_, None) => ty = Some(t),
+                    (_, Some(prev)) if prev == t => {}
+                    _ => return None,
+                }
+            }
+            ty
+        })
+        .collect();
+    Ok(Plan::Rewrite(RewritePlan {
+        kind: if dml { PlanKind::Dml } else { PlanKind::Ddl },
+        template: built.template,
+        slots: ctx.slots,
+        client_param_count,
+        client_param_types,
+        upstream_params: built.upstream,
+    }))
+}

@@ -1,0 +1,166 @@
+//! The description of the protected columns, and how table names resolve (search_path).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use pgseal_crypto::value::{LogicalType, Normalisation};
+use pgseal_crypto::{ColumnId, IndexGroup};
+
+/// The equality (blind) index of a protected column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexSpec {
+    /// Columns of one group share a blind-index key and can be joined on equality.
+    pub group: IndexGroup,
+    /// Normalisation applied before indexing (text types).
+    pub norm: Normalisation,
+    /// Whether a UNIQUE expression index exists (needed for `ON CONFLICT (col)`).
+    pub unique: bool,
+}
+
+/// One protected column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtectedColumn {
+    /// `schema.table.column` (unquoted, case-sensitive PostgreSQL names).
+    pub id: ColumnId,
+    /// The type the application sees.
+    pub ty: LogicalType,
+    /// The keyserver keyring holding the column's keys.
+    pub keyring: String,
+    /// The equality index, if any (equality predicates are refused without one).
+    pub index: Option<IndexSpec>,
+}
+
+/// All protected columns, by (schema, table, column).
+#[derive(Debug, Clone, Default)]
+pub struct ProtectedSchema {
+    tables: BTreeMap<(String, String), BTreeMap<String, ProtectedColumn>>,
+    /// Lower-cased table names, for the cheap textual pre-check.
+    lower_table_names: BTreeSet<String>,
+}
+
+impl ProtectedSchema {
+    /// An empty schema (every statement passes through).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Builds a schema from columns (a later duplicate replaces an earlier one).
+    pub fn from_columns(columns: impl IntoIterator<Item = ProtectedColumn>) -> Self {
+        let mut s = Self::new();
+        for c in columns {
+            s.insert(c);
+        }
+        s
+    }
+
+    /// Adds (or replaces) a protected column.
+    pub fn insert(&mut self, column: ProtectedColumn) {
+        let key = (column.id.schema().to_owned(), column.id.table().to_owned());
+        self.lower_table_names
+            .insert(column.id.table().to_lowercase());
+        self.tables
+            .entry(key)
+            .or_default()
+            .insert(column.id.column().to_owned(), column);
+    }
+
+    /// The protected column `schema.table.column`, if configured.
+    pub fn column(&self, schema: &str, table: &str, column: &str) -> Option<&ProtectedColumn> {
+        self.tables
+            .get(&(schema.to_owned(), table.to_owned()))
+            .and_then(|t| t.get(column))
+    }
+
+    /// The protected columns of a table (None if the table has none).
+    pub fn table(&self, schema: &str, table: &str) -> Option<&BTreeMap<String, ProtectedColumn>> {
+        self.tables.get(&(schema.to_owned(), table.to_owned()))
+    }
+
+    /// Every protected column, ordered by schema, table, column.
+    pub fn columns(&self) -> impl Iterator<Item = &ProtectedColumn> {
+        self.tables.values().flat_map(|t| t.values())
+    }
+
+    /// Every (schema, table) with at least one protected column.
+    pub fn tables(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.tables.keys().map(|(s, t)| (s.as_str(), t.as_str()))
+    }
+
+    /// Whether no column is protected.
+    pub fn is_empty(&self) -> bool {
+        self.tables.is_empty()
+    }
+
+    /// Lower-cased names of protected tables (for the textual pre-check).
+    pub(crate) fn lower_table_names(&self) -> &BTreeSet<String> {
+        &self.lower_table_names
+    }
+
+    /// Whether `name` (already folded) is the name of a protected table in any schema.
+    pub(crate) fn is_table_name(&self, name: &str) -> bool {
+        self.tables.keys().any(|(_, t)| t == name)
+    }
+
+    /// Whether `name` (already folded) is the name of a protected column in any table.
+    pub(crate) fn is_column_name(&self, name: &str) -> bool {
+        self.tables.values().any(|t| t.contains_key(name))
+    }
+}
+
+/// Tells which schema a table name resolves to, as PostgreSQL would for the session.
+pub trait TableResolver {
+    /// `name_parts` are folded identifiers (unquoted ones lower-cased): `[table]`,
+    /// `[schema, table]` or `[database, schema, table]`. Returns `(schema, table)` of the
+    /// existing table, or None if no such table exists.
+    fn resolve(&self, name_parts: &[String], search_path: &[String]) -> Option<(String, String)>;
+}
+
+/// A [`TableResolver`] over a fixed set of existing tables (tests, and the catalog snapshot).
+#[derive(Debug, Clone, Default)]
+pub struct InMemoryResolver {
+    tables: BTreeSet<(String, String)>,
+}
+
+impl InMemoryResolver {
+    /// A resolver knowing the given `(schema, table)` pairs.
+    pub fn new<S: Into<String>, T: Into<String>>(tables: impl IntoIterator<Item = (S, T)>) -> Self {
+        Self {
+            tables: tables
+                .into_iter()
+                .map(|(s, t)| (s.into(), t.into()))
+                .collect(),
+        }
+    }
+
+    /// Adds an existing table.
+    pub fn add(&mut self, schema: &str, table: &str) {
+        self.tables.insert((schema.to_owned(), table.to_owned()));
+    }
+
+    fn has(&self, schema: &str, table: &str) -> bool {
+        self.tables.contains(&(schema.to_owned(), table.to_owned()))
+    }
+}
+
+impl TableResolver for InMemoryResolver {
+    fn resolve(&self, name_parts: &[String], search_path: &[String]) -> Option<(String, String)> {
+        match name_parts {
+            [table] => std::iter::once("pg_catalog")
+                .chain(search_path.iter().map(String::as_str))
+                .find(|s| self.has(s, table))
+                .map(|s| (s.to_owned(), table.clone())),
+            [schema, table] | [_, schema, table] => self
+                .has(schema, table)
+                .then(|| (schema.clone(), table.clone())),
+            _ => None,
+        }
+    }
+}
+
+/// Folds an identifier as PostgreSQL does: unquoted names are lower-cased.
+pub(crate) fn fold(ident: &sqlparser::ast::Ident) -> String {
+    if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_lowercase()
+    }
+}

@@ -1,0 +1,289 @@
+//! Printing the rewritten AST into a template: sentinel identifiers stand for slots, protected
+//! parameter uses and raw fragments; they are found again by tokenizing the printed text.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sqlparser::ast::Ident;
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::tokenizer::{Location, Token, Tokenizer};
+
+use super::plan::{Piece, UpstreamParam};
+use super::refusal::{Refusal, INTERNAL_ERROR};
+
+/// Per-call unique sentinel identifiers (`pgseal_<random hex>_s0`, `…_p0`, `…_r0`).
+#[derive(Debug, Clone)]
+pub(crate) struct Sentinels {
+    prefix: String,
+}
+
+/// What a sentinel stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Slot(usize),
+    Param(usize),
+    Raw(usize),
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn random_u64() -> u64 {
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    if let Ok(d) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.write_u128(d.as_nanos());
+    }
+    h.finish()
+}
+
+impl Sentinels {
+    /// A prefix that does not occur in `sql` (case-insensitively).
+    pub(crate) fn new(sql: &str) -> Self {
+        let lower = sql.to_lowercase();
+        loop {
+            let prefix = format!("pgseal_{:016x}_", random_u64());
+            if !lower.contains(&prefix) {
+                return Self { prefix };
+            }
+        }
+    }
+
+    fn ident(&self, tag: char, i: usize) -> Ident {
+        Ident::new(format!("{}{tag}{i}", self.prefix))
+    }
+    /// The identifier standing for slot `i`.
+    pub(crate) fn slot(&self, i: usize) -> Ident {
+        self.ident('s', i)
+    }
+    /// The identifier standing for protected parameter use `i`.
+    pub(crate) fn param(&self, i: usize) -> Ident {
+        self.ident('p', i)
+    }
+    /// The identifier standing for raw SQL fragment `i`.
+    pub(crate) fn raw(&self, i: usize) -> Ident {
+        self.ident('r', i)
+    }
+
+    fn parse(&self, word: &str) -> Option<Result<Kind, ()>> {
+        let rest = word.strip_prefix(self.prefix.as_str())?;
+        let mut chars = rest.chars();
+        let tag = chars.next();
+        let n: Result<usize, _> = chars.as_str().parse();
+        Some(match (tag, n) {
+            (Some('s'), Ok(i)) => Ok(Kind::Slot(i)),
+            (Some('p'), Ok(i)) => Ok(Kind::Param(i)),
+            (Some('r'), Ok(i)) => Ok(Kind::Raw(i)),
+            _ => Err(()),
+        })
+    }
+}
+
+fn internal(what: &str) -> Refusal {
+    Refusal::new(
+        INTERNAL_ERROR,
+        format!("pgseal: rewrite self-check failed ({what})"),
+    )
+}
+
+/// Byte offsets of the start of every line of `text` (lines as the tokenizer counts them).
+fn line_starts(text: &str) -> Vec<usize> {
+    let mut v = vec![0];
+    v.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+    v
+}
+
+fn byte_offset(text: &str, starts: &[usize], loc: Location) -> Option<usize> {
+    let line = usize::try_from(loc.line).ok()?.checked_sub(1)?;
+    let col = usize::try_from(loc.column).ok()?.checked_sub(1)?;
+    let start = *starts.get(line)?;
+    let rest = text.get(start..)?;
+    if col == 0 {
+        return Some(start);
+    }
+    match rest.char_indices().nth(col) {
+        Some((i, _)) => Some(start + i),
+        None => (rest.chars().count() == col).then_some(text.len()),
+    }
+}
+
+/// The template and the upstream parameter list.
+pub(crate) struct Built {
+    pub(crate) template: Vec<Piece>,
+    pub(crate) upstream: Vec<UpstreamParam>,
+    pub(crate) max_client_param: usize,
+}
+
+/// Splits the printed SQL on sentinels and renumbers placeholders.
+/// `param_uses[i]` is the (non-plain) upstream parameter a `p<i>` sentinel stands for.
+/// Every slot, parameter use and raw fragment must appear exactly once, or the call fails.
+pub(crate) fn build(
+    text: &str,
+    sentinels: &Sentinels,
+    slot_count: usize,
+    param_uses: &[UpstreamParam],
+    raws: &[String],
+) -> Result<Built, Refusal> {
+    let dialect = PostgreSqlDialect {};
+    let tokens = Tokenizer::new(&dialect, text)
+        .tokenize_with_location()
+        .map_err(|_| internal("printed SQL does not tokenize"))?;
+    let starts = line_starts(text);
+    let mut seen_slots = vec![0usize; slot_count];
+    let mut seen_params = vec![0usize; param_uses.len()];
+    let mut seen_raws = vec![0usize; raws.len()];
+    let mut upstream: Vec<UpstreamParam> = Vec::new();
+    let mut max_client_param = 0usize;
+    let mut template: Vec<Piece> = Vec::new();
+    let mut sql = String::new();
+    let mut cursor = 0usize;
+
+    let number = |p: UpstreamParam, upstream: &mut Vec<UpstreamParam>| -> usize {
+        if let Some(i) = upstream.iter().position(|u| *u == p) {
+            return i + 1;
+        }
+        upstream.push(p);
+        upstream.len()
+    };
+
+    for t in tokens {
+        let kind = match &t.token {
+            Token::Word(w) if w.quote_style.is_none() => match sentinels.parse(&w.value) {
+                Some(Ok(k)) => Some(k),
+                Some(Err(())) => return Err(internal("malformed sentinel")),
+                None => None,
+            },
+            Token::Placeholder(p) => {
+                let n: usize = p
+                    .strip_prefix('$')
+                    .and_then(|d| d.parse().ok())
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| {
+                        Refusal::new(
+                            super::refusal::SYNTAX_ERROR,
+                            "pgseal: only $n parameters are supported in statements on protected tables",
+                        )
+                    })?;
+                max_client_param = max_client_param.max(n);
+                let start =
+                    byte_offset(text, &starts, t.span.start).ok_or_else(|| internal("span"))?;
+                let end = byte_offset(text, &starts, t.span.end).ok_or_else(|| internal("span"))?;
+                sql.push_str(text.get(cursor..start).ok_or_else(|| internal("span"))?);
+                let k = number(UpstreamParam::Plain(n), &mut upstream);
+                sql.push_str(&format!("${k}"));
+                cursor = end;
+                continue;
+            }
+            _ => None,
+        };
+        let Some(kind) = kind else { continue };
+        let start = byte_offset(text, &starts, t.span.start).ok_or_else(|| internal("span"))?;
+        let end = byte_offset(text, &starts, t.span.end).ok_or_else(|| internal("span"))?;
+        sql.push_str(text.get(cursor..start).ok_or_else(|| internal("span"))?);
+        cursor = end;
+        match kind {
+            Kind::Slot(i) => {
+                *seen_slots
+                    .get_mut(i)
+                    .ok_or_else(|| internal("unknown slot"))? += 1;
+                if !sql.is_empty() {
+                    template.push(Piece::Sql(std::mem::take(&mut sql)));
+                }
+                template.push(Piece::Slot(i));
+            }
+            Kind::Param(i) => {
+                *seen_params
+                    .get_mut(i)
+                    .ok_or_else(|| internal("unknown parameter"))? += 1;
+                let p = param_uses
+                    .get(i)
+                    .ok_or_else(|| internal("unknown parameter"))?;
+                max_client_param = max_client_param.max(p.client_param());
+                let cast = if p.type_oid() == super::plan::BYTEA_OID {
+                    "bytea"
+                } else {
+                    "bytea[]"
+                };
+                let k = number(p.clone(), &mut upstream);
+                sql.push_str(&format!("${k}::{cast}"));
+            }
+            Kind::Raw(i) => {
+                *seen_raws
+                    .get_mut(i)
+                    .ok_or_else(|| internal("unknown fragment"))? += 1;
+                sql.push_str(raws.get(i).ok_or_else(|| internal("unknown fragment"))?);
+            }
+        }
+    }
+    sql.push_str(text.get(cursor..).ok_or_else(|| internal("span"))?);
+    if !sql.is_empty() {
+        template.push(Piece::Sql(sql));
+    }
+    let once = |v: &[usize]| v.iter().all(|c| *c == 1);
+    if !once(&seen_slots) || !once(&seen_params) || !once(&seen_raws) {
+        return Err(internal("sentinel count mismatch"));
+    }
+    Ok(Built {
+        template,
+        upstream,
+        max_client_param,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgseal_crypto::ColumnId;
+
+    #[test]
+    fn splits_on_sentinels_and_renumbers() {
+        let s = Sentinels::new("x");
+        let col = ColumnId::new("public", "t", "c").unwrap();
+        let text = format!(
+            "SELECT 'é\n', $2 FROM t WHERE a = {} AND b = ANY({}) AND c = $2 AND d = {}",
+            s.slot(0),
+            s.param(0),
+            s.raw(0)
+        );
+        let uses = vec![UpstreamParam::Lookup {
+            param: 1,
+            column: col.clone(),
+        }];
+        let b = build(&text, &s, 1, &uses, &["(raw)".to_owned()]).unwrap();
+        assert_eq!(
+            b.template,
+            vec![
+                Piece::Sql("SELECT 'é\n', $1 FROM t WHERE a = ".into()),
+                Piece::Slot(0),
+                Piece::Sql(" AND b = ANY($2::bytea[]) AND c = $1 AND d = (raw)".into()),
+            ]
+        );
+        assert_eq!(
+            b.upstream,
+            vec![
+                UpstreamParam::Plain(2),
+                UpstreamParam::Lookup {
+                    param: 1,
+                    column: col
+                }
+            ]
+        );
+        assert_eq!(b.max_client_param, 2);
+    }
+
+    #[test]
+    fn missing_or_duplicated_sentinel_is_an_error() {
+        let s = Sentinels::new("x");
+        let text = format!("SELECT {} , {}", s.slot(0), s.slot(0));
+        assert!(build(&text, &s, 1, &[], &[]).is_err());
+        assert!(build("SELECT 1", &s, 1, &[], &[]).is_err());
+    }
+
+    #[test]
+    fn sentinel_prefix_avoids_input_text() {
+        let a = Sentinels::new("");
+        let b = Sentinels::new("");
+        assert_ne!(a.prefix, b.prefix);
+        assert!(!a.prefix.is_empty());
+    }
+}
