@@ -36,9 +36,10 @@ fn run() -> anyhow::Result<()> {
         }
         Command::Init(args) => {
             let out = init::init(&args)?;
-            println!("created {}", out.config_path.display());
-            println!(
-                "first key-admin token (id {}), shown once; store it safely:",
+            // Messages on stderr, the token alone on stdout: `TOKEN=$(pgseal-keyserver init ...)` works.
+            eprintln!("created {}", out.config_path.display());
+            eprintln!(
+                "first key-admin token (id {}) follows on stdout, shown once; store it safely",
                 out.admin_token_id
             );
             println!("{}", out.admin_token.as_str());

@@ -24,6 +24,8 @@ use crate::auth::mtls::proxy_name_from_cert;
 use crate::error::KsError;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most connections served at once; further clients wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 1024;
 
 /// The crypto provider used everywhere (aws-lc-rs), passed explicitly.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -92,8 +94,16 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), KsError> {
     let acceptor = TlsAcceptor::from(tls);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
+        let permit = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return Ok(()),
+            },
+        };
         let (tcp, addr) = tokio::select! {
             () = &mut shutdown => return Ok(()),
             r = listener.accept() => match r {
@@ -108,6 +118,7 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let app = app.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let _ = tcp.set_nodelay(true);
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,

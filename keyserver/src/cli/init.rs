@@ -2,7 +2,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::audit::AuditEvent;
@@ -128,6 +128,8 @@ pub fn init(args: &InitArgs) -> Result<InitOutcome, KsError> {
         },
     };
     let store = SqliteStore::open(&db_path, cfg.durability)?;
+    fs::set_permissions(&db_path, fs::Permissions::from_mode(0o600))
+        .map_err(|e| KsError::io(&db_path, e))?;
     store.check_root_key(root.as_ref())?;
     let (admin_token, admin_token_id) = bootstrap_token(&store, "bootstrap key-admin (init)")?;
     write_file(&config_path, cfg.to_toml()?.as_bytes(), 0o600)?;
