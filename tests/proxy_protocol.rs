@@ -515,3 +515,43 @@ async fn metrics_endpoint_reports_counters() {
     assert!(value("pgseal_proxy_query_duration_seconds_count") >= 1.0);
     assert!(!body.contains("SELECT"), "no SQL in metrics");
 }
+
+#[tokio::test]
+async fn graceful_shutdown_lets_in_flight_queries_finish() {
+    let env = env();
+    let db = env.new_db("shutdown");
+    let upstream = format!(
+        "host = \"{}\"\nport = {}",
+        env.pg.socket_dir().display(),
+        env.pg.port
+    );
+    let mut proxy =
+        support::TestProxy::start(&support::proxy_toml(&upstream, ""), &support::proxy_env());
+    let conn_str = format!(
+        "host=127.0.0.1 port={} user={APP_USER} password={APP_PASSWORD} dbname={db}",
+        proxy.port()
+    );
+    let idle = connect(&conn_str).await;
+    let busy = connect(&conn_str).await;
+    idle.simple_query("SELECT 1").await.unwrap();
+    let in_flight = tokio::spawn(async move {
+        busy.query_one("SELECT pg_sleep(1), 7::int4", &[])
+            .await
+            .map(|r| r.get::<_, i32>(1))
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.begin_shutdown();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The in-flight query completes.
+    assert_eq!(in_flight.await.unwrap().unwrap(), 7);
+    // The idle session was closed.
+    let err = idle.simple_query("SELECT 1").await.unwrap_err();
+    assert!(
+        err.is_closed() || err.code().map(|c| c.code()) == Some("57P01"),
+        "{err}"
+    );
+    // No new connections.
+    assert!(tokio_postgres::connect(&conn_str, tokio_postgres::NoTls)
+        .await
+        .is_err());
+}

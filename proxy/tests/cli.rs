@@ -1,0 +1,122 @@
+//! The binary: `check` gives clear messages, `serve` stops on SIGTERM.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_pgseal-proxy");
+
+fn config(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
+    let p = dir.join("proxy.toml");
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+const GOOD: &str = r#"
+listen = "127.0.0.1:0"
+[upstream]
+host = "/tmp"
+port = 5432
+[[users]]
+name = "app"
+password_env = "CLI_TEST_PASSWORD"
+"#;
+
+#[test]
+fn check_accepts_a_good_config_and_explains_bad_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = config(dir.path(), GOOD);
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&p)
+        .env("CLI_TEST_PASSWORD", "s3cret-value")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
+
+    // Missing secret: names the variable, never prints a secret.
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&p)
+        .env_remove("CLI_TEST_PASSWORD")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("CLI_TEST_PASSWORD"), "{err}");
+
+    // Unknown key, TLS without files, missing file.
+    for (body, needle) in [
+        (GOOD.replace("port = 5432", "port = 5432\nprot = 1"), "prot"),
+        (
+            GOOD.replace(
+                "listen = \"127.0.0.1:0\"",
+                "listen = \"127.0.0.1:0\"\n[tls]\nmode = \"required\"",
+            ),
+            "tls.cert",
+        ),
+        (
+            GOOD.replace("port = 5432", "port = 5432\ntls = \"verify-full\""),
+            "upstream.ca",
+        ),
+    ] {
+        let p = config(dir.path(), &body);
+        let out = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&p)
+            .env("CLI_TEST_PASSWORD", "s3cret-value")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{needle}: {err}");
+        assert!(!err.contains("s3cret-value"));
+    }
+    let out = Command::new(BIN)
+        .args(["check", "--config", "/nonexistent/proxy.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/proxy.toml"));
+}
+
+#[test]
+fn serve_exits_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = config(
+        dir.path(),
+        &GOOD.replace("[[users]]", "[shutdown]\ngrace_seconds = 1\n[[users]]"),
+    );
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&p)
+        .env("CLI_TEST_PASSWORD", "s3cret-value")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(child.try_wait().unwrap().is_none(), "serve exited early");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            assert!(s.success(), "exit status {s}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("shutdown complete"), "{log}");
+    assert!(!log.contains("s3cret-value"));
+}
