@@ -5,7 +5,6 @@ use sqlparser::ast::{CopySource, Statement};
 use super::ctx::Ctx;
 use super::mention;
 use super::refusal::Refusal;
-use super::scope::Scope;
 
 /// What kind of statement was analysed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +24,17 @@ impl Ctx<'_> {
             Statement::CreateTable(ct) => self.create_table(ct).map(|_| StatementKind::Ddl),
             Statement::AlterTable(at) => self.alter_table(at).map(|_| StatementKind::Ddl),
             Statement::CreateIndex(ci) => self.create_index(ci).map(|_| StatementKind::Ddl),
+            // Statements that carry no values of protected columns.
+            Statement::Drop { .. }
+            | Statement::Truncate(_)
+            | Statement::Analyze(_)
+            | Statement::Grant(_)
+            | Statement::Revoke(_)
+            | Statement::Comment { .. }
+            | Statement::Lock(_)
+            | Statement::Vacuum(_) => Ok(StatementKind::Ddl),
+            // EXPLAIN [ANALYZE] runs (or plans) the inner statement: rewrite it the same way.
+            Statement::Explain { statement, .. } => self.statement(statement),
             Statement::Copy { source, .. } => {
                 match source {
                     CopySource::Table { table_name, .. } => {
@@ -57,7 +67,6 @@ impl Ctx<'_> {
                         "this kind of statement",
                     ));
                 }
-                let _ = Scope::default();
                 Ok(StatementKind::Dml)
             }
         }

@@ -120,10 +120,7 @@ impl Ctx<'_> {
                 "INSERT into a table function",
             );
         };
-        let (s, t) = match self.resolve_table(name) {
-            Some(x) => x,
-            None => (String::new(), String::new()),
-        };
+        let (s, t) = self.resolve_table(name).unwrap_or_default();
         let table_rel = Relation::table(self.schema, &s, &t);
         let mut scope = Scope::default();
         let binding = ins
@@ -221,8 +218,10 @@ impl Ctx<'_> {
                     }
                 }
                 if let OnConflictAction::DoUpdate(du) = &mut oc.action {
-                    let mut up_scope = Scope::default();
-                    up_scope.sources = scope.sources.clone();
+                    let mut up_scope = Scope {
+                        sources: scope.sources.clone(),
+                        ..Scope::default()
+                    };
                     up_scope.sources.push(Source {
                         binding: "excluded".to_owned(),
                         schema: None,
@@ -247,7 +246,7 @@ impl Ctx<'_> {
     /// UPDATE.
     pub(crate) fn update(&mut self, up: &mut Update) -> Result<(), Refusal> {
         let mut scope = Scope::default();
-        self.from_item(&mut up.table, &mut scope)?;
+        self.add_from_item(&mut up.table, &mut scope)?;
         let target = scope
             .sources
             .first()
@@ -256,7 +255,7 @@ impl Ctx<'_> {
         match &mut up.from {
             Some(UpdateTableFromKind::BeforeSet(v)) | Some(UpdateTableFromKind::AfterSet(v)) => {
                 for twj in v.iter_mut() {
-                    self.from_item(twj, &mut scope)?;
+                    self.add_from_item(twj, &mut scope)?;
                 }
             }
             None => {}
@@ -287,13 +286,13 @@ impl Ctx<'_> {
         match &mut del.from {
             FromTable::WithFromKeyword(v) | FromTable::WithoutKeyword(v) => {
                 for twj in v.iter_mut() {
-                    self.from_item(twj, &mut scope)?;
+                    self.add_from_item(twj, &mut scope)?;
                 }
             }
         }
         if let Some(u) = &mut del.using {
             for twj in u.iter_mut() {
-                self.from_item(twj, &mut scope)?;
+                self.add_from_item(twj, &mut scope)?;
             }
         }
         if let Some(w) = &mut del.selection {

@@ -110,12 +110,7 @@ pub fn rewrite(
     for st in statements.iter_mut() {
         let before = ctx.modified;
         let kind = ctx.statement(st)?;
-        if ctx.modified && !before && kind == StatementKind::Dml {
-            dml = true;
-        }
-        if kind == StatementKind::Dml && ctx.modified != before {
-            dml = true;
-        }
+        dml |= kind == StatementKind::Dml && ctx.modified && !before;
     }
     if !ctx.modified {
         return Ok(Plan::PassThrough);

@@ -204,7 +204,7 @@ impl Ctx<'_> {
     }
 
     /// Adds the FROM items of `twj` to `scope`, analysing join conditions.
-    pub(crate) fn from_item(
+    pub(crate) fn add_from_item(
         &mut self,
         twj: &mut TableWithJoins,
         scope: &mut Scope<'_>,
@@ -314,7 +314,7 @@ impl Ctx<'_> {
             } => {
                 if alias.is_some() {
                     let mut inner = Scope::child(scope);
-                    self.from_item(table_with_joins, &mut inner)?;
+                    self.add_from_item(table_with_joins, &mut inner)?;
                     if let Some(p) = inner.sources.iter().find_map(|s| s.rel.first_protected()) {
                         return Err(Refusal::unsupported(&p.id, "an aliased parenthesised join"));
                     }
@@ -327,7 +327,7 @@ impl Ctx<'_> {
                         },
                     }
                 } else {
-                    return self.from_item(table_with_joins, scope);
+                    return self.add_from_item(table_with_joins, scope);
                 }
             }
             other => {
@@ -408,7 +408,7 @@ impl Ctx<'_> {
 
     fn select(&mut self, s: &mut Select, scope: &mut Scope<'_>) -> Result<Relation, Refusal> {
         for twj in s.from.iter_mut() {
-            self.from_item(twj, scope)?;
+            self.add_from_item(twj, scope)?;
         }
         let rel = self.projection(&mut s.projection, scope)?;
         if let Some(w) = &mut s.selection {

@@ -559,35 +559,35 @@ fn schema_ddl_prints_conversion() {
 fn refusals_name_column_and_hide_literal() {
     let s = "Zq9xSecret";
     let cases: Vec<(String, &str, &str)> = vec![
-        (format!("SELECT * FROM patients ORDER BY name"), "0A000", "public.patients.name"),
-        (format!("SELECT name FROM patients ORDER BY 1"), "0A000", "public.patients.name"),
-        (format!("SELECT email AS e FROM patients ORDER BY e"), "0A000", "public.patients.email"),
-        (format!("SELECT name, count(*) FROM patients GROUP BY name"), "0A000", "public.patients.name"),
-        (format!("SELECT DISTINCT name FROM patients"), "0A000", "public.patients.name"),
-        (format!("SELECT * FROM patients WHERE ssn > 5"), "0A000", "public.patients.ssn"),
-        (format!("SELECT * FROM patients WHERE ssn BETWEEN 1 AND 9"), "0A000", "public.patients.ssn"),
+        ("SELECT * FROM patients ORDER BY name".to_string(), "0A000", "public.patients.name"),
+        ("SELECT name FROM patients ORDER BY 1".to_string(), "0A000", "public.patients.name"),
+        ("SELECT email AS e FROM patients ORDER BY e".to_string(), "0A000", "public.patients.email"),
+        ("SELECT name, count(*) FROM patients GROUP BY name".to_string(), "0A000", "public.patients.name"),
+        ("SELECT DISTINCT name FROM patients".to_string(), "0A000", "public.patients.name"),
+        ("SELECT * FROM patients WHERE ssn > 5".to_string(), "0A000", "public.patients.ssn"),
+        ("SELECT * FROM patients WHERE ssn BETWEEN 1 AND 9".to_string(), "0A000", "public.patients.ssn"),
         (format!("SELECT * FROM patients WHERE name LIKE '{s}%'"), "0A000", "public.patients.name"),
         (format!("SELECT * FROM patients WHERE name ILIKE '{s}'"), "0A000", "public.patients.name"),
         (format!("SELECT * FROM patients WHERE name ~ '{s}'"), "", "public.patients.name"),
-        (format!("SELECT ssn + 1 FROM patients"), "42883", "public.patients.ssn"),
+        ("SELECT ssn + 1 FROM patients".to_string(), "42883", "public.patients.ssn"),
         (format!("SELECT * FROM patients WHERE lower(name) = '{s}'"), "42883", "public.patients.name"),
         (format!("SELECT * FROM patients WHERE substring(name from 1 for 3) = '{s}'"), "42883", "public.patients.name"),
-        (format!("SELECT name::text FROM patients"), "42883", "public.patients.name"),
-        (format!("SELECT max(name) FROM patients"), "42883", "public.patients.name"),
-        (format!("SELECT count(DISTINCT name) FROM patients"), "0A000", "public.patients.name"),
-        (format!("SELECT * FROM patients p JOIN visits v ON p.name = v.who"), "0A000", "public.patients.name"),
-        (format!("SELECT * FROM patients p JOIN doctors d ON p.email = d.name"), "0A000", "public.patients.email"),
+        ("SELECT name::text FROM patients".to_string(), "42883", "public.patients.name"),
+        ("SELECT max(name) FROM patients".to_string(), "42883", "public.patients.name"),
+        ("SELECT count(DISTINCT name) FROM patients".to_string(), "0A000", "public.patients.name"),
+        ("SELECT * FROM patients p JOIN visits v ON p.name = v.who".to_string(), "0A000", "public.patients.name"),
+        ("SELECT * FROM patients p JOIN doctors d ON p.email = d.name".to_string(), "0A000", "public.patients.email"),
         (format!("SELECT * FROM patients WHERE notes = '{s}'"), "0A000", "public.patients.notes"),
-        (format!("INSERT INTO patients (name) SELECT who FROM visits"), "0A000", "public.patients.name"),
-        (format!("UPDATE patients SET name = email"), "0A000", "public.patients.name"),
+        ("INSERT INTO patients (name) SELECT who FROM visits".to_string(), "0A000", "public.patients.name"),
+        ("UPDATE patients SET name = email".to_string(), "0A000", "public.patients.name"),
         (format!("UPDATE patients SET name = upper('{s}')"), "0A000", "public.patients.name"),
-        (format!("COPY patients FROM STDIN"), "0A000", "public.patients"),
-        (format!("COPY patients TO STDOUT"), "0A000", "public.patients"),
+        ("COPY patients FROM STDIN".to_string(), "0A000", "public.patients"),
+        ("COPY patients TO STDOUT".to_string(), "0A000", "public.patients"),
         (format!("INSERT INTO patients VALUES (1, '{s}')"), "0A000", "public.patients"),
-        (format!("SELECT * FROM patients WHERE name = 'a' UNION SELECT * FROM patients"), "0A000", "public.patients"),
-        (format!("INSERT INTO visits (who) SELECT name FROM patients"), "0A000", "public.patients.name"),
-        (format!("SELECT * FROM patients p JOIN doctors d USING (name)"), "0A000", "name"),
-        (format!("INSERT INTO patients (name) VALUES ('a') ON CONFLICT (name) DO NOTHING"), "0A000", "public.patients.name"),
+        ("SELECT * FROM patients WHERE name = 'a' UNION SELECT * FROM patients".to_string(), "0A000", "public.patients"),
+        ("INSERT INTO visits (who) SELECT name FROM patients".to_string(), "0A000", "public.patients.name"),
+        ("SELECT * FROM patients p JOIN doctors d USING (name)".to_string(), "0A000", "name"),
+        ("INSERT INTO patients (name) VALUES ('a') ON CONFLICT (name) DO NOTHING".to_string(), "0A000", "public.patients.name"),
         (format!("INSERT INTO patients (email) VALUES ('{s}') ON CONFLICT (email) DO UPDATE SET email = EXCLUDED.name"), "0A000", "public.patients.email"),
     ];
     for (sql, state, column) in cases {
@@ -635,12 +635,206 @@ fn other_statement_kinds_on_protected_tables_are_refused() {
         "",
     );
     assert_refused(
-        "EXPLAIN SELECT * FROM patients WHERE name = 'x'",
+        "EXPLAIN SELECT * FROM patients ORDER BY name",
+        "0A000",
+        "public.patients.name",
+        "",
+    );
+    assert_refused(
+        "CREATE TABLE copy AS SELECT name FROM patients",
+        "0A000",
+        "public.patients.name",
+        "",
+    );
+    assert_refused(
+        "ALTER TABLE patients ALTER COLUMN name TYPE text",
+        "0A000",
+        "name",
+        "",
+    );
+    assert_refused(
+        "PREPARE q AS SELECT * FROM patients WHERE name = $1",
         "0A000",
         "public.patients",
-        "x'",
+        "",
     );
     pass("CREATE VIEW v AS SELECT * FROM visits");
+}
+
+#[test]
+fn explain_is_rewritten_and_maintenance_statements_pass() {
+    let p = plan("EXPLAIN SELECT * FROM patients WHERE name = 'x'");
+    assert_eq!(
+        p.debug_sql(),
+        "EXPLAIN SELECT * FROM patients WHERE SUBSTRING(name FROM 1 FOR 16) = ANY({slot 0})"
+    );
+    pass("DROP TABLE patients");
+    pass("TRUNCATE patients");
+    pass("ANALYZE patients");
+    pass("GRANT SELECT ON patients TO app");
+}
+
+#[test]
+fn more_refusals() {
+    assert_refused(
+        "SELECT * FROM visits WHERE who IN (SELECT name FROM patients)",
+        "0A000",
+        "public.patients.name",
+        "",
+    );
+    assert_refused(
+        "SELECT (SELECT name FROM patients LIMIT 1) FROM visits",
+        "0A000",
+        "public.patients.name",
+        "",
+    );
+    assert_refused(
+        "SELECT count(*) OVER (PARTITION BY name) FROM patients",
+        "0A000",
+        "name",
+        "",
+    );
+    assert_refused(
+        "SELECT name = 'Zq9xSecret' FROM patients",
+        "0A000",
+        "public.patients.name",
+        "Zq9xSecret",
+    );
+    assert_refused(
+        "SELECT * FROM patients WHERE name IS DISTINCT FROM 'Zq9xSecret'",
+        "0A000",
+        "public.patients.name",
+        "Zq9xSecret",
+    );
+    assert_refused(
+        "SELECT * FROM patients WHERE name = lower('Zq9xSecret')",
+        "0A000",
+        "public.patients.name",
+        "Zq9xSecret",
+    );
+    assert_refused(
+        "SELECT * FROM patients WHERE name = ANY('{Zq9xSecret}')",
+        "0A000",
+        "public.patients.name",
+        "Zq9xSecret",
+    );
+    assert_refused(
+        "SELECT * FROM patients WHERE name IN (email)",
+        "0A000",
+        "public.patients.name",
+        "",
+    );
+    assert_refused(
+        "SELECT name FROM patients UNION ALL SELECT who FROM visits",
+        "0A000",
+        "public.patients.name",
+        "",
+    );
+    assert_refused(
+        "SELECT name || 'Zq9xSecret' FROM patients",
+        "42883",
+        "public.patients.name",
+        "Zq9xSecret",
+    );
+    assert_refused(
+        "SELECT CASE WHEN id = 1 THEN name END FROM patients",
+        "0A000",
+        "public.patients.name",
+        "",
+    );
+    assert_refused(
+        "SELECT * FROM patients NATURAL JOIN doctors",
+        "0A000",
+        "public.patients.",
+        "",
+    );
+    assert_refused(
+        "SELECT DISTINCT ON (email) id FROM patients",
+        "0A000",
+        "public.patients.email",
+        "",
+    );
+    assert_refused(
+        "UPDATE patients SET (name, email) = ('a', 'b')",
+        "0A000",
+        "public.patients",
+        "",
+    );
+    assert_refused(
+        "UPDATE visits SET who = p.name FROM patients p",
+        "0A000",
+        "public.patients.name",
+        "",
+    );
+    // an unprotected table inside a subquery could shadow the outer protected column
+    assert_refused(
+        "SELECT * FROM patients WHERE id IN (SELECT pid FROM visits WHERE name = 'x')",
+        "0A000",
+        "name",
+        "",
+    );
+    // qualified, the reference is unambiguous
+    let p =
+        plan("SELECT * FROM patients p WHERE id IN (SELECT pid FROM visits WHERE p.name = 'x')");
+    assert_eq!(p.slots.len(), 1);
+}
+
+#[test]
+fn limit_params_are_renumbered_as_plain() {
+    let p = plan("SELECT id FROM patients WHERE name = $2 LIMIT $1");
+    assert_eq!(
+        p.debug_sql(),
+        "SELECT id FROM patients WHERE SUBSTRING(name FROM 1 FOR 16) = ANY($1::bytea[]) LIMIT $2"
+    );
+    assert_eq!(
+        p.upstream_params,
+        vec![
+            UpstreamParam::Lookup {
+                param: 2,
+                column: id("patients", "name")
+            },
+            UpstreamParam::Plain(1)
+        ]
+    );
+    assert_eq!(p.client_param_count, 2);
+    assert_eq!(p.client_param_types, vec![None, Some(LogicalType::Text)]);
+}
+
+#[test]
+fn null_operands_keep_sql_semantics() {
+    let p = plan("SELECT id FROM patients WHERE name = NULL");
+    assert_eq!(
+        p.debug_sql(),
+        "SELECT id FROM patients WHERE SUBSTRING(name FROM 1 FOR 16) = NULL"
+    );
+    assert!(p.slots.is_empty());
+    let p = plan("SELECT id FROM patients WHERE name NOT IN ('a', NULL)");
+    assert_eq!(
+        p.debug_sql(),
+        "SELECT id FROM patients WHERE (SUBSTRING(name FROM 1 FOR 16) <> ALL({slot 0}) AND SUBSTRING(name FROM 1 FOR 16) <> NULL)"
+    );
+}
+
+#[test]
+fn plan_is_reusable_and_deterministic_apart_from_sentinels() {
+    let a = plan("INSERT INTO patients (name, email) VALUES ('a', $1)");
+    let b = plan("INSERT INTO patients (name, email) VALUES ('a', $1)");
+    assert_eq!(a, b);
+}
+
+#[test]
+fn unresolvable_name_of_a_protected_table_is_treated_as_protected() {
+    // the resolver does not know public.patients2, but a protected table name unknown to the
+    // resolver in a search_path schema is taken as protected (fail closed)
+    let path = vec!["public".to_string()];
+    let empty = InMemoryResolver::default();
+    let r = rewrite(
+        "SELECT * FROM patients ORDER BY name",
+        &schema(),
+        &empty,
+        &path,
+    );
+    assert!(r.is_err());
 }
 
 // ---------- no literal of a protected column in the output ----------
