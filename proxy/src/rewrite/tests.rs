@@ -936,3 +936,51 @@ fn bench_rewrite() {
         );
     }
 }
+
+#[test]
+fn literal_texts_are_unescaped_values() {
+    let p = plan(
+        "INSERT INTO patients (name, email, notes, ssn) VALUES ('it''s', E'a\\nb', $$d$q$$, 0042)",
+    );
+    let texts: Vec<&str> = p
+        .slots
+        .iter()
+        .map(|s| match s {
+            Slot::Value { literal_text, .. } => literal_text.as_str(),
+            Slot::Lookup { .. } => "",
+        })
+        .collect();
+    assert_eq!(texts, vec!["it's", "a\nb", "d$q", "0042"]);
+}
+
+#[test]
+fn data_modifying_cte_and_copy_query_are_refused() {
+    assert_refused(
+        "WITH x AS (INSERT INTO patients (name) VALUES ('Zq9xSecret') RETURNING id) SELECT * FROM x",
+        "0A000",
+        "patients",
+        "Zq9xSecret",
+    );
+    assert_refused(
+        "COPY (SELECT name FROM patients) TO STDOUT",
+        "0A000",
+        "public.patients",
+        "",
+    );
+}
+
+#[test]
+fn cte_column_alias_list_renames_protected_output() {
+    let p = plan("WITH c(n) AS (SELECT name FROM patients) SELECT * FROM c WHERE n = 'x'");
+    assert_eq!(
+        p.debug_sql(),
+        "WITH c (n) AS (SELECT name FROM patients) SELECT * FROM c WHERE SUBSTRING(n FROM 1 FOR 16) = ANY({slot 0})"
+    );
+    // column order of a base table is unknown: an alias list over SELECT * is refused
+    assert_refused(
+        "SELECT * FROM (SELECT * FROM patients) AS s(a, b) WHERE a = 'x'",
+        "0A000",
+        "public.patients.",
+        "",
+    );
+}
