@@ -2,7 +2,7 @@
 //! (pass-through), side by side on one PostgreSQL, with `pgbench -S` at `-c 1` and `-c 8 -j 2` in
 //! `-M simple|extended|prepared`; then the proxy's RSS with 1, 100 and 400 idle client connections.
 //!
-//! Run: `cargo bench --bench e2e` (about 4 minutes) or `cargo bench --bench e2e -- --short`
+//! Run: `cargo bench --bench e2e` (about 6 minutes) or `cargo bench --bench e2e -- --short`
 //! (about 1 minute, CI). Prints a table; figures are not asserted. The proxy runs as a separate
 //! process: this benchmark binary re-executes itself in proxy mode, so the proxy is built with
 //! the bench (release) profile and its memory can be read from /proc.
@@ -42,7 +42,7 @@ fn main() {
             .cloned()
     };
     let mut plan = Plan {
-        secs: if short { 2 } else { 10 },
+        secs: if short { 2 } else { 5 },
         scale: if short { 1 } else { 10 },
         modes: vec!["simple".into(), "extended".into(), "prepared".into()],
         clients: vec![1, 8],
