@@ -60,6 +60,26 @@ impl RewritePlan {
             .collect()
     }
 
+    /// Renders the SQL to send: `render_slot` produces the SQL text of each slot (for a
+    /// [`Slot::Value`] an encrypted `'\\x…'::bytea` literal, for a [`Slot::Lookup`] a `bytea[]`
+    /// expression). A slot index outside `slots` is reported as `Err(None)`.
+    pub fn render<E>(
+        &self,
+        mut render_slot: impl FnMut(&Slot) -> Result<String, E>,
+    ) -> Result<String, Option<E>> {
+        let mut out = String::new();
+        for p in &self.template {
+            match p {
+                Piece::Sql(t) => out.push_str(t),
+                Piece::Slot(i) => {
+                    let slot = self.slots.get(*i).ok_or(None)?;
+                    out.push_str(&render_slot(slot).map_err(Some)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The template with slots shown as `{slot N}` (tests, logs: it contains no literal).
     pub fn debug_sql(&self) -> String {
         let mut s = String::new();

@@ -984,3 +984,22 @@ fn cte_column_alias_list_renames_protected_output() {
         "",
     );
 }
+
+#[test]
+fn render_fills_slots_in_order() {
+    let p = plan("UPDATE patients SET name = 'a' WHERE email IN ('b', 'c')");
+    let sql = p
+        .render(|s| -> Result<String, ()> {
+            Ok(match s {
+                Slot::Value { .. } => "'\\x00'::bytea".to_owned(),
+                Slot::Lookup { literal_texts, .. } => {
+                    format!("'{{{}}}'::bytea[]", literal_texts.len())
+                }
+            })
+        })
+        .unwrap();
+    assert_eq!(
+        sql,
+        "UPDATE patients SET name = '\\x00'::bytea WHERE SUBSTRING(email FROM 1 FOR 16) = ANY('{2}'::bytea[])"
+    );
+}
