@@ -167,6 +167,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn env_key() {
+        let var = "PGSEAL_KEYSERVER_TEST_ROOT_KEY_ENV";
+        assert!(matches!(
+            LocalRootKey::from_env(var),
+            Err(RootKeyError::MissingEnv(_))
+        ));
+        std::env::set_var(var, "12".repeat(32));
+        let k = LocalRootKey::from_env(var).unwrap();
+        assert!(k.describe().contains(var));
+        std::env::set_var(var, "xyz");
+        assert!(matches!(
+            LocalRootKey::from_env(var),
+            Err(RootKeyError::Malformed(_))
+        ));
+        std::env::remove_var(var);
+    }
+
+    #[test]
     fn file_round_trip_and_permissions() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("root.key");
