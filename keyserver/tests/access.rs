@@ -129,12 +129,12 @@ async fn setup(h: &Harness) -> Vec<(&'static str, Client)> {
         .unwrap();
     admin.revoke_token(&revoked.info.id).await.unwrap();
     let expiring = admin
-        .create_token("short", Role::KeyAdmin, Some(1))
+        .create_token("short", Role::KeyAdmin, Some(2))
         .await
         .unwrap();
     // The expiring token works before it expires.
     h.with_token(&expiring.token).list_keyrings().await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
     let unknown = format!("pgsk_tok_{}_{}", "1".repeat(32), "2".repeat(64));
     vec![
         ("anonymous", h.anonymous()),

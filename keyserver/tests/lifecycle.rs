@@ -275,6 +275,17 @@ async fn change_feed_long_poll_sees_rotation_quickly() {
     assert_eq!(resp.changed.len(), 1);
     assert_eq!(resp.changed[0].name, "patients");
     assert!(resp.revision > rev);
+
+    // A new grant shows up in the change feed of that proxy.
+    let proxy = h.proxy("proxy-a");
+    let rev = proxy.changes(0, None).await.unwrap().revision;
+    admin
+        .set_proxy("proxy-a", &["patients".into(), "billing".into()])
+        .await
+        .unwrap();
+    let resp = proxy.changes(rev, None).await.unwrap();
+    let names: Vec<_> = resp.changed.iter().map(|c| c.name.as_str()).collect();
+    assert!(names.contains(&"billing"), "{names:?}");
 }
 
 fn tamper_copy(h: &Harness, name: &str) -> std::path::PathBuf {

@@ -12,7 +12,7 @@ use crate::model::{
     AuditList, CreateKeyringRequest, CreateTokenRequest, CreatedToken, KeyringList, KeyringName,
     ProxyList, ProxyName, Role, SetMinVersionRequest, SetProxyRequest, TokenInfo, TokenList,
 };
-use crate::store::{TokenRecord, VersionAction};
+use crate::store::{Access, TokenRecord, VersionAction};
 use crate::util::{now_rfc3339, now_unix};
 
 const ADMIN: &[Role] = &[Role::KeyAdmin];
@@ -265,6 +265,12 @@ pub async fn set_proxy(
         let info = st
             .blocking(move |s, _| s.set_proxy(&name, &keyrings, &ev))
             .await?;
+        if let Ok(now) = st
+            .blocking(|s, _| s.changes_since(Access::Admin, u64::MAX))
+            .await
+        {
+            st.notify_change(now.revision);
+        }
         Ok((StatusCode::OK, info))
     }
     .await;

@@ -286,8 +286,9 @@ pub async fn audit(remote: &Remote, cmd: &AuditCommand) -> Result<(), CliError> 
                 }
                 None => {
                     let c = client(remote)?;
-                    // Find the head, then read the last `lines` records.
-                    let head = c.audit_verify().await?.records;
+                    // Find the head (the verification itself is the next record), then read
+                    // the last `lines` records.
+                    let head = c.audit_verify().await?.records + 1;
                     let after = head.saturating_sub(u64::from(*lines));
                     c.audit(after, (*lines).min(1000)).await?.records
                 }

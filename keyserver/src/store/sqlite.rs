@@ -737,9 +737,14 @@ impl KeyStore for SqliteStore {
             tx.prepare_cached("INSERT INTO proxies (name, created_at) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING")?
                 .execute(params![name.as_str(), now_rfc3339()])?;
             tx.prepare_cached("DELETE FROM proxy_grants WHERE proxy = ?1")?.execute([name.as_str()])?;
+            // Granted keyrings count as changed, so a proxy polling the change feed picks up new grants.
+            let rev = if ids.is_empty() { None } else { Some(bump_revision(tx)?) };
             for id in ids {
                 tx.prepare_cached("INSERT OR IGNORE INTO proxy_grants (proxy, keyring_id) VALUES (?1, ?2)")?
                     .execute([name.as_str(), id.as_str()])?;
+                if let Some(rev) = rev {
+                    tx.prepare_cached("UPDATE keyrings SET revision = ?1 WHERE id = ?2")?.execute(params![rev, id])?;
+                }
             }
             proxy_info(tx, name.as_str())
         })
