@@ -151,7 +151,10 @@ fn wrong_upstream_certificate_is_refused() {
 
 #[test]
 fn upstream_auth_methods_user_mapping_and_restart() {
-    let pg = PgCluster::start(PgOptions::default());
+    let pg = PgCluster::start(PgOptions {
+        log_statements: true,
+        ..Default::default()
+    });
     pg.create_role("app_scram", "pw-scram", "scram-sha-256");
     pg.create_role("md5user", "pw-md5", "md5");
     pg.create_role("pwuser", "pw-clear", "scram-sha-256");
@@ -208,6 +211,18 @@ fn upstream_auth_methods_user_mapping_and_restart() {
             assert_eq!(row.get::<_, String>(1), format!("mapped-{proxy_user}"));
             assert_eq!(row.get::<_, String>(2), "12345ms");
         }
+        // The harness's statement log sees what went through the proxy.
+        let c = connect(&format!(
+            "host=127.0.0.1 port={} user=a_scram password={APP_PASSWORD} dbname=appdb",
+            proxy.port()
+        ))
+        .await;
+        c.simple_query("SELECT 'logged-through-the-proxy'").await.unwrap();
+        let log = pg.log();
+        assert!(
+            log.contains("statement: SELECT 'logged-through-the-proxy'"),
+            "statement log:\n{log}"
+        );
         // A database not in the user's list: the uniform error.
         let err = tokio_postgres::connect(
             &format!(
