@@ -394,3 +394,33 @@ async fn audit_tampering_is_detected_and_located() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_write_failure_fails_the_request_and_changes_nothing() {
+    let h = Harness::start().await;
+    let admin = h.admin();
+    admin.create_keyring("patients").await.unwrap();
+    admin
+        .set_proxy("proxy-a", &["patients".into()])
+        .await
+        .unwrap();
+    let proxy = h.proxy("proxy-a");
+    proxy.material("patients", 1).await.unwrap();
+    let db = rusqlite::Connection::open(h.db_path()).unwrap();
+    db.execute_batch("CREATE TRIGGER no_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'audit disk full'); END;")
+        .unwrap();
+    assert_eq!(api_status(admin.rotate("patients").await), 500);
+    assert_eq!(
+        api_status(proxy.material("patients", 1).await),
+        500,
+        "no unaudited key access"
+    );
+    assert_eq!(api_status(proxy.keyring("patients").await), 500);
+    db.execute_batch("DROP TRIGGER no_audit;").unwrap();
+    let meta = admin.keyring("patients").await.unwrap();
+    assert_eq!(
+        meta.active_version, 1,
+        "the failed rotation must not have happened"
+    );
+    assert_eq!(meta.versions.len(), 1);
+}
