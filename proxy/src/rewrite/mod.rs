@@ -27,6 +27,24 @@
 //! - `ON CONFLICT (col)` on a unique indexed column targets `((substring(col from 1 for 16)))`.
 //! - DDL: protected columns become `BYTEA`, indexes on them the prefix expression.
 //!
+//! # Refused (`0A000` unless noted)
+//! ORDER BY / GROUP BY / DISTINCT / DISTINCT ON / window PARTITION BY on a protected column;
+//! range comparisons and BETWEEN; LIKE / ILIKE / SIMILAR TO / regex; `IS [NOT] DISTINCT FROM`;
+//! arithmetic, operators, casts and functions over a protected column (`42883`, including a
+//! user-written `substring`); aggregates other than `count(*)` / `count(col)` (`42883`;
+//! `count(DISTINCT col)` is `0A000`: after a key rotation one value has one tag per key
+//! version, so even the index cannot count it exactly); comparison with a plaintext column, a
+//! computed expression or a column of another index group; equality on a column without an
+//! index; set operations, scalar subqueries and `IN (subquery)` over protected outputs;
+//! `JOIN … USING` / NATURAL JOIN on protected columns; INSERT without a column list,
+//! `INSERT … SELECT` into or out of protected columns, `SET col = <expression or other column>`,
+//! multi-column SET; ON CONFLICT on a column without a unique index; COPY of a protected table
+//! or of a query on one; column constraints other than NULL / NOT NULL on a protected column
+//! (an ORM's `UNIQUE` must become a `CREATE UNIQUE INDEX`); indexes with an operator class or an
+//! expression over a protected column; views, PREPARE, and every other statement kind that names
+//! a protected table; unparseable text naming a protected table (`42601`); ambiguous unqualified
+//! references that may be protected.
+//!
 //! # Design notes (deviations from the brief, and why)
 //! - sqlparser's `visitor` feature needs `sqlparser_derive` 0.7, which the crate registry
 //!   reachable here does not have; the module therefore uses no visitor. Relation detection is
@@ -37,6 +55,10 @@
 //!   are decrypted through RowDescription.
 //! - Upstream parameters are numbered in order of first appearance in the rewritten text; client
 //!   parameters the statement never references are not forwarded.
+//! - `search_path` is taken as given for the whole string: a `SET search_path` inside a
+//!   multi-statement string does not affect the analysis of the statements after it.
+//! - `client_param_types` is None for `= ANY($n)` parameters (the client sees an array type,
+//!   which [`LogicalType`](pgseal_crypto::value::LogicalType) cannot express).
 //! - Whole-row references (`row_to_json(p)`) are not detected; they return ciphertext (never
 //!   plaintext upstream).
 //!

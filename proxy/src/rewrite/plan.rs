@@ -128,7 +128,7 @@ pub enum Slot {
 }
 
 /// Where an upstream parameter's value comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum UpstreamParam {
     /// Client parameter `$n`, forwarded unchanged (format and declared type as the client sent).
     Plain(usize),

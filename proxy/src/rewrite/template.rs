@@ -2,6 +2,7 @@
 //! parameter uses and raw fragments; they are found again by tokenizing the printed text.
 
 use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -86,24 +87,38 @@ fn internal(what: &str) -> Refusal {
     )
 }
 
-/// Byte offsets of the start of every line of `text` (lines as the tokenizer counts them).
-fn line_starts(text: &str) -> Vec<usize> {
-    let mut v = vec![0];
-    v.extend(text.match_indices('\n').map(|(i, _)| i + 1));
-    v
+/// Converts the tokenizer's (line, column) locations to byte offsets, moving forwards only
+/// (tokens arrive in order), so a whole pass is linear in the text length.
+struct Cursor<'t> {
+    text: &'t str,
+    line: u64,
+    col: u64,
+    byte: usize,
 }
 
-fn byte_offset(text: &str, starts: &[usize], loc: Location) -> Option<usize> {
-    let line = usize::try_from(loc.line).ok()?.checked_sub(1)?;
-    let col = usize::try_from(loc.column).ok()?.checked_sub(1)?;
-    let start = *starts.get(line)?;
-    let rest = text.get(start..)?;
-    if col == 0 {
-        return Some(start);
+impl<'t> Cursor<'t> {
+    fn new(text: &'t str) -> Self {
+        Self {
+            text,
+            line: 1,
+            col: 1,
+            byte: 0,
+        }
     }
-    match rest.char_indices().nth(col) {
-        Some((i, _)) => Some(start + i),
-        None => (rest.chars().count() == col).then_some(text.len()),
+
+    /// The byte offset of `loc` (which must not lie before the previous call's).
+    fn offset(&mut self, loc: Location) -> Option<usize> {
+        while (self.line, self.col) < (loc.line, loc.column) {
+            let c = self.text.get(self.byte..)?.chars().next()?;
+            self.byte += c.len_utf8();
+            if c == '\n' {
+                self.line += 1;
+                self.col = 1;
+            } else {
+                self.col += 1;
+            }
+        }
+        ((self.line, self.col) == (loc.line, loc.column)).then_some(self.byte)
     }
 }
 
@@ -128,7 +143,7 @@ pub(crate) fn build(
     let tokens = Tokenizer::new(&dialect, text)
         .tokenize_with_location()
         .map_err(|_| internal("printed SQL does not tokenize"))?;
-    let starts = line_starts(text);
+    let mut pos = Cursor::new(text);
     let mut seen_slots = vec![0usize; slot_count];
     let mut seen_params = vec![0usize; param_uses.len()];
     let mut seen_raws = vec![0usize; raws.len()];
@@ -138,11 +153,13 @@ pub(crate) fn build(
     let mut sql = String::new();
     let mut cursor = 0usize;
 
-    let number = |p: UpstreamParam, upstream: &mut Vec<UpstreamParam>| -> usize {
-        if let Some(i) = upstream.iter().position(|u| *u == p) {
-            return i + 1;
+    let mut numbers: HashMap<UpstreamParam, usize> = HashMap::new();
+    let mut number = |p: UpstreamParam, upstream: &mut Vec<UpstreamParam>| -> usize {
+        if let Some(k) = numbers.get(&p) {
+            return *k;
         }
-        upstream.push(p);
+        upstream.push(p.clone());
+        numbers.insert(p, upstream.len());
         upstream.len()
     };
 
@@ -165,9 +182,8 @@ pub(crate) fn build(
                         )
                     })?;
                 max_client_param = max_client_param.max(n);
-                let start =
-                    byte_offset(text, &starts, t.span.start).ok_or_else(|| internal("span"))?;
-                let end = byte_offset(text, &starts, t.span.end).ok_or_else(|| internal("span"))?;
+                let start = pos.offset(t.span.start).ok_or_else(|| internal("span"))?;
+                let end = pos.offset(t.span.end).ok_or_else(|| internal("span"))?;
                 sql.push_str(text.get(cursor..start).ok_or_else(|| internal("span"))?);
                 let k = number(UpstreamParam::Plain(n), &mut upstream);
                 sql.push_str(&format!("${k}"));
@@ -177,8 +193,8 @@ pub(crate) fn build(
             _ => None,
         };
         let Some(kind) = kind else { continue };
-        let start = byte_offset(text, &starts, t.span.start).ok_or_else(|| internal("span"))?;
-        let end = byte_offset(text, &starts, t.span.end).ok_or_else(|| internal("span"))?;
+        let start = pos.offset(t.span.start).ok_or_else(|| internal("span"))?;
+        let end = pos.offset(t.span.end).ok_or_else(|| internal("span"))?;
         sql.push_str(text.get(cursor..start).ok_or_else(|| internal("span"))?);
         cursor = end;
         match kind {

@@ -1003,3 +1003,27 @@ fn render_fills_slots_in_order() {
         "UPDATE patients SET name = '\\x00'::bytea WHERE SUBSTRING(email FROM 1 FOR 16) = ANY('{2}'::bytea[])"
     );
 }
+
+#[test]
+fn large_multi_row_insert_is_linear_and_complete() {
+    let rows: Vec<String> = (0..3000)
+        .map(|i| format!("({}, ${}, 'v{i}')", i, i + 1))
+        .collect();
+    let sql = format!(
+        "INSERT INTO patients (id, email, name) VALUES {}",
+        rows.join(", ")
+    );
+    let t = std::time::Instant::now();
+    let p = plan(&sql);
+    assert!(t.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(p.slots.len(), 3000);
+    assert_eq!(p.upstream_params.len(), 3000);
+    assert_eq!(p.client_param_count, 3000);
+    assert_eq!(
+        p.upstream_params.last(),
+        Some(&UpstreamParam::Value {
+            param: 3000,
+            column: id("patients", "email")
+        })
+    );
+}
