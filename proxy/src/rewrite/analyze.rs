@@ -33,6 +33,27 @@ impl Ctx<'_> {
             | Statement::Comment { .. }
             | Statement::Lock(_)
             | Statement::Vacuum(_) => Ok(StatementKind::Ddl),
+            // DECLARE c CURSOR FOR <query> (psycopg's named cursors): analyse the query.
+            Statement::Declare { stmts, .. } => {
+                for d in stmts.iter_mut() {
+                    match (&mut d.for_query, &d.assignment) {
+                        (Some(q), None) => {
+                            self.query(q, None)?;
+                        }
+                        (None, None) => {}
+                        _ => {
+                            let text = d.to_string();
+                            if mention::any_word(&text, |w| self.schema.is_table_name(w)) {
+                                return Err(Refusal::unsupported_statement(
+                                    &first_table(self, &text),
+                                    "this DECLARE",
+                                ));
+                            }
+                        }
+                    }
+                }
+                Ok(StatementKind::Dml)
+            }
             // EXPLAIN [ANALYZE] runs (or plans) the inner statement: rewrite it the same way.
             Statement::Explain { statement, .. } => self.statement(statement),
             Statement::Copy { source, .. } => {

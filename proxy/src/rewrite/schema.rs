@@ -164,3 +164,51 @@ pub(crate) fn fold(ident: &sqlparser::ast::Ident) -> String {
         ident.value.to_lowercase()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn resolver_follows_search_path_with_pg_catalog_first() {
+        let r = InMemoryResolver::new([
+            ("public", "t"),
+            ("app", "t"),
+            ("pg_catalog", "pg_class"),
+            ("app", "pg_class"),
+        ]);
+        let pair = |a: &str, b: &str| Some((a.to_owned(), b.to_owned()));
+        assert_eq!(
+            r.resolve(&s(&["t"]), &s(&["app", "public"])),
+            pair("app", "t")
+        );
+        assert_eq!(
+            r.resolve(&s(&["t"]), &s(&["public", "app"])),
+            pair("public", "t")
+        );
+        assert_eq!(r.resolve(&s(&["t"]), &s(&["other"])), None);
+        assert_eq!(
+            r.resolve(&s(&["pg_class"]), &s(&["app"])),
+            pair("pg_catalog", "pg_class")
+        );
+        assert_eq!(r.resolve(&s(&["app", "t"]), &s(&[])), pair("app", "t"));
+        assert_eq!(
+            r.resolve(&s(&["db", "app", "t"]), &s(&[])),
+            pair("app", "t")
+        );
+        assert_eq!(r.resolve(&s(&["nope", "t"]), &s(&["app"])), None);
+    }
+
+    #[test]
+    fn fold_lowercases_only_unquoted() {
+        assert_eq!(fold(&sqlparser::ast::Ident::new("Patients")), "patients");
+        assert_eq!(
+            fold(&sqlparser::ast::Ident::with_quote('"', "Patients")),
+            "Patients"
+        );
+    }
+}
