@@ -146,6 +146,22 @@ fn wrong_upstream_certificate_is_refused() {
     let proxy = TestProxy::start(&toml, &proxy_env());
     let out = psql_proxy(proxy.port(), "appdb", &["-A", "-t", "-c", "SELECT 1"], None);
     assert_eq!(ok(&out).trim(), "1");
+    // Cancel travels to the upstream over TLS too.
+    rt.block_on(async {
+        let c = connect(&format!(
+            "host=127.0.0.1 port={} user={APP_USER} password={APP_PASSWORD} dbname=appdb",
+            proxy.port()
+        ))
+        .await;
+        let token = c.cancel_token();
+        let canceller = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+        });
+        let err = c.simple_query("SELECT pg_sleep(20)").await.unwrap_err();
+        canceller.await.unwrap();
+        assert_eq!(err.code().unwrap().code(), "57014", "{err}");
+    });
     proxy.shutdown();
 }
 
