@@ -6,12 +6,12 @@
 //!    without parsing.
 //! 2. Parse with sqlparser's `PostgreSqlDialect`; a parse failure is refused (`42601`), since the
 //!    text mentions a protected table.
-//! 3. If no identifier token names a protected table, pass through.
-//! 4. Otherwise analyse each statement with explicit scopes (aliases, joins, derived tables,
+//! 3. Analyse each statement with explicit scopes (aliases, joins, derived tables,
 //!    CTEs, subqueries): supported shapes are rewritten, anything else that touches a protected
 //!    column is refused. Nodes not analysed in detail are checked textually: if they name a
 //!    protected table, a protected column, or an alias of one, the statement is refused.
-//! 5. If nothing was rewritten, pass through (the original text, byte for byte); else the
+//! 4. If nothing was rewritten (in particular when no relation resolves to a protected
+//!    table), pass through (the original text, byte for byte); else the
 //!    statements are re-printed from the AST (formatting normalised, comments dropped) and split
 //!    into a template of SQL text and slots.
 //!
@@ -47,9 +47,11 @@
 //!
 //! # Design notes (deviations from the brief, and why)
 //! - sqlparser's `visitor` feature needs `sqlparser_derive` 0.7, which the crate registry
-//!   reachable here does not have; the module therefore uses no visitor. Relation detection is
-//!   token-based (step 3) and the analysis walks the AST itself, with the textual fallback for
-//!   nodes it does not handle. Depend on `sqlparser = "0.64"` with default features.
+//!   reachable here does not have; the module therefore uses no visitor. Relations are collected
+//!   by the analysis's own walk (FROM items, INSERT/UPDATE/DELETE targets, DDL targets), and
+//!   statement kinds or AST nodes it does not walk are checked at token level: naming a
+//!   protected table (or, inside an analysed statement, a protected column or an alias of one)
+//!   means refusal. Depend on `sqlparser = "0.64"` with default features.
 //! - `Plan::PassThrough` also covers statements that read protected columns without any
 //!   predicate or write on them (`SELECT * FROM patients`): nothing needs rewriting, and results
 //!   are decrypted through RowDescription.
@@ -124,9 +126,6 @@ pub fn rewrite(
             ));
         }
     };
-    if !mention::any_word(sql, |w| schema.is_table_name(w)) {
-        return Ok(Plan::PassThrough);
-    }
     let mut ctx = Ctx::new(sql, schema, resolver, search_path);
     let mut dml = false;
     for st in statements.iter_mut() {

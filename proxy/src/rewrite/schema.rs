@@ -32,7 +32,8 @@ pub struct ProtectedColumn {
 /// All protected columns, by (schema, table, column).
 #[derive(Debug, Clone, Default)]
 pub struct ProtectedSchema {
-    tables: BTreeMap<(String, String), BTreeMap<String, ProtectedColumn>>,
+    /// schema → table → column → description.
+    tables: BTreeMap<String, BTreeMap<String, BTreeMap<String, ProtectedColumn>>>,
     /// Lower-cased table names, for the cheap textual pre-check.
     lower_table_names: BTreeSet<String>,
 }
@@ -54,35 +55,39 @@ impl ProtectedSchema {
 
     /// Adds (or replaces) a protected column.
     pub fn insert(&mut self, column: ProtectedColumn) {
-        let key = (column.id.schema().to_owned(), column.id.table().to_owned());
         self.lower_table_names
             .insert(column.id.table().to_lowercase());
         self.tables
-            .entry(key)
+            .entry(column.id.schema().to_owned())
+            .or_default()
+            .entry(column.id.table().to_owned())
             .or_default()
             .insert(column.id.column().to_owned(), column);
     }
 
     /// The protected column `schema.table.column`, if configured.
     pub fn column(&self, schema: &str, table: &str, column: &str) -> Option<&ProtectedColumn> {
-        self.tables
-            .get(&(schema.to_owned(), table.to_owned()))
-            .and_then(|t| t.get(column))
+        self.table(schema, table).and_then(|t| t.get(column))
     }
 
     /// The protected columns of a table (None if the table has none).
     pub fn table(&self, schema: &str, table: &str) -> Option<&BTreeMap<String, ProtectedColumn>> {
-        self.tables.get(&(schema.to_owned(), table.to_owned()))
+        self.tables.get(schema).and_then(|s| s.get(table))
     }
 
     /// Every protected column, ordered by schema, table, column.
     pub fn columns(&self) -> impl Iterator<Item = &ProtectedColumn> {
-        self.tables.values().flat_map(|t| t.values())
+        self.tables
+            .values()
+            .flat_map(|s| s.values())
+            .flat_map(|t| t.values())
     }
 
     /// Every (schema, table) with at least one protected column.
     pub fn tables(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.tables.keys().map(|(s, t)| (s.as_str(), t.as_str()))
+        self.tables
+            .iter()
+            .flat_map(|(s, ts)| ts.keys().map(move |t| (s.as_str(), t.as_str())))
     }
 
     /// Whether no column is protected.
@@ -97,12 +102,15 @@ impl ProtectedSchema {
 
     /// Whether `name` (already folded) is the name of a protected table in any schema.
     pub(crate) fn is_table_name(&self, name: &str) -> bool {
-        self.tables.keys().any(|(_, t)| t == name)
+        self.tables.values().any(|ts| ts.contains_key(name))
     }
 
     /// Whether `name` (already folded) is the name of a protected column in any table.
     pub(crate) fn is_column_name(&self, name: &str) -> bool {
-        self.tables.values().any(|t| t.contains_key(name))
+        self.tables
+            .values()
+            .flat_map(|ts| ts.values())
+            .any(|t| t.contains_key(name))
     }
 }
 
