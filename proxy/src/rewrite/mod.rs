@@ -65,8 +65,18 @@
 //!   plaintext upstream).
 //!
 //! # Performance
-//! Measured in release mode on the 2-core development machine (`bench_rewrite`, ignored test,
-//! see the report in the commit): see `tests::bench_rewrite`.
+//! Measured with `cargo test --release -- --ignored --nocapture bench_` (tests `bench_rewrite`,
+//! `bench_breakdown`) on the shared 2-core development machine (AMD EPYC), 20 000 iterations,
+//! three runs under varying load from other builds:
+//! - `INSERT INTO patients (id, name, email, ssn) VALUES ($1, $2, $3, $4)`: 33–47 µs per rewrite,
+//!   of which sqlparser's parse alone is 10–15 µs;
+//! - `SELECT id, name, email FROM patients WHERE email = $1`: 30–38 µs (parse alone 10–14 µs);
+//! - a statement on an unprotected table: 0.05–0.08 µs (the substring pre-check; no parse).
+//!
+//! Breakdown of the INSERT (beyond parsing): printing the AST 2.3 µs, tokenizing the printed
+//! text to split it 5.5 µs, sentinel generation 0.3 µs, pre-check 0.1 µs; the rest is the
+//! analysis. Plans hold no keys or ciphertext, so the integration caches them by SQL text and
+//! pays this once per distinct statement.
 
 mod analyze;
 mod ctx;

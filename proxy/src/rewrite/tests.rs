@@ -1050,3 +1050,41 @@ fn declare_cursor_query_is_rewritten() {
     );
     pass("FETCH 10 FROM c");
 }
+
+#[test]
+#[ignore = "timing breakdown; run with --release -- --ignored --nocapture"]
+fn bench_breakdown() {
+    use sqlparser::dialect::PostgreSqlDialect;
+    use sqlparser::tokenizer::Tokenizer;
+    let sql = "INSERT INTO patients (id, name, email, ssn) VALUES ($1, $2, $3, $4)";
+    let n = 20_000u32;
+    let per = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1e6 / f64::from(n);
+    let d = PostgreSqlDialect {};
+    let stmts = sqlparser::parser::Parser::parse_sql(&d, sql).unwrap();
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(stmts.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    }
+    println!("print      {:>8.2} µs", per(t));
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        let _ = std::hint::black_box(
+            Tokenizer::new(&d, std::hint::black_box(sql)).tokenize_with_location(),
+        );
+    }
+    println!("tokenize   {:>8.2} µs", per(t));
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(super::template::Sentinels::new(std::hint::black_box(sql)));
+    }
+    println!("sentinels  {:>8.2} µs", per(t));
+    let schema = schema();
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(super::mention::text_mentions_protected_table(
+            std::hint::black_box(sql),
+            &schema,
+        ));
+    }
+    println!("precheck   {:>8.2} µs", per(t));
+}
