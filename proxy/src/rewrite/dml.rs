@@ -201,6 +201,8 @@ impl Ctx<'_> {
                         if let Some(p) = self.schema.column(&s, &t, &fold(c)).cloned() {
                             match &p.index {
                                 Some(ix) if ix.unique => {
+                                    // A raw fragment: sqlparser's AST holds only identifiers
+                                    // here, while PostgreSQL accepts `((expression))`.
                                     let raw = format!("(substring({c} from 1 for 16))");
                                     *c = self.raw(raw);
                                 }

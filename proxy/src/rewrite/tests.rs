@@ -66,9 +66,49 @@ fn rw(sql: &str) -> Result<Plan, Refusal> {
 
 fn plan(sql: &str) -> RewritePlan {
     match rw(sql) {
-        Ok(Plan::Rewrite(p)) => p,
+        Ok(Plan::Rewrite(p)) => {
+            check_rendered(&p);
+            p
+        }
         other => panic!("expected a rewrite of {sql:?}, got {other:?}"),
     }
+}
+
+/// Every plan renders (with dummy crypto output) to SQL that parses again, and its placeholders
+/// are exactly `$1..=$k` for the k upstream parameters.
+fn check_rendered(p: &RewritePlan) {
+    use sqlparser::dialect::PostgreSqlDialect;
+    use sqlparser::tokenizer::{Token, Tokenizer};
+    let sql = p
+        .render(|s| -> Result<String, ()> {
+            Ok(match s {
+                Slot::Value { .. } => "'\\x00'::bytea".to_owned(),
+                Slot::Lookup { .. } => "'{}'::bytea[]".to_owned(),
+            })
+        })
+        .unwrap();
+    let d = PostgreSqlDialect {};
+    // sqlparser cannot parse PostgreSQL's `ON CONFLICT ((expression))` (hence the raw fragment)
+    assert!(
+        sql.contains("ON CONFLICT((") || sqlparser::parser::Parser::parse_sql(&d, &sql).is_ok(),
+        "rendered SQL does not parse: {sql}"
+    );
+    let mut seen: Vec<usize> = Tokenizer::new(&d, &sql)
+        .tokenize()
+        .unwrap()
+        .into_iter()
+        .filter_map(|t| match t {
+            Token::Placeholder(p) => p.strip_prefix('$').and_then(|n| n.parse().ok()),
+            _ => None,
+        })
+        .collect();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(
+        seen,
+        (1..=p.upstream_params.len()).collect::<Vec<_>>(),
+        "{sql}"
+    );
 }
 
 fn refused(sql: &str) -> Refusal {
@@ -912,6 +952,37 @@ fn sentinel_lookalikes_in_user_text_do_not_confuse_the_template() {
         p.debug_sql(),
         "INSERT INTO patients (name, notes) VALUES ({slot 0}, {slot 1})"
     );
+}
+
+#[test]
+fn arbitrary_text_never_panics() {
+    let base = [
+        "SELECT * FROM patients WHERE name = 'a' AND email IN ($1, 'b')",
+        "INSERT INTO patients (name, email) VALUES ('a', $1) ON CONFLICT (email) DO UPDATE SET name = EXCLUDED.name RETURNING *",
+        "WITH c AS (SELECT name FROM patients) SELECT * FROM c JOIN doctors d ON c.name = d.name",
+        "UPDATE patients p SET notes = $2 FROM visits v WHERE v.pid = p.id AND p.ssn = ANY($1)",
+    ];
+    let mut seed = 7u64;
+    for b in base {
+        let chars: Vec<char> = b.chars().collect();
+        for _ in 0..300 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let cut = (seed as usize) % chars.len();
+            let len = (seed >> 20) as usize % 6;
+            let mut m: String = chars.iter().take(cut).collect();
+            m.push_str(
+                ["(", ")", "'", "$", ",", " OR ", "\"", "::", ";"][(seed >> 32) as usize % 9],
+            );
+            m.extend(chars.iter().skip(cut + len));
+            // must not panic; any rewrite must be self-consistent
+            if let Ok(Plan::Rewrite(p)) = rw(&m) {
+                let text = template_text(&p);
+                assert!(!text.contains("pgseal_"), "sentinel left in {text}");
+            }
+        }
+    }
 }
 
 #[test]
