@@ -1159,3 +1159,39 @@ fn bench_breakdown() {
     }
     println!("precheck   {:>8.2} µs", per(t));
 }
+
+/// Prints rendered plans (dummy crypto output) for a manual check against a real PostgreSQL:
+/// `cargo test -- --ignored --nocapture print_rendered_for_postgres`.
+#[test]
+#[ignore = "manual check against a real PostgreSQL"]
+fn print_rendered_for_postgres() {
+    for sql in [
+        "CREATE TABLE patients (id int PRIMARY KEY, name text, email text, ssn int8, notes text, dob date)",
+        "CREATE TABLE doctors (id int, name text, license text)",
+        "CREATE TABLE visits (id int, pid int, who text)",
+        "CREATE UNIQUE INDEX patients_email_idx ON patients (email)",
+        "CREATE INDEX ON patients (name)",
+        "INSERT INTO patients (id, name, email, ssn, notes, dob) VALUES (1, 'a', 'b', 42, NULL, DEFAULT), (2, 'c', 'd', 43, 'n', '2001-01-01')",
+        "INSERT INTO patients (id, email, name) VALUES (3, 'x', 'y') ON CONFLICT (email) DO UPDATE SET name = EXCLUDED.name RETURNING id, name",
+        "SELECT id, name FROM patients WHERE name = 'a' OR email IN ('b', 'c') OR ssn <> 4 OR email NOT IN ('z', NULL) OR name = ANY(ARRAY['q'])",
+        "SELECT p.id FROM patients p JOIN doctors d ON p.name = d.name WHERE d.license = 'L' AND p.notes IS NULL",
+        "WITH c AS (SELECT name FROM patients) SELECT count(*) FROM c WHERE name = 'a'",
+        "UPDATE patients SET name = 'z', notes = NULL WHERE email = 'b' RETURNING name",
+        "DELETE FROM patients USING visits v WHERE v.pid = patients.id AND patients.email <> 'b'",
+        "ALTER TABLE patients ADD COLUMN extra int, ADD COLUMN x text",
+    ] {
+        let Ok(Plan::Rewrite(p)) = rw(sql) else {
+            println!("{sql};");
+            continue;
+        };
+        let out = p
+            .render(|s| -> Result<String, ()> {
+                Ok(match s {
+                    Slot::Value { .. } => format!("'\\\\x{:032x}'::bytea", 0u8),
+                    Slot::Lookup { .. } => format!("'{{\\\\\\\\x{:032x}}}'::bytea[]", 0u8),
+                })
+            })
+            .unwrap();
+        println!("{out};");
+    }
+}
