@@ -2,6 +2,7 @@
 //! run (`baseline/...`), so ratios can be read on a noisy shared machine.
 //!
 //! Run: `cargo bench --bench crypto` (CI runs a short mode; see `.ci/run`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::hint::black_box;
 
@@ -40,7 +41,8 @@ fn crypto(c: &mut Criterion) {
     let mut group = c.benchmark_group("crypto/decrypt");
     for size in [16usize, 32, 256, 4096] {
         let mut envelope = Vec::new();
-        key.encrypt_into(&vec![0x61u8; size], &mut envelope).unwrap();
+        key.encrypt_into(&vec![0x61u8; size], &mut envelope)
+            .unwrap();
         let mut out = Vec::with_capacity(size);
         group.throughput(Throughput::Bytes(size as u64));
         group.bench_function(BenchmarkId::from_parameter(size), |b| {

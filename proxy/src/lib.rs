@@ -11,6 +11,7 @@
 //! - [`protocol`]: framing and size limits, the startup packet, the messages the proxy builds or reads.
 //! - [`client`]: the client leg (TLS negotiation, SCRAM-SHA-256 server).
 //! - [`upstream`]: the upstream leg (connect over TCP/unix/TLS, authenticate).
+//! - [`rewrite`]: SQL analysis and rewriting for protected (encrypted) columns.
 //! - [`session`]: one client connection end to end, the relay loop and the interceptor seam.
 //! - [`cancel`]: the proxy's own BackendKeyData and its map to the upstream's keys.
 //! - [`config`], [`metrics`], [`shutdown`], [`server`] (accept loop), [`net`] (stream types).
@@ -21,6 +22,7 @@ pub mod config;
 pub mod metrics;
 pub mod net;
 pub mod protocol;
+pub mod rewrite;
 pub mod server;
 pub mod session;
 pub mod shutdown;
