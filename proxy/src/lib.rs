@@ -12,13 +12,17 @@
 //! - [`client`]: the client leg (TLS negotiation, SCRAM-SHA-256 server).
 //! - [`upstream`]: the upstream leg (connect over TCP/unix/TLS, authenticate).
 //! - [`rewrite`]: SQL analysis and rewriting for protected (encrypted) columns.
+//! - [`keys`]: key material for protected columns (keyserver client cache, rotation, grace period).
+//! - [`catalog`]: upstream catalog facts (existing tables, protected `(table OID, attnum)`).
 //! - [`session`]: one client connection end to end, the relay loop and the interceptor seam.
 //! - [`cancel`]: the proxy's own BackendKeyData and its map to the upstream's keys.
 //! - [`config`], [`metrics`], [`shutdown`], [`server`] (accept loop), [`net`] (stream types).
 
 pub mod cancel;
+pub mod catalog;
 pub mod client;
 pub mod config;
+pub mod keys;
 pub mod metrics;
 pub mod net;
 pub mod protocol;
