@@ -12,6 +12,7 @@
 //! - [`client`]: the client leg (TLS negotiation, SCRAM-SHA-256 server).
 //! - [`upstream`]: the upstream leg (connect over TCP/unix/TLS, authenticate).
 //! - [`rewrite`]: SQL analysis and rewriting for protected (encrypted) columns.
+//! - [`encrypt`]: the encryption interceptor (statements, parameters, results).
 //! - [`keys`]: key material for protected columns (keyserver client cache, rotation, grace period).
 //! - [`catalog`]: upstream catalog facts (existing tables, protected `(table OID, attnum)`).
 //! - [`session`]: one client connection end to end, the relay loop and the interceptor seam.
@@ -22,6 +23,7 @@ pub mod cancel;
 pub mod catalog;
 pub mod client;
 pub mod config;
+pub mod encrypt;
 pub mod keys;
 pub mod metrics;
 pub mod net;
