@@ -289,6 +289,7 @@ fn check_reports_columns_and_schema_prints_the_fix() {
 
     let out = run("check", &config);
     let stdout = text(&out.stdout);
+    eprintln!("check:\n{stdout}");
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -334,6 +335,7 @@ fn check_reports_columns_and_schema_prints_the_fix() {
     // `schema` prints only what is missing.
     let out = run("schema", &config);
     let ddl = support::ok(&out);
+    eprintln!("schema:\n{ddl}");
     assert!(
         ddl.contains("ALTER TABLE \"public\".\"people\" ALTER COLUMN \"email\" TYPE bytea"),
         "{ddl}"
