@@ -421,3 +421,72 @@ fn line_of(stdout: &str, c: &str) -> String {
         .unwrap_or("")
         .to_owned()
 }
+
+#[test]
+fn catalog_over_tcp_survives_an_upstream_restart_and_stops_when_dropped() {
+    // Its own cluster: this test stops and restarts the server.
+    let pg = support::PgCluster::start(support::PgOptions::default());
+    pg.create_role(
+        support::APP_USER,
+        support::UPSTREAM_PASSWORD,
+        "scram-sha-256",
+    );
+    pg.create_database("clinic", support::APP_USER);
+    pg.psql(
+        "clinic",
+        "CREATE TABLE public.patients (id int, email bytea)",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    // TCP with SCRAM-SHA-256 (the harness's pg_hba for 127.0.0.1).
+    let text = proxy_toml(
+        &format!(
+            "host = \"127.0.0.1\"\nport = {}\nconnect_timeout_ms = 2000",
+            pg.port
+        ),
+        &encryption_block(dir.path(), "clinic", &column("public.patients.email", "")),
+    );
+    let cat = start_catalog(&text).unwrap();
+    let patients: u32 = pg
+        .psql("clinic", "SELECT 'public.patients'::regclass::oid")
+        .parse()
+        .unwrap();
+    assert!(cat.snapshot().protected_at(patients, 2).is_some());
+    let catalog_sessions = || {
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgseal-catalog'",
+        )
+    };
+    assert_eq!(catalog_sessions(), "1");
+
+    // Upstream down: refresh fails within the timeout with a clear error; the last snapshot
+    // stays in place.
+    // (synchronous_commit is off in the harness and stop is immediate: make the DDL durable.)
+    pg.psql("clinic", "CHECKPOINT");
+    pg.stop();
+    let g = cat.snapshot().generation();
+    let t = Instant::now();
+    let e = cat.refresh().unwrap_err().to_string();
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(6),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(e.contains("cannot reach the upstream catalog"), "{e}");
+    assert_eq!(cat.snapshot().generation(), g);
+    assert!(cat.snapshot().knows_oid(patients));
+
+    // Back up: the next refresh reconnects.
+    pg.restart();
+    let snap = cat.refresh().unwrap();
+    assert!(snap.generation() > g);
+    assert!(snap.protected_at(patients, 2).is_some());
+
+    // Dropping the catalog ends its thread, which closes its connection.
+    drop(cat);
+    let deadline = Instant::now() + std::time::Duration::from_secs(5);
+    while catalog_sessions() != "0" {
+        assert!(Instant::now() < deadline, "catalog connection still open");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
