@@ -490,3 +490,39 @@ fn catalog_over_tcp_survives_an_upstream_restart_and_stops_when_dropped() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// Refresh cost with many relations (run with `--ignored --nocapture`).
+#[test]
+#[ignore]
+fn bench_refresh_with_many_tables() {
+    let env = env();
+    let db = env.new_db("many");
+    env.pg.psql(
+        &db,
+        "DO $$ BEGIN FOR i IN 1..5000 LOOP \
+           EXECUTE format('CREATE TABLE t%s (id int, v text)', i); END LOOP; END $$; \
+         CREATE TABLE public.patients (id int, email bytea)",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cat = start_catalog(&config_text(
+        dir.path(),
+        &db,
+        &column("public.patients.email", ""),
+        None,
+    ))
+    .unwrap();
+    assert!(cat.snapshot().has_table("public", "t5000"));
+    let mut ms: Vec<f64> = (0..20)
+        .map(|_| {
+            let t = Instant::now();
+            cat.refresh().unwrap();
+            t.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    eprintln!(
+        "refresh with ~5600 relations: median {:.1} ms, max {:.1} ms",
+        ms[ms.len() / 2],
+        ms[ms.len() - 1]
+    );
+}

@@ -65,9 +65,9 @@ fn current_thread() -> Result<tokio::runtime::Runtime> {
         .context("cannot start a tokio runtime")
 }
 
-/// `check` with `[[columns]]`: every protected column against the upstream catalog.
-fn check_columns(resolved: &Resolved, settings: &EncryptionSettings) -> Result<usize> {
-    let connector = CatalogConnector::new(resolved, settings)?;
+/// `check` with `[[columns]]`: every protected column against the upstream catalog; returns
+/// the number of errors.
+fn check_columns(connector: &CatalogConnector, settings: &EncryptionSettings) -> Result<usize> {
     let states = current_thread()?.block_on(async {
         let mut client = connector.connect().await?;
         let states = verify::inspect(&mut client, &settings.schema).await;
@@ -92,34 +92,36 @@ fn check_columns(resolved: &Resolved, settings: &EncryptionSettings) -> Result<u
 
 fn check(path: &Path, resolved: Resolved) -> Result<()> {
     let encryption = resolved.encryption.clone();
-    let columns_ok = match &encryption {
-        Some(settings) => check_columns(&resolved, settings)?,
-        None => 0,
+    let connector = match &encryption {
+        Some(s) => Some(CatalogConnector::new(&resolved, s)?),
+        None => None,
     };
-    // keyserver: reachability of [keyserver] (mTLS handshake, keyrings of every column) goes
-    // here; until then `check` validates only that its files exist (config::columns).
-    // Also load the TLS material and bind (on free ports), which is where most mistakes are.
+    // Load the TLS material and bind (on free ports), which is where most mistakes are.
     let mut probe = resolved;
     probe.listen.set_port(0);
     if let Some(m) = probe.metrics_listen.as_mut() {
         m.set_port(0);
     }
     Server::bind_sync(probe, Arc::new(PassThrough)).context("configuration does not load")?;
-    if columns_ok > 0 {
+    // keyserver: reachability of [keyserver] (mTLS handshake, keyrings of every column) goes
+    // here; until then `check` validates only that its files exist (config::columns).
+    let (Some(settings), Some(connector)) = (&encryption, &connector) else {
+        println!("{}: configuration OK", path.display());
+        return Ok(());
+    };
+    let errors = check_columns(connector, settings)?;
+    if errors > 0 {
         bail!(
-            "{}: {columns_ok} protected column(s) not ready (see above)",
+            "{}: {errors} protected column problem(s) (see above)",
             path.display()
         );
     }
-    match &encryption {
-        Some(s) => println!(
-            "{}: configuration OK ({} protected column(s) checked in database {:?})",
-            path.display(),
-            s.schema.columns().count(),
-            s.database
-        ),
-        None => println!("{}: configuration OK", path.display()),
-    }
+    println!(
+        "{}: configuration OK ({} protected column(s) checked in database {:?})",
+        path.display(),
+        settings.schema.columns().count(),
+        settings.database
+    );
     Ok(())
 }
 
