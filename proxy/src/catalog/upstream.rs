@@ -45,7 +45,8 @@ impl std::fmt::Debug for UpstreamCatalog {
 impl UpstreamCatalog {
     /// Starts the catalog thread, connects and loads the first snapshot. Fails with a message
     /// naming the database, user and address when the upstream is unreachable or refuses.
-    /// The thread ends when the returned catalog is dropped.
+    /// Blocks the calling thread for at most the upstream connect timeout plus 6 s. The thread
+    /// ends (closing its connection) when the returned catalog is dropped.
     pub fn start(
         resolved: &Resolved,
         settings: &EncryptionSettings,

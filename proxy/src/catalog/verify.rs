@@ -268,6 +268,14 @@ pub fn pending_ddl(schema: &ProtectedSchema, states: &[ColumnState]) -> String {
             None => (false, false, false, false),
         };
         let id = &c.id;
+        if let Some(kind) = st.and_then(|s| s.relkind.as_deref()) {
+            if !matches!(kind, "r" | "p" | "f") {
+                body.push_str(&format!(
+                    "-- {id}: not a table (relkind {kind}); protect the base table's column\n"
+                ));
+                continue;
+            }
+        }
         if !exists {
             body.push_str(&format!(
                 "-- {id}: no such column upstream; create it as bytea (or run this again after creating it)\n"
