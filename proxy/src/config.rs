@@ -4,6 +4,14 @@
 //! (which are not passwords). Passwords come from environment variables named in the file
 //! (`password_env`, `upstream_password_env`, `scram_verifier_env`). [`Config::resolve`] loads them,
 //! validates everything and gives clear messages; `pgseal-proxy check --config FILE` runs it.
+//!
+//! `[encryption]`, `[keyserver]` and `[[columns]]` (protected columns) are validated in
+//! [`columns`] into [`Resolved::encryption`]; without `[[columns]]` the proxy is a pure
+//! pass-through.
+
+pub mod columns;
+
+pub use columns::{ColumnConfig, EncryptionConfig, EncryptionSettings};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,6 +22,7 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use crate::client::auth_scram::ScramVerifier;
+use crate::keys::KeyserverConfig;
 
 /// A configuration problem, with a message that says which setting is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -217,6 +226,13 @@ pub struct Config {
     /// Shutdown behaviour.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// `[encryption]`: the protected database (required with `[[columns]]`).
+    pub encryption: Option<EncryptionConfig>,
+    /// `[keyserver]`: how to reach pgseal-keyserver (required with `[[columns]]`).
+    pub keyserver: Option<KeyserverConfig>,
+    /// `[[columns]]`: protected columns.
+    #[serde(default)]
+    pub columns: Vec<ColumnConfig>,
 }
 
 fn default_listen() -> String {
@@ -255,6 +271,8 @@ pub struct Resolved {
     pub metrics_listen: Option<SocketAddr>,
     /// Users by name.
     pub users: HashMap<String, ResolvedUser>,
+    /// Protected columns and how to reach their keys (None: no `[[columns]]`, pass-through).
+    pub encryption: Option<EncryptionSettings>,
 }
 
 impl Config {
@@ -413,10 +431,17 @@ impl Config {
                 return Err(invalid(format!("user {:?} is listed twice", u.name)));
             }
         }
+        let encryption = columns::settings(
+            self.encryption.as_ref(),
+            self.keyserver.as_ref(),
+            &self.columns,
+            &self.users,
+        )?;
         Ok(Resolved {
             listen,
             metrics_listen,
             users,
+            encryption,
             config: self,
         })
     }

@@ -1,15 +1,37 @@
-//! `pgseal-proxy serve --config FILE` and `pgseal-proxy check --config FILE`.
+//! `pgseal-proxy serve|check|schema --config FILE`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use pgseal_proxy::catalog::verify::{self, Severity};
+use pgseal_proxy::catalog::CatalogConnector;
+use pgseal_proxy::config::{EncryptionSettings, Resolved};
 use pgseal_proxy::{Config, PassThrough, Server};
 
-const USAGE: &str = "usage: pgseal-proxy <serve|check> --config FILE\n\
-  serve   run the proxy (SIGTERM: graceful shutdown)\n\
-  check   validate the configuration and the secrets and files it names, then exit\n\
-Logging: PGSEAL_LOG (or RUST_LOG), e.g. PGSEAL_LOG=debug";
+const USAGE: &str = "usage: pgseal-proxy <serve|check|schema> --config FILE\n\
+\n\
+  serve   Run the proxy. SIGTERM: stop accepting, let in-flight queries finish for\n\
+          [shutdown] grace_seconds, then close.\n\
+  check   Validate the configuration, the secrets and files it names, the TLS material and\n\
+          the listen addresses, then exit. With [[columns]] it also connects to the upstream\n\
+          as encryption.catalog_user and checks every protected column, printing one line per\n\
+          problem (\"error: schema.table.column: ...\" or \"warning: ...\"):\n\
+            error    the table or the column does not exist, or is not a table;\n\
+            error    the column is not bytea (the line gives the DDL fix; see `schema`);\n\
+            error    unique = true but no UNIQUE index on (substring(col from 1 for 16))\n\
+                     (ON CONFLICT (col) would fail and duplicates would not be refused);\n\
+            warning  index = true but no index on (substring(col from 1 for 16))\n\
+                     (equality lookups work but scan the table).\n\
+          Exit status 0: no errors (warnings allowed); 1: any error.\n\
+  schema  Print the DDL that converts the configured columns to bytea and creates their\n\
+          blind-index expression indexes. When the upstream is reachable, only what is still\n\
+          missing (comments say why each column is or is not included); otherwise the DDL for\n\
+          every configured column. Converting a column discards its existing values (USING\n\
+          NULL): re-write them through the proxy.\n\
+\n\
+Options: --config FILE (or -c FILE, --config=FILE); --help; --version.\n\
+Logging: PGSEAL_LOG (or RUST_LOG), e.g. PGSEAL_LOG=debug; logs go to stderr.";
 
 fn parse_args() -> Result<(String, PathBuf)> {
     let mut args = std::env::args().skip(1);
@@ -36,6 +58,95 @@ fn parse_args() -> Result<(String, PathBuf)> {
     Ok((cmd, config))
 }
 
+fn current_thread() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a tokio runtime")
+}
+
+/// `check` with `[[columns]]`: every protected column against the upstream catalog; returns
+/// the number of errors.
+fn check_columns(connector: &CatalogConnector, settings: &EncryptionSettings) -> Result<usize> {
+    let states = current_thread()?.block_on(async {
+        let mut client = connector.connect().await?;
+        let states = verify::inspect(&mut client, &settings.schema).await;
+        client.close().await;
+        states
+    })?;
+    let findings = verify::findings(&settings.schema, &states);
+    for f in &findings {
+        println!("{f}");
+    }
+    let errors = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .count();
+    if errors > 0 {
+        println!(
+            "hint: `pgseal-proxy schema --config FILE` prints the DDL still missing for every column"
+        );
+    }
+    Ok(errors)
+}
+
+fn check(path: &Path, resolved: Resolved) -> Result<()> {
+    let encryption = resolved.encryption.clone();
+    let connector = match &encryption {
+        Some(s) => Some(CatalogConnector::new(&resolved, s)?),
+        None => None,
+    };
+    // Load the TLS material and bind (on free ports), which is where most mistakes are.
+    let mut probe = resolved;
+    probe.listen.set_port(0);
+    if let Some(m) = probe.metrics_listen.as_mut() {
+        m.set_port(0);
+    }
+    Server::bind_sync(probe, Arc::new(PassThrough)).context("configuration does not load")?;
+    // keyserver: reachability of [keyserver] (mTLS handshake, keyrings of every column) goes
+    // here; until then `check` validates only that its files exist (config::columns).
+    let (Some(settings), Some(connector)) = (&encryption, &connector) else {
+        println!("{}: configuration OK", path.display());
+        return Ok(());
+    };
+    let errors = check_columns(connector, settings)?;
+    if errors > 0 {
+        bail!(
+            "{}: {errors} protected column problem(s) (see above)",
+            path.display()
+        );
+    }
+    println!(
+        "{}: configuration OK ({} protected column(s) checked in database {:?})",
+        path.display(),
+        settings.schema.columns().count(),
+        settings.database
+    );
+    Ok(())
+}
+
+fn schema(resolved: &Resolved) -> Result<()> {
+    let Some(settings) = &resolved.encryption else {
+        bail!("no [[columns]] configured: nothing to convert");
+    };
+    let connector = CatalogConnector::new(resolved, settings)?;
+    let inspected = current_thread()?.block_on(async {
+        let mut client = connector.connect().await?;
+        let states = verify::inspect(&mut client, &settings.schema).await;
+        client.close().await;
+        states
+    });
+    match inspected {
+        Ok(states) => print!("{}", verify::pending_ddl(&settings.schema, &states)),
+        Err(e) => {
+            println!("-- upstream not reachable ({e});");
+            println!("-- DDL for every configured column, whatever it is now:");
+            print!("{}", pgseal_proxy::rewrite::schema_ddl(&settings.schema));
+        }
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let (cmd, path) = parse_args()?;
     let filter = std::env::var("PGSEAL_LOG")
@@ -51,20 +162,17 @@ fn main() -> Result<()> {
         .resolve()
         .with_context(|| format!("{}: invalid configuration", path.display()))?;
     match cmd.as_str() {
-        "check" => {
-            // Also load the TLS material and bind (on free ports), which is where most
-            // mistakes are.
-            let mut probe = resolved;
-            probe.listen.set_port(0);
-            if let Some(m) = probe.metrics_listen.as_mut() {
-                m.set_port(0);
-            }
-            Server::bind_sync(probe, Arc::new(PassThrough))
-                .context("configuration does not load")?;
-            println!("{}: configuration OK", path.display());
-            Ok(())
-        }
+        "check" => check(&path, resolved),
+        "schema" => schema(&resolved),
         "serve" => {
+            // encryption: the encryption interceptor (UpstreamCatalog::start + keys + encrypt)
+            // is wired here; until then refuse to serve protected columns in plaintext.
+            if resolved.encryption.is_some() {
+                bail!(
+                    "{}: [[columns]] are configured but this build does not wire the encryption layer yet; refusing to serve them in plaintext",
+                    path.display()
+                );
+            }
             let server = Server::bind_sync(resolved, Arc::new(PassThrough))?;
             tracing::info!(
                 listen = ?server.local_addr(),

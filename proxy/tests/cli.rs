@@ -120,3 +120,108 @@ fn serve_exits_on_sigterm() {
     assert!(log.contains("shutdown complete"), "{log}");
     assert!(!log.contains("s3cret-value"));
 }
+
+/// GOOD plus protected columns, with keyserver files in `dir` and an unreachable upstream.
+fn with_columns(dir: &std::path::Path) -> String {
+    for f in ["ca.pem", "proxy.pem", "proxy-key.pem"] {
+        std::fs::write(dir.join(f), "dummy").unwrap();
+    }
+    let d = dir.display();
+    GOOD.replace("host = \"/tmp\"", "host = \"/nonexistent-pgseal-dir\"")
+        + &format!(
+            r#"
+[encryption]
+database = "app"
+[keyserver]
+url = "https://127.0.0.1:1"
+ca = "{d}/ca.pem"
+cert = "{d}/proxy.pem"
+key = "{d}/proxy-key.pem"
+[[columns]]
+column = "public.patients.email"
+type = "text"
+keyring = "patients"
+index = true
+unique = true
+"#
+        )
+}
+
+fn run(cmd: &str, p: &std::path::Path) -> std::process::Output {
+    Command::new(BIN)
+        .args([cmd, "--config"])
+        .arg(p)
+        .env("CLI_TEST_PASSWORD", "s3cret-value")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn columns_config_errors_name_the_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = with_columns(dir.path());
+    for (body, needle) in [
+        (
+            good.replace("type = \"text\"", "type = \"txt\""),
+            "[[columns]] #1 \"public.patients.email\": unknown type \"txt\"",
+        ),
+        (
+            good.replace("index = true\n", ""),
+            "unique = true needs index = true",
+        ),
+        (good.replace("proxy-key.pem", "gone.pem"), "keyserver.key"),
+        (
+            good.replace("[encryption]\ndatabase = \"app\"", ""),
+            "[encryption] is missing",
+        ),
+    ] {
+        let out = run("check", &config(dir.path(), &body));
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{needle}: {err}");
+        assert!(!err.contains("s3cret-value"));
+    }
+}
+
+#[test]
+fn check_and_schema_without_a_reachable_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = config(dir.path(), &with_columns(dir.path()));
+    let out = run("check", &p);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot reach the upstream catalog") && err.contains("database \"app\""),
+        "{err}"
+    );
+    let out = run("schema", &p);
+    assert!(out.status.success());
+    let ddl = String::from_utf8_lossy(&out.stdout);
+    assert!(ddl.contains("-- upstream not reachable"), "{ddl}");
+    assert!(
+        ddl.contains("ALTER TABLE \"public\".\"patients\" ALTER COLUMN \"email\" TYPE bytea"),
+        "{ddl}"
+    );
+    assert!(ddl.contains("CREATE UNIQUE INDEX"), "{ddl}");
+    // Without columns there is nothing to print.
+    let p = config(dir.path(), GOOD);
+    let out = run("schema", &p);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no [[columns]]"));
+}
+
+#[test]
+fn serve_refuses_columns_until_encryption_is_wired() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = config(dir.path(), &with_columns(dir.path()));
+    let out = run("serve", &p);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("plaintext"));
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("schema") && help.contains("Exit status 0"),
+        "{help}"
+    );
+}

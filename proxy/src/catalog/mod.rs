@@ -7,6 +7,18 @@
 //! source swaps in a new one after a refresh. Refreshes happen at start-up, after DDL passes
 //! through the proxy, and when a RowDescription names a table OID the snapshot does not know
 //! (a dropped and recreated table).
+//!
+//! [`UpstreamCatalog`] is the source the proxy runs with (its own thread and upstream
+//! connection); [`StaticCatalog`] serves a fixed snapshot for tests. [`verify`] inspects the
+//! configured columns for `pgseal-proxy check` and `pgseal-proxy schema`.
+
+pub mod connection;
+pub mod load;
+pub mod upstream;
+pub mod verify;
+
+pub use connection::CatalogConnector;
+pub use upstream::UpstreamCatalog;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;

@@ -5,6 +5,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
 use super::UpstreamError;
+use crate::client::tls::{self, TlsConfigError};
+use crate::config::{UpstreamConfig, UpstreamTlsMode};
 use crate::net::Conn;
 use crate::protocol::messages;
 
@@ -33,6 +35,27 @@ impl std::fmt::Debug for UpstreamTarget {
 }
 
 impl UpstreamTarget {
+    /// Builds the target from `[upstream]` (loads the TLS material for verify-full).
+    pub fn from_config(up: &UpstreamConfig) -> Result<UpstreamTarget, TlsConfigError> {
+        let tls = match (up.tls, &up.ca) {
+            (UpstreamTlsMode::VerifyFull, Some(ca)) => {
+                let client_cert = match (&up.client_cert, &up.client_key) {
+                    (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+                    _ => None,
+                };
+                let cfg = tls::client_config(ca, client_cert)?;
+                let name = tls::server_name(up.server_name.as_deref().unwrap_or(&up.host))?;
+                Some((tokio_rustls::TlsConnector::from(cfg), name))
+            }
+            _ => None,
+        };
+        Ok(UpstreamTarget {
+            host: up.host.clone(),
+            port: up.port,
+            tls,
+        })
+    }
+
     /// Opens a stream; with TLS configured, sends SSLRequest and requires `S` (fail closed).
     pub async fn connect(&self) -> Result<Conn, UpstreamError> {
         if self.host.starts_with('/') {

@@ -1,8 +1,9 @@
 //! The upstream leg: connect (TCP, unix socket, TLS verify-full) and log in with the mapped
-//! credentials.
+//! credentials; [`simple_query`] runs the proxy's own queries (the catalog).
 
 pub mod auth;
 pub mod connect;
+pub mod simple_query;
 
 use crate::protocol::messages::ErrorFields;
 use crate::protocol::ProtocolError;
@@ -31,6 +32,9 @@ pub enum UpstreamError {
     /// Timed out.
     #[error("upstream timed out")]
     Timeout,
+    /// A query on an internal connection (the catalog) failed.
+    #[error("upstream query failed: {} {}", .0.code, .0.message)]
+    Query(ErrorFields),
 }
 
 impl UpstreamError {

@@ -1,0 +1,204 @@
+//! [`UpstreamCatalog`]: a [`CatalogSource`] backed by the upstream database.
+//!
+//! It runs on its own OS thread with a current-thread tokio runtime and its own upstream
+//! connection (the catalog user's credentials, the protected database), so catalog queries
+//! never wait behind client traffic and sessions never share a connection. `snapshot()` is a
+//! lock read; `refresh()` queues a request and blocks the caller until the new snapshot (or
+//! [`REFRESH_TIMEOUT`]). Requests queued while a load runs are answered together by the next
+//! load. A dropped connection is reopened on the next load (one retry on a fresh connection).
+
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tracing::{debug, info, warn};
+
+use super::connection::CatalogConnector;
+use super::load::load_snapshot;
+use super::{CatalogError, CatalogSnapshot, CatalogSource};
+use crate::config::{EncryptionSettings, Resolved};
+use crate::rewrite::ProtectedSchema;
+use crate::upstream::simple_query::SimpleClient;
+
+/// How long `refresh()` waits for the catalog thread.
+pub const REFRESH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one load's queries may take.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+type Answer = Result<Arc<CatalogSnapshot>, CatalogError>;
+
+/// The catalog of the protected database, kept by a background thread.
+pub struct UpstreamCatalog {
+    current: Arc<RwLock<Arc<CatalogSnapshot>>>,
+    requests: UnboundedSender<SyncSender<Answer>>,
+}
+
+impl std::fmt::Debug for UpstreamCatalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamCatalog")
+            .field("generation", &self.snapshot().generation())
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpstreamCatalog {
+    /// Starts the catalog thread, connects and loads the first snapshot. Fails with a message
+    /// naming the database, user and address when the upstream is unreachable or refuses.
+    /// Blocks the calling thread for at most the upstream connect timeout plus 6 s. The thread
+    /// ends (closing its connection) when the returned catalog is dropped.
+    pub fn start(
+        resolved: &Resolved,
+        settings: &EncryptionSettings,
+    ) -> Result<Arc<UpstreamCatalog>, CatalogError> {
+        let connector = CatalogConnector::new(resolved, settings)?;
+        let wait = connector.timeout() + QUERY_TIMEOUT + Duration::from_secs(1);
+        let schema = settings.schema.clone();
+        let current = Arc::new(RwLock::new(Arc::new(CatalogSnapshot::default())));
+        let (tx, rx) = unbounded_channel();
+        let (ready_tx, ready_rx) = sync_channel::<Result<(), CatalogError>>(1);
+        let shared = current.clone();
+        std::thread::Builder::new()
+            .name("pgseal-catalog".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(CatalogError(format!("catalog runtime: {e}"))));
+                        return;
+                    }
+                };
+                rt.block_on(run(connector, schema, shared, rx, ready_tx));
+            })
+            .map_err(|e| CatalogError(format!("cannot start the catalog thread: {e}")))?;
+        match ready_rx.recv_timeout(wait) {
+            Ok(Ok(())) => Ok(Arc::new(UpstreamCatalog {
+                current,
+                requests: tx,
+            })),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(CatalogError(
+                "the first catalog load did not finish in time".into(),
+            )),
+        }
+    }
+}
+
+impl CatalogSource for UpstreamCatalog {
+    fn snapshot(&self) -> Arc<CatalogSnapshot> {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn refresh(&self) -> Result<Arc<CatalogSnapshot>, CatalogError> {
+        let (tx, rx) = sync_channel(1);
+        self.requests
+            .send(tx)
+            .map_err(|_| CatalogError("the catalog thread has stopped".into()))?;
+        rx.recv_timeout(REFRESH_TIMEOUT).unwrap_or_else(|_| {
+            Err(CatalogError(format!(
+                "catalog refresh took longer than {} s",
+                REFRESH_TIMEOUT.as_secs()
+            )))
+        })
+    }
+}
+
+struct Loader {
+    connector: CatalogConnector,
+    schema: Arc<ProtectedSchema>,
+    current: Arc<RwLock<Arc<CatalogSnapshot>>>,
+    client: Option<SimpleClient>,
+    generation: u64,
+}
+
+impl Loader {
+    /// Loads a snapshot, on the open connection or a new one; retries once on a fresh
+    /// connection when the open one fails (it may have been dropped by the server).
+    async fn load(&mut self) -> Answer {
+        let mut last = None;
+        for attempt in 0..2 {
+            let mut client = match self.client.take() {
+                Some(c) => c,
+                None => self.connector.connect().await?,
+            };
+            let next = self.generation + 1;
+            let r = tokio::time::timeout(
+                QUERY_TIMEOUT,
+                load_snapshot(&mut client, &self.schema, next),
+            )
+            .await
+            .unwrap_or_else(|_| Err(CatalogError("catalog query timed out".into())));
+            match r {
+                Ok(snap) => {
+                    self.client = Some(client);
+                    self.generation = next;
+                    let snap = Arc::new(snap);
+                    match self.current.write() {
+                        Ok(mut g) => *g = snap.clone(),
+                        Err(poisoned) => *poisoned.into_inner() = snap.clone(),
+                    }
+                    debug!(generation = next, "catalog loaded");
+                    return Ok(snap);
+                }
+                Err(e) => {
+                    debug!(attempt, error = %e, "catalog load failed; reconnecting");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| CatalogError("catalog load failed".into())))
+    }
+}
+
+async fn run(
+    connector: CatalogConnector,
+    schema: Arc<ProtectedSchema>,
+    current: Arc<RwLock<Arc<CatalogSnapshot>>>,
+    mut requests: UnboundedReceiver<SyncSender<Answer>>,
+    ready: SyncSender<Result<(), CatalogError>>,
+) {
+    let mut loader = Loader {
+        connector,
+        schema,
+        current,
+        client: None,
+        generation: 0,
+    };
+    match loader.load().await {
+        Ok(s) => {
+            info!(
+                generation = s.generation(),
+                target = %loader.connector.describe(),
+                "catalog loaded"
+            );
+            let _ = ready.send(Ok(()));
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    }
+    drop(ready);
+    while let Some(first) = requests.recv().await {
+        let mut waiters = vec![first];
+        while let Ok(w) = requests.try_recv() {
+            waiters.push(w);
+        }
+        let answer = loader.load().await;
+        if let Err(e) = &answer {
+            warn!(error = %e, "catalog refresh failed");
+        }
+        for w in waiters {
+            let _ = w.try_send(answer.clone());
+        }
+    }
+    if let Some(c) = loader.client.take() {
+        c.close().await;
+    }
+}
