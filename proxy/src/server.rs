@@ -11,7 +11,7 @@ use tracing::{info, warn};
 
 use crate::cancel::CancelRegistry;
 use crate::client::tls::{self, TlsConfigError};
-use crate::config::{ClientTlsMode, Resolved, UpstreamTlsMode};
+use crate::config::{ClientTlsMode, Resolved};
 use crate::metrics::Metrics;
 use crate::session::{self, InterceptorFactory, PassThrough};
 use crate::upstream::connect::UpstreamTarget;
@@ -102,24 +102,7 @@ impl Server {
             )),
             _ => None,
         };
-        let up = &config.config.upstream;
-        let upstream_tls = match (up.tls, &up.ca) {
-            (UpstreamTlsMode::VerifyFull, Some(ca)) => {
-                let client_cert = match (&up.client_cert, &up.client_key) {
-                    (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
-                    _ => None,
-                };
-                let cfg = tls::client_config(ca, client_cert)?;
-                let name = tls::server_name(up.server_name.as_deref().unwrap_or(&up.host))?;
-                Some((tokio_rustls::TlsConnector::from(cfg), name))
-            }
-            _ => None,
-        };
-        let upstream = UpstreamTarget {
-            host: up.host.clone(),
-            port: up.port,
-            tls: upstream_tls,
-        };
+        let upstream = UpstreamTarget::from_config(&config.config.upstream)?;
         let listener = bind_std(config.listen)?;
         let metrics_listener = match config.metrics_listen {
             Some(addr) => Some(bind_std(addr)?),
