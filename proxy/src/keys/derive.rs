@@ -44,7 +44,7 @@ impl ColumnCrypto {
         let mut index = Vec::new();
         if let Some(spec) = &column.index {
             let mut sorted: Vec<&(u32, &SecretKey)> = versions.iter().collect();
-            sorted.sort_by(|a, b| b.0.cmp(&a.0));
+            sorted.sort_by_key(|e| std::cmp::Reverse(e.0));
             for (v, k) in sorted {
                 index.push(BlindIndexKey::derive(k, *v, &spec.group).map_err(derr)?);
             }
