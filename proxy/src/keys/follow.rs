@@ -15,7 +15,7 @@ use super::KeyError;
 use crate::rewrite::ProtectedSchema;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// State shared by the follower thread and the [`super::KeyserverKeys`] handle.
 pub(crate) struct Shared {
