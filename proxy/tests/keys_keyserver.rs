@@ -515,3 +515,28 @@ fn grace_period_then_fail_closed_then_recovery() {
     });
     let _: Arc<KeyserverKeys> = keys;
 }
+
+#[test]
+fn revoked_grant_fails_closed_and_regrant_recovers() {
+    let ks = Ks::start();
+    ks.keyring_granted("patients");
+    let admin = ks.admin();
+    let cfg = ks.proxy_config(&ks.ca(), "revoke", 300, 1);
+    let keys =
+        KeyserverKeys::start_with_resync(&cfg, &schema("patients"), Duration::from_millis(500))
+            .unwrap();
+    let env = seal(keys.as_ref(), b"frank");
+    ks.run(admin.set_proxy(PROXY, &[])).unwrap();
+    let t = wait_until(Duration::from_secs(5), "revocation noticed", || {
+        matches!(keys.column(&email()), Err(KeyError::Unavailable { .. }))
+    });
+    eprintln!("revoked grant noticed after {t:?} (resync 500 ms, poll 1 s)");
+    let err = keys.column(&email()).unwrap_err().to_string();
+    assert!(err.contains("not granted"), "{err}");
+    ks.run(admin.set_proxy(PROXY, &["patients".to_owned()]))
+        .unwrap();
+    wait_until(Duration::from_secs(5), "re-grant noticed", || {
+        keys.column(&email()).is_ok()
+    });
+    assert_eq!(open(keys.as_ref(), &env).unwrap(), b"frank");
+}

@@ -28,6 +28,9 @@ pub(crate) struct Shared {
     pub health: Health,
     pub url: String,
     pub poll_wait_secs: u64,
+    /// How often every keyring's metadata is re-read even without a change in the feed (the
+    /// feed does not show revoked grants or deleted keyrings).
+    pub resync: Duration,
 }
 
 impl Shared {
@@ -159,6 +162,9 @@ fn log_change(name: &str, prev: Option<&KeyringState>, new: &KeyringState) {
     match prev {
         Some(p) if p.active != new.active => tracing::info!(keyring = %name, keyring_id = %new.id,
             from = p.active, to = new.active, versions = ?versions, "keyring rotation noticed"),
+        Some(p) if p.revision == new.revision && p.versions.keys().eq(new.versions.keys()) => {
+            tracing::debug!(keyring = %name, "keyring unchanged");
+        }
         Some(p) => {
             let dropped: Vec<u32> = p
                 .versions
@@ -186,6 +192,7 @@ pub(crate) async fn follow(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = MIN_BACKOFF;
+    let mut last_resync = tokio::time::Instant::now();
     loop {
         if *stop.borrow() {
             return;
@@ -195,25 +202,32 @@ pub(crate) async fn follow(
                 .changes(rev, Some(shared.poll_wait_secs))
                 .await
                 .map_err(FetchError::Failed)?;
-            let changed: BTreeSet<String> = resp
-                .changed
-                .iter()
-                .filter(|c| shared.keyrings.contains(&c.name))
-                .map(|c| c.name.clone())
-                .collect();
+            let resync = last_resync.elapsed() >= shared.resync;
+            let changed: BTreeSet<String> = if resync {
+                shared.keyrings.clone()
+            } else {
+                resp.changed
+                    .iter()
+                    .filter(|c| shared.keyrings.contains(&c.name))
+                    .map(|c| c.name.clone())
+                    .collect()
+            };
             if !changed.is_empty() {
                 refresh(&client, &shared, &changed).await?;
             }
-            Ok::<u64, FetchError>(resp.revision)
+            Ok::<(u64, bool), FetchError>((resp.revision, resync))
         };
         let res = tokio::select! {
             _ = stop.changed() => return,
             r = step => r,
         };
         match res {
-            Ok(next) => {
+            Ok((next, resynced)) => {
                 shared.health.contact();
                 rev = next;
+                if resynced {
+                    last_resync = tokio::time::Instant::now();
+                }
                 backoff = MIN_BACKOFF;
             }
             Err(e) => {

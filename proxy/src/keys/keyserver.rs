@@ -19,6 +19,9 @@ use super::snapshot::Snapshot;
 use super::{ColumnCrypto, KeyError, KeySource, KeyserverConfig};
 use crate::rewrite::ProtectedSchema;
 
+/// Default interval of the full metadata re-read (see [`KeyserverKeys::start_with_resync`]).
+pub const DEFAULT_RESYNC: Duration = Duration::from_secs(60);
+
 /// Keys fetched from pgseal-keyserver. `column()` reads a snapshot (read lock + `Arc` clone) and
 /// never touches the network.
 pub struct KeyserverKeys {
@@ -53,6 +56,18 @@ impl KeyserverKeys {
         config: &KeyserverConfig,
         schema: &ProtectedSchema,
     ) -> Result<Arc<KeyserverKeys>, KeyError> {
+        Self::start_with_resync(config, schema, DEFAULT_RESYNC)
+    }
+
+    /// [`Self::start`] with another full re-read interval: besides following the change feed,
+    /// the metadata of every keyring is re-read every `resync` (default 60 s), which notices a
+    /// revoked grant or a deleted keyring (the feed does not show those); their columns then fail
+    /// closed.
+    pub fn start_with_resync(
+        config: &KeyserverConfig,
+        schema: &ProtectedSchema,
+        resync: Duration,
+    ) -> Result<Arc<KeyserverKeys>, KeyError> {
         let keyrings: BTreeSet<String> = schema.columns().map(|c| c.keyring.clone()).collect();
         let keyring_of: HashMap<ColumnId, String> = schema
             .columns()
@@ -81,6 +96,7 @@ impl KeyserverKeys {
             health: Health::new(Duration::from_secs(config.grace_seconds)),
             url: config.url.clone(),
             poll_wait_secs: config.poll_wait_seconds.max(1),
+            resync,
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), KeyError>>();
