@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use pgseal_crypto::value::{LogicalType, Normalisation};
@@ -260,6 +260,15 @@ fn start_fetches_keys_and_values_round_trip() {
         keys.column(&other),
         Err(KeyError::UnknownColumn(_))
     ));
+    // column() is a snapshot read: measure its cost.
+    let t0 = Instant::now();
+    for _ in 0..100_000 {
+        assert!(keys.column(&email()).is_ok());
+    }
+    eprintln!(
+        "column(): {:?} per call (debug build)",
+        t0.elapsed() / 100_000
+    );
     keys.stop();
     // Stopped: the last snapshot keeps serving.
     assert_eq!(open(keys.as_ref(), &env).unwrap(), b"alice@example.org");
@@ -539,4 +548,90 @@ fn revoked_grant_fails_closed_and_regrant_recovers() {
         keys.column(&email()).is_ok()
     });
     assert_eq!(open(keys.as_ref(), &env).unwrap(), b"frank");
+}
+
+/// Every log line of this test binary (a global subscriber: the follower logs from its own thread).
+fn logs() -> &'static Mutex<Vec<u8>> {
+    static LOGS: OnceLock<&'static Mutex<Vec<u8>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf: &'static Mutex<Vec<u8>> = Box::leak(Box::new(Mutex::new(Vec::new())));
+        struct W(&'static Mutex<Vec<u8>>);
+        impl std::io::Write for W {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || W(buf))
+            .init();
+        buf
+    })
+}
+
+fn log_text() -> String {
+    String::from_utf8_lossy(&logs().lock().unwrap()).into_owned()
+}
+
+#[test]
+fn logs_name_rotations_and_outages_but_never_material() {
+    logs();
+    let mut ks = Ks::start();
+    ks.keyring_granted("patients");
+    let admin = ks.admin();
+    let cfg = ks.proxy_config(&ks.ca(), "logs", 1, 1);
+    let keys = KeyserverKeys::start(&cfg, &schema("patients")).unwrap();
+    ks.run(admin.rotate("patients")).unwrap();
+    wait_until(Duration::from_secs(5), "rotation", || {
+        keys.column(&email()).unwrap().active_version() == Some(2)
+    });
+    let id = ks.run(admin.keyring("patients")).unwrap().id;
+    // The material, fetched as the proxy would (to look for it in the logs).
+    let proxy = Client::new(ClientConfig {
+        url: ks.url(),
+        ca_pem: std::fs::read(&cfg.ca).unwrap(),
+        identity: Some((
+            std::fs::read(&cfg.cert).unwrap(),
+            Zeroizing::new(std::fs::read(&cfg.key).unwrap()),
+        )),
+        token: None,
+        timeout: Duration::from_secs(5),
+    })
+    .unwrap();
+    let mut secrets = Vec::new();
+    for v in [1, 2] {
+        let m = ks.run(proxy.material("patients", v)).unwrap();
+        let raw = m.key.expose_secret();
+        secrets.push(base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            raw,
+        ));
+        secrets.push(raw.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        secrets.push(format!("{:?}", &raw[..8]).trim_end_matches(']').to_owned());
+    }
+    ks.kill();
+    wait_until(Duration::from_secs(8), "grace expiry logged", || {
+        log_text().contains("keyserver grace period expired")
+    });
+    let text = log_text();
+    assert!(
+        text.lines().any(|l| l.contains("keyring rotation noticed")
+            && l.contains(&id)
+            && l.contains("from=1")
+            && l.contains("to=2")),
+        "{text}"
+    );
+    assert!(text.contains("keyserver unreachable; serving cached keys during the grace period"));
+    for s in &secrets {
+        assert!(!text.contains(s.as_str()), "key material in the logs");
+    }
+    assert!(matches!(
+        keys.column(&email()),
+        Err(KeyError::Unavailable { .. })
+    ));
 }

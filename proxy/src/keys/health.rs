@@ -1,19 +1,18 @@
 //! Contact with the keyserver: when it last answered, whether it is failing now, and whether the
 //! grace period of the cached keys has run out (then the key source fails closed).
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-struct State {
-    last_contact: Instant,
-    failing: bool,
-    expiry_logged: bool,
-}
-
-/// Shared between the follower thread (writes) and `column()` callers (read).
+/// Shared between the follower thread (writes) and `column()` callers (two atomic loads).
 pub(crate) struct Health {
     grace: Duration,
-    state: Mutex<State>,
+    /// Reference point of `last_contact_ms`.
+    base: Instant,
+    /// Milliseconds from `base` to the last successful response.
+    last_contact_ms: AtomicU64,
+    failing: AtomicBool,
+    expiry_logged: AtomicBool,
 }
 
 impl Health {
@@ -21,45 +20,48 @@ impl Health {
     pub(crate) fn new(grace: Duration) -> Self {
         Self {
             grace,
-            state: Mutex::new(State {
-                last_contact: Instant::now(),
-                failing: false,
-                expiry_logged: false,
-            }),
+            base: Instant::now(),
+            last_contact_ms: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
+            expiry_logged: AtomicBool::new(false),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Time since the last successful response.
+    fn age(&self) -> Duration {
+        Duration::from_millis(
+            self.now_ms()
+                .saturating_sub(self.last_contact_ms.load(Ordering::Acquire)),
+        )
     }
 
     /// The keyserver answered.
     pub(crate) fn contact(&self) {
-        let mut s = self.lock();
-        if s.failing {
+        let age = self.age();
+        self.last_contact_ms.store(self.now_ms(), Ordering::Release);
+        if self.failing.swap(false, Ordering::AcqRel) {
             tracing::info!(
-                after_ms = s.last_contact.elapsed().as_millis() as u64,
+                after_ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
                 "keyserver contact restored"
             );
         }
-        s.last_contact = Instant::now();
-        s.failing = false;
-        s.expiry_logged = false;
+        self.expiry_logged.store(false, Ordering::Release);
     }
 
     /// A request failed; logs the first failure and the expiry of the grace period.
     pub(crate) fn failure(&self, error: &dyn std::fmt::Display) {
-        let mut s = self.lock();
-        let age = s.last_contact.elapsed();
-        if !s.failing {
-            s.failing = true;
+        let age = self.age();
+        if !self.failing.swap(true, Ordering::AcqRel) {
             tracing::warn!(error = %error, grace_seconds = self.grace.as_secs(),
                 "keyserver unreachable; serving cached keys during the grace period");
         } else {
             tracing::debug!(error = %error, "keyserver still unreachable");
         }
-        if age > self.grace && !s.expiry_logged {
-            s.expiry_logged = true;
+        if age > self.grace && !self.expiry_logged.swap(true, Ordering::AcqRel) {
             tracing::error!(
                 last_contact_s = age.as_secs(),
                 grace_seconds = self.grace.as_secs(),
@@ -71,9 +73,11 @@ impl Health {
     /// `Some(reason)` when the keyserver is failing and the last contact is older than the grace
     /// period.
     pub(crate) fn expired(&self) -> Option<String> {
-        let s = self.lock();
-        let age = s.last_contact.elapsed();
-        (s.failing && age > self.grace).then(|| {
+        if !self.failing.load(Ordering::Acquire) {
+            return None;
+        }
+        let age = self.age();
+        (age > self.grace).then(|| {
             format!(
                 "keyserver unreachable for {}s (grace period {}s expired)",
                 age.as_secs(),
