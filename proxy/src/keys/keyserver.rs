@@ -52,6 +52,9 @@ impl KeyserverKeys {
     /// column, and starts following the change feed on its own OS thread with its own tokio
     /// current-thread runtime. Blocks until the first fetch completed; keyserver unreachable /
     /// certificate refused / keyring missing → `Err` with a clear message.
+    ///
+    /// Safe to call from inside a tokio runtime (the work runs on the key thread); the calling
+    /// thread blocks for the duration of the first fetch (bounded by `timeout_ms` per request).
     pub fn start(
         config: &KeyserverConfig,
         schema: &ProtectedSchema,
