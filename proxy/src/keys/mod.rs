@@ -6,12 +6,16 @@
 //! seals new values) and the blind-index keys of those versions (lookups search all of them).
 //! Sources:
 //! - [`StaticKeys`]: fixed keyring material given in code (unit tests, benchmarks).
-//! - the keyserver-backed source (`keyserver.rs`): fetches over mTLS, caches in zeroized memory,
+//! - [`KeyserverKeys`] (`keyserver.rs`): fetches over mTLS, caches in zeroized memory,
 //!   follows rotation through the change feed, serves from cache for a grace period when the
 //!   keyserver is unreachable, then fails closed.
 
 pub mod config;
 mod derive;
+mod follow;
+mod health;
+pub mod keyserver;
+mod snapshot;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +24,7 @@ use pgseal_crypto::{ColumnId, SecretKey};
 
 pub use config::KeyserverConfig;
 pub use derive::ColumnCrypto;
+pub use keyserver::KeyserverKeys;
 
 use crate::rewrite::ProtectedSchema;
 
