@@ -12,6 +12,7 @@
 )]
 
 pub mod certs;
+pub mod keyserver;
 pub mod pg;
 pub mod proxy;
 pub mod raw;
@@ -187,4 +188,97 @@ pub fn ok(out: &Output) -> String {
 /// A file with `contents` in `dir`.
 pub fn write_file(dir: &Path, name: &str, contents: &str) -> std::path::PathBuf {
     pg::write_file(dir, name, contents)
+}
+
+/// A `pgseal-proxy serve` process (the real binary, as operators run it), for the encryption
+/// system tests; killed on drop. Its log (stderr and stdout) goes to a file.
+pub struct ProxyProcess {
+    dir: tempfile::TempDir,
+    /// Port on 127.0.0.1 where clients connect.
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl ProxyProcess {
+    /// Writes `toml` (with `listen` replaced by a free port) and starts `pgseal-proxy serve`;
+    /// waits until it accepts connections. Panics with its log when it does not come up.
+    pub fn start(toml: &str, env: &[(&str, &str)]) -> ProxyProcess {
+        let bin = keyserver::cargo_bin("pgseal-proxy", "PGSEAL_PROXY_BIN");
+        let dir = tempfile::Builder::new()
+            .prefix("pgseal-proxy-")
+            .tempdir()
+            .unwrap();
+        let mut last_log = String::new();
+        for attempt in 0..5 {
+            let port = pg::free_port();
+            let text = toml.replace(
+                "listen = \"127.0.0.1:0\"",
+                &format!("listen = \"127.0.0.1:{port}\""),
+            );
+            let conf = write_file(dir.path(), "proxy.toml", &text);
+            let log_path = dir.path().join(format!("proxy{attempt}.log"));
+            let log = std::fs::File::create(&log_path).unwrap();
+            let mut child = Command::new(&bin)
+                .arg("serve")
+                .arg("--config")
+                .arg(&conf)
+                .envs(env.iter().copied())
+                .env("PGSEAL_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            let start = std::time::Instant::now();
+            while start.elapsed() < std::time::Duration::from_secs(30) {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return ProxyProcess {
+                        dir,
+                        port,
+                        child: Some(child),
+                    };
+                }
+                std::thread::sleep(std::time::Duration::from_millis(25));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            last_log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if !last_log.contains("in use") {
+                break;
+            }
+        }
+        panic!("pgseal-proxy did not start:\n{last_log}");
+    }
+
+    /// Everything the proxy logged so far (all attempts).
+    pub fn log(&self) -> String {
+        let mut all = String::new();
+        for attempt in 0..5 {
+            if let Ok(s) =
+                std::fs::read_to_string(self.dir.path().join(format!("proxy{attempt}.log")))
+            {
+                all.push_str(&s);
+            }
+        }
+        all
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
