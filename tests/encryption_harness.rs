@@ -71,3 +71,45 @@ fn keyserver_harness_provisions_a_proxy() {
         "{enc}"
     );
 }
+
+/// The proxy-process helper runs the real `pgseal-proxy serve` binary (here without
+/// `[[columns]]`, so pass-through) and clients get through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_process_serves_clients() {
+    let pg = support::PgCluster::start(support::PgOptions::default());
+    pg.create_role(
+        support::APP_USER,
+        support::UPSTREAM_PASSWORD,
+        "scram-sha-256",
+    );
+    pg.create_database(support::ENC_DB, support::APP_USER);
+    let toml = support::proxy_toml(
+        &format!(
+            "host = \"{}\"\nport = {}",
+            pg.socket_dir().display(),
+            pg.port
+        ),
+        "",
+    );
+    let mut proxy = support::ProxyProcess::start(&toml, &support::proxy_env());
+    let c = support::connect(&format!(
+        "host=127.0.0.1 port={} user={} password={} dbname={}",
+        proxy.port,
+        support::APP_USER,
+        support::APP_PASSWORD,
+        support::ENC_DB
+    ))
+    .await;
+    let v: String = c
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, support::APP_USER);
+    assert!(proxy.is_running());
+    assert!(
+        proxy.log().contains("pgseal-proxy listening"),
+        "{}",
+        proxy.log()
+    );
+}

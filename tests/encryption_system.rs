@@ -331,6 +331,23 @@ async fn round_trip_every_type_text_and_binary() {
         .get(0);
     assert_eq!(n, 2);
 
+    // Stored form: equal values share the 16-byte blind index of an indexed column but not the
+    // (randomised) envelope; a text envelope is 1 + 4 + 12 + (1 + len) + 16 bytes.
+    let int8_cells = env.stored_cells("public.rt", "c_int8");
+    assert_eq!(int8_cells.len(), 2);
+    assert_eq!(
+        int8_cells[0][..16],
+        int8_cells[1][..16],
+        "blind index of equal values"
+    );
+    assert_ne!(
+        int8_cells[0][16..],
+        int8_cells[1][16..],
+        "envelopes of equal values"
+    );
+    for cell in env.stored_cells("public.rt", "c_text") {
+        assert_eq!(cell.len(), 1 + 4 + 12 + 1 + t.len() + 16);
+    }
     let protected: Vec<(&str, &str, bool)> = cols
         .iter()
         .map(|c| ("public.rt", *c, *c == "c_int8" || *c == "c_uuid"))
