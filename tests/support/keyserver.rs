@@ -7,9 +7,8 @@
 //! commands go through the real CLI (`keyring create|rotate|disable`, `cert issue`, `proxy grant`).
 //! Drop kills the server; the temp dir goes with it.
 //!
-//! The binary is the one cargo built next to the test binary (`target/<profile>/pgseal-keyserver`,
-//! or `PGSEAL_KEYSERVER_BIN`). `cargo test --workspace` builds it; a lone `cargo test --test …`
-//! may not, hence the message pointing at `cargo build -p pgseal-keyserver`.
+//! The binary is the one cargo builds next to the test binary (`target/<profile>/pgseal-keyserver`,
+//! or `PGSEAL_KEYSERVER_BIN`); [`cargo_bin`] brings it (and `pgseal-proxy`) up to date first.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -17,6 +16,11 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// Path of a binary built by cargo in the same target directory as the running test binary.
+///
+/// The first call per test process runs `cargo build --bins -p pgseal-proxy -p pgseal-keyserver`
+/// for that target directory and profile (a no-op when they are fresh), so a lone
+/// `cargo test --test …` never runs stale binaries. `PGSEAL_TEST_NO_BUILD=1` skips the build;
+/// `env_override` names a variable that points at a binary to use instead.
 pub fn cargo_bin(name: &str, env_override: &str) -> PathBuf {
     if let Ok(p) = std::env::var(env_override) {
         return PathBuf::from(p);
@@ -26,7 +30,9 @@ pub fn cargo_bin(name: &str, env_override: &str) -> PathBuf {
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps");
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf();
+    build_bins(&profile_dir);
     let bin = profile_dir.join(name);
     assert!(
         bin.exists(),
@@ -34,6 +40,53 @@ pub fn cargo_bin(name: &str, env_override: &str) -> PathBuf {
         bin.display()
     );
     bin
+}
+
+fn build_bins(profile_dir: &Path) {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        if std::env::var_os("PGSEAL_TEST_NO_BUILD").is_some() {
+            return;
+        }
+        let (Some(target_dir), Some(profile)) = (
+            profile_dir.parent(),
+            profile_dir.file_name().and_then(|p| p.to_str()),
+        ) else {
+            return;
+        };
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "-q",
+            "--bins",
+            "-p",
+            "pgseal-proxy",
+            "-p",
+            "pgseal-keyserver",
+        ])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::null());
+        match profile {
+            "debug" => {}
+            "release" => {
+                cmd.arg("--release");
+            }
+            other => {
+                cmd.args(["--profile", other]);
+            }
+        }
+        match cmd.output() {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => panic!(
+                "building pgseal-proxy and pgseal-keyserver failed:\n{}",
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => eprintln!("warning: could not run cargo ({e}); using existing binaries"),
+        }
+    });
 }
 
 /// Path of the `pgseal-keyserver` binary.
