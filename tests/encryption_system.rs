@@ -248,6 +248,36 @@ async fn round_trip_every_type_text_and_binary() {
     ));
     c.execute(insert.as_str(), &params).await.unwrap();
 
+    // id 5: text-format parameters (psycopg, server-side prepared, str values of unknown type);
+    // id 6: NULL parameters from psycopg.
+    let json_str = |v: &str| format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""));
+    let values: Vec<String> = cases.iter().map(|c| json_str(&c.2)).collect();
+    let input = format!(
+        "{{\"cols\": [{}], \"values\": [{}]}}",
+        cols.iter()
+            .map(|c| json_str(c))
+            .collect::<Vec<_>>()
+            .join(", "),
+        values.join(", ")
+    );
+    let script = r#"
+import sys, json, psycopg
+spec = json.load(sys.stdin)
+cols, values = spec["cols"], spec["values"]
+sql = "INSERT INTO rt (id, %s) VALUES (%s)" % (", ".join(cols), ", ".join(["%s"] * (len(cols) + 1)))
+with psycopg.connect(sys.argv[1], prepare_threshold=0, autocommit=True) as conn:
+    conn.execute(sql, [5] + values)
+    conn.execute(sql, [6] + [None] * len(cols))
+print("inserted")
+"#;
+    let out = tokio::task::block_in_place(|| {
+        run_with_input(
+            Command::new("python3").args(["-c", script, &env.conn_str()]),
+            Some(&input),
+        )
+    });
+    assert!(ok(&out).contains("inserted"));
+
     // Text results (simple protocol) and binary results (extended protocol).
     let select = format!("SELECT {col_list} FROM rt WHERE id = $1");
     let stmt = c.prepare(&select).await.unwrap();
@@ -264,7 +294,7 @@ async fn round_trip_every_type_text_and_binary() {
             "RowDescription type of {col}"
         );
     }
-    for id in [1i32, 2] {
+    for id in [1i32, 2, 5] {
         let text = simple_one(&c, &format!("SELECT {col_list} FROM rt WHERE id = {id}")).await;
         let row = c.query_one(&stmt, &[&id]).await.unwrap();
         for (i, case) in cases.iter().enumerate() {
@@ -302,7 +332,7 @@ async fn round_trip_every_type_text_and_binary() {
         ok(&out).trim(),
         format!("{t}|{big}|a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")
     );
-    for id in [3i32, 4] {
+    for id in [3i32, 4, 6] {
         let text = simple_one(&c, &format!("SELECT {col_list} FROM rt WHERE id = {id}")).await;
         assert!(text.iter().all(Option::is_none), "row {id}: {text:?}");
         let row = c.query_one(&stmt, &[&id]).await.unwrap();
@@ -320,7 +350,7 @@ async fn round_trip_every_type_text_and_binary() {
         .await
         .unwrap()
         .get::<_, i64>(0);
-    assert_eq!(n, 2);
+    assert_eq!(n, 3);
     let n: i64 = c
         .query_one(
             "SELECT count(*) FROM rt WHERE c_uuid = $1",
@@ -329,7 +359,7 @@ async fn round_trip_every_type_text_and_binary() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n, 2);
+    assert_eq!(n, 3);
 
     // Stored form: equal values share the 16-byte blind index of an indexed column but not the
     // (randomised) envelope; a text envelope is 1 + 4 + 12 + (1 + len) + 16 bytes.
