@@ -89,6 +89,27 @@ fn build_bins(profile_dir: &Path) {
     });
 }
 
+/// A watchdog that kills process `pid` and removes `dir` once this test process is gone (its
+/// stdin pipe closes), for processes held in statics, whose destructors never run. Keep the
+/// returned value alive.
+pub fn kill_on_exit(pid: u32, dir: &Path) -> Option<(Child, std::process::ChildStdin)> {
+    use std::os::unix::process::CommandExt;
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cat >/dev/null; kill {pid} 2>/dev/null; sleep 0.5; rm -rf '{}'",
+            dir.display()
+        ))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .ok()?;
+    let stdin = child.stdin.take()?;
+    Some((child, stdin))
+}
+
 /// Path of the `pgseal-keyserver` binary.
 pub fn keyserver_bin() -> PathBuf {
     cargo_bin("pgseal-keyserver", "PGSEAL_KEYSERVER_BIN")
@@ -116,6 +137,7 @@ pub struct TestKeyserver {
     child: Option<Child>,
     admin_token: String,
     current: u32,
+    _watchdog: Option<(Child, std::process::ChildStdin)>,
 }
 
 impl TestKeyserver {
@@ -160,7 +182,9 @@ impl TestKeyserver {
             let url = format!("https://127.0.0.1:{port}");
             let ca = ks_dir.join("pki").join("ca.pem");
             if wait_healthy(&mut child, &url, &ca, Duration::from_secs(20)) {
+                let watchdog = kill_on_exit(child.id(), dir.path());
                 let mut ks = TestKeyserver {
+                    _watchdog: watchdog,
                     dir,
                     port,
                     url,

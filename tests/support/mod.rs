@@ -197,6 +197,7 @@ pub struct ProxyProcess {
     /// Port on 127.0.0.1 where clients connect.
     pub port: u16,
     child: Option<std::process::Child>,
+    _watchdog: Option<(std::process::Child, std::process::ChildStdin)>,
 }
 
 impl ProxyProcess {
@@ -236,6 +237,7 @@ impl ProxyProcess {
                 }
                 if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
                     return ProxyProcess {
+                        _watchdog: keyserver::kill_on_exit(child.id(), dir.path()),
                         dir,
                         port,
                         child: Some(child),
