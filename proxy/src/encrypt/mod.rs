@@ -1,2 +1,141 @@
 //! The encryption layer: a [`crate::session::MessageInterceptor`] that rewrites statements on
 //! protected columns (through [`crate::rewrite`]), encrypts bound values, and decrypts results.
+//!
+//! - [`EncryptionFactory`] holds what every session shares: the protected schema, the key and
+//!   catalog sources, and an LRU of rewrite plans keyed by (SQL, search_path, catalog
+//!   generation). Sessions to other databases get [`crate::session::PassThrough`].
+//! - `session.rs` is the per-connection state machine: statements, portals, and an ordered queue
+//!   of in-flight expectations so refusals, upstream answers and decrypted rows reach the client
+//!   in protocol order, pipelines included.
+//! - `cells.rs` seals and opens cells; `rows.rs` maps RowDescriptions to protected columns and
+//!   decrypts DataRows; `wire.rs` parses and builds the messages involved.
+//!
+//! Refusals ride the upstream's own error path: instead of the refused message the proxy sends
+//! a decoy that PostgreSQL rejects (`Query`/`Parse` of a syntax error, `Bind` of a statement that
+//! does not exist), and substitutes its own ErrorResponse for the upstream's. The upstream thus
+//! aborts the transaction, skips to Sync and reports the transaction status exactly as if it had
+//! refused the statement itself, and no plaintext is ever forwarded.
+
+mod cache;
+pub mod cells;
+pub mod rows;
+mod search_path;
+mod session;
+pub mod wire;
+
+use std::sync::Arc;
+
+pub use cache::{Outcome, PlanCache};
+
+use crate::catalog::CatalogSource;
+use crate::keys::KeySource;
+use crate::rewrite::{rewrite, Plan, ProtectedSchema};
+use crate::session::{InterceptorFactory, MessageInterceptor, PassThrough, SessionInfo};
+
+/// Plans kept per factory.
+const PLAN_CACHE_CAPACITY: usize = 1024;
+
+/// What all sessions of one factory share.
+pub(crate) struct Shared {
+    pub(crate) schema: Arc<ProtectedSchema>,
+    pub(crate) keys: Arc<dyn KeySource>,
+    pub(crate) catalog: Arc<dyn CatalogSource>,
+    cache: PlanCache,
+    lower_names: Vec<String>,
+    names_ascii: bool,
+    pass: Outcome,
+}
+
+impl Shared {
+    /// Whether `sql` may name a protected table (the rewriter's own textual pre-check, without
+    /// allocating for ASCII text).
+    fn mentions_protected(&self, sql: &str) -> bool {
+        if self.lower_names.is_empty() {
+            return false;
+        }
+        if self.names_ascii && sql.is_ascii() {
+            let b = sql.as_bytes();
+            return self.lower_names.iter().any(|n| {
+                let n = n.as_bytes();
+                !n.is_empty() && b.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
+            });
+        }
+        let lower = sql.to_lowercase();
+        self.lower_names.iter().any(|n| lower.contains(n.as_str()))
+    }
+
+    /// The rewrite outcome of `sql` under `search_path` (cached).
+    pub(crate) fn plan(&self, sql: &str, search_path: &[String]) -> Outcome {
+        if !self.mentions_protected(sql) {
+            return self.pass.clone();
+        }
+        let snapshot = self.catalog.snapshot();
+        let generation = snapshot.generation();
+        if let Some(o) = self.cache.get(sql, search_path, generation) {
+            return o;
+        }
+        let outcome: Outcome = Arc::new(rewrite(sql, &self.schema, &*snapshot, search_path));
+        self.cache
+            .put(sql, search_path, generation, outcome.clone());
+        outcome
+    }
+}
+
+/// Builds the encrypting interceptor for sessions to the protected database.
+pub struct EncryptionFactory {
+    shared: Arc<Shared>,
+    database: String,
+}
+
+impl EncryptionFactory {
+    /// A factory for sessions to `database`, with the protected columns of `schema`.
+    pub fn new(
+        schema: Arc<ProtectedSchema>,
+        database: String,
+        keys: Arc<dyn KeySource>,
+        catalog: Arc<dyn CatalogSource>,
+    ) -> Self {
+        let lower_names: Vec<String> = schema.lower_table_names().iter().cloned().collect();
+        let names_ascii = lower_names.iter().all(|n| n.is_ascii());
+        Self {
+            shared: Arc::new(Shared {
+                schema,
+                keys,
+                catalog,
+                cache: PlanCache::new(PLAN_CACHE_CAPACITY),
+                lower_names,
+                names_ascii,
+                pass: Arc::new(Ok(Plan::PassThrough)),
+            }),
+            database,
+        }
+    }
+
+    /// The rewrite outcome of `sql` (through the plan cache), as a session would get it.
+    pub fn plan(&self, sql: &str, search_path: &[String]) -> Outcome {
+        self.shared.plan(sql, search_path)
+    }
+
+    /// Decrypts one DataRow body described by `rows` into `out` (a complete DataRow message).
+    /// Exposed for benchmarks.
+    pub fn decrypt_data_row(
+        &self,
+        rows: &rows::RowPlan,
+        body: &[u8],
+        out: &mut bytes::BytesMut,
+    ) -> Result<(), rows::RowError> {
+        rows::decrypt_data_row(&*self.shared.keys, rows, body, out)
+    }
+}
+
+impl InterceptorFactory for EncryptionFactory {
+    fn create(&self, info: &SessionInfo) -> Box<dyn MessageInterceptor> {
+        if info.database != self.database || self.shared.schema.is_empty() {
+            return Box::new(PassThrough);
+        }
+        Box::new(session::EncryptSession::new(self.shared.clone(), info))
+    }
+}
+
+#[cfg(test)]
+mod tests;
