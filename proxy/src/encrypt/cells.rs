@@ -175,8 +175,9 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 pub fn push_hex(bytes: &[u8], out: &mut String) {
     out.reserve(bytes.len() * 2);
     for b in bytes {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 15)]));
+        for n in [b >> 4, b & 15] {
+            out.push(char::from(HEX.get(usize::from(n)).copied().unwrap_or(b'0')));
+        }
     }
 }
 

@@ -106,7 +106,7 @@ pub fn change_in(sql: &str) -> Option<Change> {
     {
         return None;
     }
-    sql.split(';').filter_map(change_in_one).last()
+    sql.split(';').rev().find_map(change_in_one)
 }
 
 fn change_in_one(stmt: &str) -> Option<Change> {

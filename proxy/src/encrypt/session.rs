@@ -48,6 +48,9 @@ const BACKEND_TAGS: TagSet = TagSet::EMPTY
     .with(b'N')
     .with(b'V');
 
+/// An upstream Bind parameter: format code and value (None = NULL).
+type OwnedParam = (i16, Option<Vec<u8>>);
+
 /// What a statement does to the session once it completes.
 #[derive(Debug, Clone, Default)]
 struct Effects {
@@ -66,6 +69,8 @@ struct Stmt {
 struct Portal {
     rows: Option<Arc<RowPlan>>,
     effects: Effects,
+    /// A Describe of this portal is in flight (its answer will give `rows`).
+    describing: bool,
 }
 
 /// Row state of a simple query (or FunctionCall) in flight.
@@ -211,7 +216,7 @@ impl EncryptSession {
         &self,
         plan: &RewritePlan,
         bind: &BindMsg<'_>,
-    ) -> Result<Vec<(i16, Option<Vec<u8>>)>, CellError> {
+    ) -> Result<Vec<OwnedParam>, CellError> {
         let mut out = Vec::with_capacity(plan.upstream_params.len());
         for up in &plan.upstream_params {
             let n = up.client_param();
@@ -424,6 +429,7 @@ impl EncryptSession {
                 .and_then(|s| s.rows.as_ref())
                 .map(|r| Arc::new(r.with_result_formats(&bind.result_formats))),
             effects: stmt.map(|s| s.effects.clone()).unwrap_or_default(),
+            describing: false,
         };
         self.portals.insert(bind.portal.to_owned(), portal);
         self.queue.push_back(Pending::Bind);
@@ -433,6 +439,11 @@ impl EncryptSession {
     fn on_describe(&mut self, frame: Frame, out: &mut Outbox<'_>) -> Result<(), InterceptError> {
         let (kind, name) = wire::parse_target(frame.body(), "Describe").map_err(proto)?;
         let name = name.to_owned();
+        if kind != b'S' {
+            if let Some(p) = self.portals.get_mut(&name) {
+                p.describing = true;
+            }
+        }
         self.queue.push_back(if kind == b'S' {
             Pending::DescribeStmt {
                 name,
@@ -450,7 +461,10 @@ impl EncryptSession {
 
     fn on_execute(&mut self, frame: Frame, out: &mut Outbox<'_>) -> Result<(), InterceptError> {
         let portal = wire::parse_execute(frame.body()).map_err(proto)?.to_owned();
-        let known = self.portals.get(&portal).is_some_and(|p| p.rows.is_some());
+        let known = self
+            .portals
+            .get(&portal)
+            .is_some_and(|p| p.rows.is_some() || p.describing);
         if !known {
             // The client did not describe it: learn the columns ourselves, answer swallowed.
             wire::write_describe(out.to_upstream, b'P', &portal);

@@ -332,7 +332,7 @@ mod tests {
             format: 0,
         };
         let mut out = BytesMut::new();
-        write_row_description(&mut out, &[f.clone()]);
+        write_row_description(&mut out, std::slice::from_ref(&f));
         assert_eq!(parse_row_description(&out[5..]).unwrap(), vec![f]);
         assert!(parse_row_description(&out[5..10]).is_err());
     }
