@@ -55,10 +55,10 @@ impl Shared {
         }
         if self.names_ascii && sql.is_ascii() {
             let b = sql.as_bytes();
-            return self.lower_names.iter().any(|n| {
-                let n = n.as_bytes();
-                !n.is_empty() && b.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
-            });
+            return self
+                .lower_names
+                .iter()
+                .any(|n| contains_ignore_ascii_case(b, n.as_bytes()));
         }
         let lower = sql.to_lowercase();
         self.lower_names.iter().any(|n| lower.contains(n.as_str()))
@@ -79,6 +79,33 @@ impl Shared {
             .put(sql, search_path, generation, outcome.clone());
         outcome
     }
+}
+
+/// Whether `hay` contains `needle` (lower-case ASCII), ignoring ASCII case: scans for the first
+/// byte, then compares the rest.
+fn contains_ignore_ascii_case(hay: &[u8], needle: &[u8]) -> bool {
+    let Some((&first, rest)) = needle.split_first() else {
+        return true;
+    };
+    let upper = first.to_ascii_uppercase();
+    let Some(last_start) = hay.len().checked_sub(needle.len()) else {
+        return false;
+    };
+    let mut from = 0;
+    while let Some(pos) = hay
+        .get(from..=last_start)
+        .and_then(|h| h.iter().position(|&c| c == first || c == upper))
+    {
+        let at = from + pos;
+        if hay
+            .get(at + 1..at + needle.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(rest))
+        {
+            return true;
+        }
+        from = at + 1;
+    }
+    false
 }
 
 /// Builds the encrypting interceptor for sessions to the protected database.
@@ -139,3 +166,18 @@ impl InterceptorFactory for EncryptionFactory {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod precheck_tests {
+    use super::contains_ignore_ascii_case as c;
+
+    #[test]
+    fn case_insensitive_substring() {
+        assert!(c(b"SELECT * FROM Patients", b"patients"));
+        assert!(c(b"patients", b"patients"));
+        assert!(c(b"xpatientsx", b"patients"));
+        assert!(!c(b"SELECT * FROM patient", b"patients"));
+        assert!(!c(b"", b"patients"));
+        assert!(c(b"ppatients", b"patients"));
+    }
+}

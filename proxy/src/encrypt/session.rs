@@ -15,6 +15,7 @@ use crate::protocol::messages::{error_response, Severity};
 use crate::protocol::ProtocolError;
 use crate::rewrite::{Plan, ProtectedColumn, RewritePlan, Slot, UpstreamParam};
 use crate::session::{Frame, InterceptError, MessageInterceptor, Outbox, SessionInfo, TagSet};
+use pgseal_crypto::value::LogicalType;
 
 /// SQL the upstream rejects at parse time: stands in for a refused Query or Parse.
 const DECOY_SQL: &str = "pgseal_statement_refused_by_proxy";
@@ -215,8 +216,26 @@ impl EncryptSession {
     fn bind_params(
         &self,
         plan: &RewritePlan,
+        declared: &[u32],
         bind: &BindMsg<'_>,
     ) -> Result<Vec<OwnedParam>, CellError> {
+        // A binary value arrives in the type the client declared, which may differ from the
+        // column's (int4 for an int8 column): read it as declared, convert through text.
+        let parse = |col: &ProtectedColumn, idx: usize, format: i16, v: &[u8]| {
+            let as_declared = declared
+                .get(idx)
+                .and_then(|o| LogicalType::from_oid(*o))
+                .filter(|t| *t != col.ty && format != 0);
+            match as_declared {
+                Some(t) => {
+                    let value = t.parse_binary(v).map_err(|e| CellError::input(col, e))?;
+                    col.ty
+                        .parse_text(&value.to_text())
+                        .map_err(|e| CellError::input(col, e))
+                }
+                None => cells::parse_value(col, format, v),
+            }
+        };
         let mut out = Vec::with_capacity(plan.upstream_params.len());
         for up in &plan.upstream_params {
             let n = up.client_param();
@@ -231,7 +250,7 @@ impl EncryptSession {
                         continue;
                     };
                     let col = self.column(column)?;
-                    let parsed = cells::parse_value(col, format, v)?;
+                    let parsed = parse(col, idx, format, v)?;
                     let crypto = self.crypto(column)?;
                     let mut stored = Vec::with_capacity(v.len() + 64);
                     cells::seal(&crypto, col, &parsed, &mut stored)?;
@@ -243,7 +262,7 @@ impl EncryptSession {
                         continue;
                     };
                     let col = self.column(column)?;
-                    let parsed = cells::parse_value(col, format, v)?;
+                    let parsed = parse(col, idx, format, v)?;
                     let crypto = self.crypto(column)?;
                     let mut tags = Vec::new();
                     cells::lookup_tags(&crypto, col, &parsed, &mut tags)?;
@@ -396,11 +415,11 @@ impl EncryptSession {
         let bind = BindMsg::parse(frame.body()).map_err(proto)?;
         let stmt = self.statements.get(bind.statement);
         let plan = stmt.and_then(|s| match &*s.outcome {
-            Ok(Plan::Rewrite(p)) => Some(p),
+            Ok(Plan::Rewrite(p)) => Some((p, &s.declared)),
             _ => None,
         });
-        if let Some(plan) = plan {
-            match self.bind_params(plan, &bind) {
+        if let Some((plan, declared)) = plan {
+            match self.bind_params(plan, declared, &bind) {
                 Ok(params) => {
                     let refs: Vec<(i16, Option<&[u8]>)> =
                         params.iter().map(|(f, v)| (*f, v.as_deref())).collect();
@@ -635,6 +654,9 @@ impl EncryptSession {
         let n = plan.client_param_count.max(stmt.declared.len());
         let oids: Vec<u32> = (0..n)
             .map(|i| {
+                if let Some(d) = stmt.declared.get(i).filter(|d| **d != 0) {
+                    return *d;
+                }
                 if let Some(Some(t)) = plan.client_param_types.get(i) {
                     return t.oid();
                 }

@@ -598,6 +598,48 @@ fn describe_statement_and_binary_results() {
 }
 
 #[test]
+fn declared_parameter_type_is_honoured() {
+    let mut h = harness();
+    // ssn is int8; the client declares int4 and sends 4 binary bytes.
+    let (up, _) = h.client(&cat(&[
+        &parse(
+            "",
+            "INSERT INTO patients (id, ssn) VALUES ($1, $2)",
+            &[23, 23],
+        ),
+        &describe(b'S', ""),
+        &bind(
+            "",
+            "",
+            &[1],
+            &[Some(&1i32.to_be_bytes()), Some(&77i32.to_be_bytes())],
+            &[],
+        ),
+        &simple(b'S'),
+    ]));
+    let f = frames(&up);
+    assert_eq!(ParseMsg::parse(&f[0].1).unwrap().param_oids, vec![23, 17]);
+    let b = BindMsg::parse(&f[2].1).unwrap();
+    assert_eq!(
+        h.open("patients", "ssn", b.params[1].unwrap()),
+        Value::Int8(77)
+    );
+    let mut pd = BytesMut::new();
+    wire::write_parameter_description(&mut pd, &[23, 17]);
+    let cl = h.server(&cat(&[
+        &simple(b'1'),
+        &pd,
+        &simple(b'n'),
+        &simple(b'2'),
+        &ready(b'I'),
+    ]));
+    assert_eq!(
+        wire::parse_parameter_description(&frames(&cl)[1].1).unwrap(),
+        vec![23, 23]
+    );
+}
+
+#[test]
 fn any_array_parameter() {
     let mut h = harness();
     let (up, _) = h.client(&cat(&[
