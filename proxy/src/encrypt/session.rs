@@ -20,7 +20,7 @@ use pgseal_crypto::value::LogicalType;
 /// SQL the upstream rejects at parse time: stands in for a refused Query or Parse.
 const DECOY_SQL: &str = "pgseal_statement_refused_by_proxy";
 /// A statement name that does not exist upstream: stands in for a refused Bind.
-const DECOY_STATEMENT: &str = "pgseal\u{1}refused\u{1}statement";
+pub(super) const DECOY_STATEMENT: &str = "pgseal\u{1}refused\u{1}statement";
 
 const FRONTEND_TAGS: TagSet = TagSet::EMPTY
     .with(b'Q')
@@ -31,7 +31,8 @@ const FRONTEND_TAGS: TagSet = TagSet::EMPTY
     .with(b'C')
     .with(b'S')
     .with(b'F')
-    .with(b'H');
+    .with(b'c')
+    .with(b'f');
 
 const BACKEND_TAGS: TagSet = TagSet::EMPTY
     .with(b'T')
@@ -47,7 +48,8 @@ const BACKEND_TAGS: TagSet = TagSet::EMPTY
     .with(b'3')
     .with(b'I')
     .with(b'N')
-    .with(b'V');
+    .with(b'V')
+    .with(b'G');
 
 /// An upstream Bind parameter: format code and value (None = NULL).
 type OwnedParam = (i16, Option<Vec<u8>>);
@@ -97,7 +99,8 @@ enum Pending {
     Execute {
         portal: String,
     },
-    Sync,
+    /// A Sync, with the frontend sequence number of the message.
+    Sync(u64),
     Query(QueryState),
     /// A decoy was sent; its error is replaced by this one.
     Refused {
@@ -120,6 +123,13 @@ pub(crate) struct EncryptSession {
     discard_until_ready: bool,
     /// Table OIDs the catalog does not know even after a refresh.
     unknown_oids: HashSet<u32>,
+    /// Sequence number of the last frontend message.
+    fe_seq: u64,
+    /// Sequence numbers of CopyDone/CopyFail messages whose COPY has not started yet.
+    copy_ends: VecDeque<u64>,
+    /// In COPY FROM STDIN mode before the client's CopyDone/CopyFail: Syncs are ignored by the
+    /// server, so they are not expected.
+    in_copy_in: bool,
 }
 
 fn proto(e: ProtocolError) -> InterceptError {
@@ -152,6 +162,9 @@ impl EncryptSession {
             skip_until_sync: false,
             discard_until_ready: false,
             unknown_oids: HashSet::new(),
+            fe_seq: 0,
+            copy_ends: VecDeque::new(),
+            in_copy_in: false,
         }
     }
 
@@ -542,7 +555,7 @@ impl EncryptSession {
     /// Pops answered entries of a batch after an upstream error (the upstream skips to Sync).
     fn drop_until_sync(&mut self) {
         while let Some(front) = self.queue.front() {
-            if matches!(front, Pending::Sync | Pending::Query(_)) {
+            if matches!(front, Pending::Sync(_) | Pending::Query(_)) {
                 break;
             }
             self.queue.pop_front();
@@ -748,7 +761,7 @@ impl EncryptSession {
                 return;
             }
             Some(Pending::Query(q)) => q.rows = None,
-            Some(Pending::Sync) | None => {}
+            Some(Pending::Sync(_)) | None => {}
             Some(_) => self.drop_until_sync(),
         }
         out.to_client.extend_from_slice(frame.raw());
@@ -758,13 +771,34 @@ impl EncryptSession {
         while let Some(p) = self.queue.pop_front() {
             if matches!(
                 p,
-                Pending::Sync | Pending::Query(_) | Pending::Refused { simple: true, .. }
+                Pending::Sync(_) | Pending::Query(_) | Pending::Refused { simple: true, .. }
             ) {
                 break;
             }
         }
         self.discard_until_ready = false;
         out.to_client.extend_from_slice(frame.raw());
+    }
+
+    /// CopyInResponse: the server ignores Syncs until the client's CopyDone/CopyFail, so
+    /// Syncs the client sent in between are not expected.
+    fn on_copy_in(&mut self) {
+        let limit = match self.copy_ends.pop_front() {
+            Some(seq) => seq,
+            None => {
+                self.in_copy_in = true;
+                u64::MAX
+            }
+        };
+        let mut i = 1;
+        while let Some(p) = self.queue.get(i) {
+            match p {
+                Pending::Sync(seq) if *seq < limit => {
+                    self.queue.remove(i);
+                }
+                _ => i += 1,
+            }
+        }
     }
 
     /// A simple completion message (ParseComplete, BindComplete, CloseComplete,
@@ -782,12 +816,46 @@ impl EncryptSession {
                 return;
             }
             Some(Pending::Query(_)) => {}
-            Some(Pending::Sync) | None => {}
+            Some(Pending::Sync(_)) | None => {}
             Some(_) => {
                 self.queue.pop_front();
             }
         }
         out.to_client.extend_from_slice(frame.raw());
+    }
+}
+
+impl EncryptSession {
+    /// A frontend message whose body does not decode: never forward a statement or values the
+    /// proxy could not inspect; answer in protocol order instead (the session goes on, as it
+    /// would with PostgreSQL). Describe/Close/Execute carry no data: PostgreSQL answers them.
+    fn undecodable(&mut self, tag: u8, raw: &[u8], e: &InterceptError, out: &mut Outbox<'_>) {
+        match tag {
+            b'Q' => self.refuse_simple(e.code, &e.message, out),
+            b'P' => self.refuse_extended(
+                |b| {
+                    ParseMsg {
+                        name: "",
+                        query: DECOY_SQL,
+                        param_oids: Vec::new(),
+                    }
+                    .write(b)
+                },
+                e.code,
+                &e.message,
+                out,
+            ),
+            b'B' => self.refuse_extended(
+                |b| wire::write_bind(b, "", DECOY_STATEMENT, &[], &[]),
+                e.code,
+                &e.message,
+                out,
+            ),
+            _ => {
+                out.to_upstream.extend_from_slice(raw);
+                self.queue.push_back(Pending::Close);
+            }
+        }
     }
 }
 
@@ -805,12 +873,15 @@ impl MessageInterceptor for EncryptSession {
         if self.skip_until_sync {
             if tag == b'S' {
                 self.skip_until_sync = false;
-                self.queue.push_back(Pending::Sync);
+                self.fe_seq += 1;
+                self.queue.push_back(Pending::Sync(self.fe_seq));
                 out.to_upstream.extend_from_slice(frame.raw());
             }
             return Ok(());
         }
-        match tag {
+        self.fe_seq += 1;
+        let raw = frame.raw().clone();
+        let handled = match tag {
             b'Q' => self.on_query(frame, out),
             b'P' => self.on_parse(frame, out),
             b'B' => self.on_bind(frame, out),
@@ -818,7 +889,18 @@ impl MessageInterceptor for EncryptSession {
             b'E' => self.on_execute(frame, out),
             b'C' => self.on_close(frame, out),
             b'S' => {
-                self.queue.push_back(Pending::Sync);
+                if !self.in_copy_in {
+                    self.queue.push_back(Pending::Sync(self.fe_seq));
+                }
+                out.to_upstream.extend_from_slice(frame.raw());
+                Ok(())
+            }
+            b'c' | b'f' => {
+                if self.in_copy_in {
+                    self.in_copy_in = false;
+                } else if self.copy_ends.len() < 64 {
+                    self.copy_ends.push_back(self.fe_seq);
+                }
                 out.to_upstream.extend_from_slice(frame.raw());
                 Ok(())
             }
@@ -831,7 +913,11 @@ impl MessageInterceptor for EncryptSession {
                 out.to_upstream.extend_from_slice(frame.raw());
                 Ok(())
             }
+        };
+        if let Err(e) = handled {
+            self.undecodable(tag, &raw, &e, out);
         }
+        Ok(())
     }
 
     fn on_backend(&mut self, frame: Frame, out: &mut Outbox<'_>) -> Result<(), InterceptError> {
@@ -851,6 +937,10 @@ impl MessageInterceptor for EncryptSession {
             b'C' => self.on_command_complete(frame, out)?,
             b'E' => self.on_error(frame, out),
             b'1' | b'2' | b'3' | b's' | b'I' => self.on_simple_completion(frame, out),
+            b'G' => {
+                self.on_copy_in();
+                out.to_client.extend_from_slice(frame.raw());
+            }
             _ => out.to_client.extend_from_slice(frame.raw()),
         }
         Ok(())

@@ -1037,19 +1037,77 @@ fn set_search_path_is_followed() {
 }
 
 #[test]
-fn malformed_client_message_is_a_protocol_error() {
+fn undecodable_bind_is_answered_in_order_without_forwarding() {
     let mut h = harness();
-    let mut up = BytesMut::new();
-    let mut cl = BytesMut::new();
     let mut b = BytesMut::new();
-    put_message(&mut b, b'B', |b| b.put_slice(b"x"));
-    let r = h.session.on_frontend(
-        Frame::new(b.freeze()),
-        &mut Outbox {
-            to_upstream: &mut up,
-            to_client: &mut cl,
-        },
+    put_message(&mut b, b'B', |b| {
+        b.put_slice(&[0, 0, 0, 0, 0, 1, 0, 0, 0, 9, b'x'])
+    });
+    let (up, cl) = h.client(&cat(&[
+        &parse("", "SELECT $1::text", &[]),
+        &b,
+        &execute("", 0),
+        &simple(b'S'),
+    ]));
+    assert!(cl.is_empty());
+    assert_eq!(tags(&up), "PBS");
+    let f = frames(&up);
+    assert_eq!(
+        BindMsg::parse(&f[1].1).unwrap().statement,
+        super::session::DECOY_STATEMENT
     );
-    assert_eq!(r.unwrap_err().code, "08P01");
-    assert!(up.is_empty());
+    let cl = h.server(&cat(&[&simple(b'1'), &error("26000"), &ready(b'I')]));
+    assert_eq!(tags(&cl), "1EZ");
+    assert_eq!(error_of(&frames(&cl)[1].1).0, "08P01");
+}
+
+#[test]
+fn copy_in_with_sync_sent_early_keeps_the_queue_aligned() {
+    let mut h = harness();
+    // tokio-postgres: Bind, Execute, Sync, then the data, CopyDone, Sync. The server ignores
+    // the first Sync (copy-in mode) and answers one ReadyForQuery.
+    h.client(&cat(&[
+        &parse("s", "COPY plain FROM STDIN", &[]),
+        &describe(b'S', "s"),
+        &simple(b'S'),
+    ]));
+    let mut pd = BytesMut::new();
+    wire::write_parameter_description(&mut pd, &[]);
+    h.server(&cat(&[&simple(b'1'), &pd, &simple(b'n'), &ready(b'I')]));
+    let mut copy_data = BytesMut::new();
+    put_message(&mut copy_data, b'd', |b| b.put_slice(b"1\t\\x00\n"));
+    let (up, _) = h.client(&cat(&[
+        &bind("", "s", &[], &[], &[]),
+        &execute("", 0),
+        &simple(b'S'),
+    ]));
+    assert_eq!(tags(&up), "BES");
+    let mut g = BytesMut::new();
+    put_message(&mut g, b'G', |b| {
+        b.put_u8(0);
+        b.put_i16(0);
+    });
+    let cl = h.server(&cat(&[&simple(b'2'), &g]));
+    assert_eq!(tags(&cl), "2G");
+    h.client(&cat(&[&copy_data, &simple(b'c'), &simple(b'S')]));
+    let cl = h.server(&cat(&[&complete("COPY 1"), &ready(b'I')]));
+    assert_eq!(tags(&cl), "CZ");
+    // The next batch lines up: its NoData reaches the client.
+    h.client(&cat(&[
+        &parse("t", "SELECT 1", &[]),
+        &describe(b'S', "t"),
+        &simple(b'S'),
+    ]));
+    let cl = h.server(&cat(&[&simple(b'1'), &pd, &simple(b'n'), &ready(b'I')]));
+    assert_eq!(tags(&cl), "1tnZ");
+    let (up, _) = h.client(&cat(&[
+        &bind("", "t", &[], &[], &[]),
+        &execute("", 0),
+        &simple(b'S'),
+    ]));
+    assert_eq!(
+        tags(&up),
+        "BES",
+        "no Describe injected: the statement was described"
+    );
 }
