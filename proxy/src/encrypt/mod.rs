@@ -44,6 +44,9 @@ pub(crate) struct Shared {
     lower_names: Vec<String>,
     names_ascii: bool,
     pass: Outcome,
+    /// Table OIDs a refresh at this catalog generation did not know (no protected columns):
+    /// no session refreshes for them again until the generation changes.
+    unprotected_oids: std::sync::Mutex<(u64, std::collections::HashSet<u32>)>,
 }
 
 impl Shared {
@@ -62,6 +65,27 @@ impl Shared {
         }
         let lower = sql.to_lowercase();
         self.lower_names.iter().any(|n| lower.contains(n.as_str()))
+    }
+
+    /// Whether every OID of `oids` is known to hold no protected column at `generation`.
+    pub(crate) fn known_unprotected(&self, generation: u64, oids: &[u32]) -> bool {
+        self.unprotected_oids
+            .lock()
+            .map(|g| g.0 == generation && oids.iter().all(|o| g.1.contains(o)))
+            .unwrap_or(false)
+    }
+
+    /// Records OIDs a refresh at `generation` did not know.
+    pub(crate) fn note_unprotected(&self, generation: u64, oids: Vec<u32>) {
+        if let Ok(mut g) = self.unprotected_oids.lock() {
+            if g.0 != generation {
+                g.0 = generation;
+                g.1.clear();
+            }
+            if g.1.len() < 100_000 {
+                g.1.extend(oids);
+            }
+        }
     }
 
     /// The rewrite outcome of `sql` under `search_path` (cached).
@@ -133,6 +157,7 @@ impl EncryptionFactory {
                 lower_names,
                 names_ascii,
                 pass: Arc::new(Ok(Plan::PassThrough)),
+                unprotected_oids: std::sync::Mutex::new((u64::MAX, Default::default())),
             }),
             database,
         }

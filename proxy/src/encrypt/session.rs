@@ -1,6 +1,6 @@
 //! The per-connection encryption state machine (see the module docs of [`super`]).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -121,8 +121,6 @@ pub(crate) struct EncryptSession {
     queue: VecDeque<Pending>,
     skip_until_sync: bool,
     discard_until_ready: bool,
-    /// Table OIDs the catalog does not know even after a refresh.
-    unknown_oids: HashSet<u32>,
     /// Sequence number of the last frontend message.
     fe_seq: u64,
     /// Sequence numbers of CopyDone/CopyFail messages whose COPY has not started yet.
@@ -161,7 +159,6 @@ impl EncryptSession {
             queue: VecDeque::new(),
             skip_until_sync: false,
             discard_until_ready: false,
-            unknown_oids: HashSet::new(),
             fe_seq: 0,
             copy_ends: VecDeque::new(),
             in_copy_in: false,
@@ -538,7 +535,6 @@ impl EncryptSession {
             .iter()
             .any(|k| tag.starts_with(k));
         if ddl {
-            self.unknown_oids.clear();
             if let Err(e) = self.shared.catalog.refresh() {
                 warn!(error = %e, "catalog refresh after DDL failed");
             }
@@ -566,11 +562,15 @@ impl EncryptSession {
     fn row_plan(&mut self, fields: &[wire::Field]) -> Result<RowPlan, String> {
         let snapshot = self.shared.catalog.snapshot();
         let (mut cols, unknown) = rows::map_fields(fields, &snapshot);
-        if unknown.iter().any(|o| !self.unknown_oids.contains(o)) {
+        if !unknown.is_empty()
+            && !self
+                .shared
+                .known_unprotected(snapshot.generation(), &unknown)
+        {
             let fresh = self.shared.catalog.refresh().map_err(|e| e.to_string())?;
             let (c, still) = rows::map_fields(fields, &fresh);
             cols = c;
-            self.unknown_oids.extend(still);
+            self.shared.note_unprotected(fresh.generation(), still);
         }
         let formats = fields.iter().map(|f| f.format).collect();
         Ok(RowPlan::new(cols, formats))

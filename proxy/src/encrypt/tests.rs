@@ -1111,3 +1111,86 @@ fn copy_in_with_sync_sent_early_keeps_the_queue_aligned() {
         "no Describe injected: the statement was described"
     );
 }
+
+/// A catalog that counts refreshes and learns a table on the first one.
+struct LearningCatalog {
+    before: Arc<CatalogSnapshot>,
+    after: Arc<CatalogSnapshot>,
+    refreshes: std::sync::atomic::AtomicUsize,
+}
+
+impl crate::catalog::CatalogSource for LearningCatalog {
+    fn snapshot(&self) -> Arc<CatalogSnapshot> {
+        if self.refreshes.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            self.before.clone()
+        } else {
+            self.after.clone()
+        }
+    }
+    fn refresh(&self) -> Result<Arc<CatalogSnapshot>, crate::catalog::CatalogError> {
+        self.refreshes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(self.after.clone())
+    }
+}
+
+#[test]
+fn unknown_table_oid_refreshes_the_catalog_once() {
+    let h = harness();
+    let rel = [("public".to_owned(), "patients".to_owned())];
+    let cols = vec![(2i16, "email".to_owned())];
+    let before = Arc::new(CatalogSnapshot::new(1, rel.clone(), [], &h.schema));
+    let after = Arc::new(CatalogSnapshot::new(
+        2,
+        rel,
+        [(PATIENTS, "public".to_owned(), "patients".to_owned(), cols)],
+        &h.schema,
+    ));
+    let catalog = Arc::new(LearningCatalog {
+        before,
+        after,
+        refreshes: Default::default(),
+    });
+    let factory = EncryptionFactory::new(
+        h.schema.clone(),
+        "app".into(),
+        h.keys.clone(),
+        catalog.clone(),
+    );
+    let mut h2 = Harness {
+        session: factory.create(&info("app")),
+        factory,
+        keys: h.keys.clone(),
+        schema: h.schema.clone(),
+    };
+    let stored = h2.seal("patients", "email", "x@y");
+    for _ in 0..2 {
+        h2.client(&query("SELECT email, data FROM patients, plain"));
+        let cl = h2.server(&cat(&[
+            &row_description(&[
+                field("email", PATIENTS, 2, 17, 0),
+                field("data", 777, 1, 17, 0),
+            ]),
+            &data_row(&[Some(&hex_text(&stored)), Some(b"\\x00")]),
+            &complete("SELECT 1"),
+            &ready(b'I'),
+        ]));
+        assert!(contains(&cl, b"x@y"));
+    }
+    assert_eq!(
+        catalog.refreshes.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    // Another session does not refresh again for the unprotected table 777.
+    let mut s = h2.factory.create(&info("app"));
+    std::mem::swap(&mut s, &mut h2.session);
+    h2.client(&query("SELECT data FROM plain"));
+    h2.server(&cat(&[
+        &row_description(&[field("data", 777, 1, 17, 0)]),
+        &ready(b'I'),
+    ]));
+    assert_eq!(
+        catalog.refreshes.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+}
