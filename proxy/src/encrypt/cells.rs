@@ -190,9 +190,12 @@ fn nibble(c: u8) -> Option<u8> {
     }
 }
 
-/// Decodes a bytea in text output format (`\x` hex) into `out`. None when malformed.
+/// Decodes a bytea in text output format (`\x` hex, or the escape format when the session set
+/// `bytea_output = escape`) into `out`. None when malformed.
 pub fn decode_bytea_text(text: &[u8], out: &mut Vec<u8>) -> Option<()> {
-    let hex = text.strip_prefix(b"\\x")?;
+    let Some(hex) = text.strip_prefix(b"\\x") else {
+        return decode_bytea_escape(text, out);
+    };
     if hex.len() % 2 != 0 {
         return None;
     }
@@ -201,6 +204,30 @@ pub fn decode_bytea_text(text: &[u8], out: &mut Vec<u8>) -> Option<()> {
         let hi = nibble(*pair.first()?)?;
         let lo = nibble(*pair.get(1)?)?;
         out.push(hi << 4 | lo);
+    }
+    Some(())
+}
+
+/// The escape output format: `\\` is a backslash, `\ooo` an octal byte, anything else itself.
+fn decode_bytea_escape(text: &[u8], out: &mut Vec<u8>) -> Option<()> {
+    let mut it = text.iter();
+    while let Some(&b) = it.next() {
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        match it.next()? {
+            b'\\' => out.push(b'\\'),
+            &d0 @ b'0'..=b'3' => {
+                let d1 = *it.next()?;
+                let d2 = *it.next()?;
+                if !(b'0'..=b'7').contains(&d1) || !(b'0'..=b'7').contains(&d2) {
+                    return None;
+                }
+                out.push(((d0 - b'0') << 6) | ((d1 - b'0') << 3) | (d2 - b'0'));
+            }
+            _ => return None,
+        }
     }
     Some(())
 }
@@ -417,7 +444,11 @@ mod tests {
         decode_bytea_text(s.as_bytes(), &mut out).unwrap();
         assert_eq!(out, vec![0, 0xab, 0xff]);
         assert!(decode_bytea_text(b"\\x0", &mut Vec::new()).is_none());
-        assert!(decode_bytea_text(b"ab", &mut Vec::new()).is_none());
+        let mut esc = Vec::new();
+        decode_bytea_text(b"a\\\\\\001\\377", &mut esc).unwrap();
+        assert_eq!(esc, vec![b'a', b'\\', 1, 255]);
+        assert!(decode_bytea_text(b"\\9", &mut Vec::new()).is_none());
+        assert!(decode_bytea_text(b"\\01", &mut Vec::new()).is_none());
         assert_eq!(bytea_literal(&[0xab]), "E'\\\\xab'::bytea");
     }
 }
