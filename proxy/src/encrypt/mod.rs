@@ -15,6 +15,29 @@
 //! does not exist), and substitutes its own ErrorResponse for the upstream's. The upstream thus
 //! aborts the transaction, skips to Sync and reports the transaction status exactly as if it had
 //! refused the statement itself, and no plaintext is ever forwarded.
+//!
+//! # Results
+//! A RowDescription field is decrypted when its type is `bytea` and `(table OID, attnum)` is a
+//! protected column in the catalog snapshot; an unknown table OID triggers one catalog refresh
+//! (OIDs still unknown afterwards are remembered per catalog generation, for all sessions).
+//! Values arrive as the client asked (text `\x…` or escape format, or binary) and leave in the
+//! same format, rendered from the logical type. An Execute on a portal whose columns are not
+//! known yet (its statement was never described) is preceded by a Describe of the portal,
+//! whose answer the proxy keeps to itself. A cell that fails to decrypt ends the statement with
+//! `XX001` (`58000` when keys are unavailable); the rest of its answers are dropped until
+//! ReadyForQuery.
+//!
+//! # Known limits
+//! - After `XX001` inside a transaction block the upstream transaction is not aborted (the
+//!   server saw no error); ReadyForQuery reports what the server says.
+//! - `SET search_path` is recognised at the start of each `;`-separated part of a statement; a
+//!   `SET LOCAL` is followed as if it were `SET` and a rolled-back `SET` is not undone.
+//! - Values are rendered with PostgreSQL 15's defaults (`DateStyle = ISO`, timestamptz in UTC,
+//!   `bytea_output = hex`) whatever the session's settings.
+//!
+//! # Performance (benches/encrypt.rs, shared 2-core machine, `--measurement-time 1`)
+//! `encrypt/plan_cache_hit` ≈ 0.26 µs, `encrypt/plan_passthrough` (no protected table named)
+//! ≈ 0.05 µs, `encrypt/datarow_decrypt_10col_3protected` ≈ 2.0 µs.
 
 mod cache;
 pub mod cells;
