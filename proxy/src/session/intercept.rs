@@ -118,6 +118,8 @@ pub struct SessionInfo {
     pub upstream_user: String,
     /// Database.
     pub database: String,
+    /// Startup parameters the client sent (`search_path`, `options`, …).
+    pub params: Vec<(String, String)>,
 }
 
 /// Per-connection message hook. Frontend messages of interest are Query, Parse, Bind, Describe,

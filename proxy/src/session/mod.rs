@@ -161,6 +161,7 @@ async fn serve(login_info: client::ClientLogin, peer: SocketAddr, shared: &Share
         user: user.clone(),
         upstream_user: u.upstream_user.clone(),
         database,
+        params,
     };
     let mut interceptor = shared.interceptors.create(&info);
     let end = Relay {

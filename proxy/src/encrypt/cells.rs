@@ -1,0 +1,454 @@
+//! Protected cells: sealing a value for storage (blind-index prefix + envelope), computing lookup
+//! tags, opening a stored cell, and the bytea / bytea[] encodings that carry them. Errors name
+//! the column, never the value.
+
+use pgseal_crypto::value::{LogicalType, Value, ValueError};
+use pgseal_crypto::{BlindIndex, CryptoError, BLIND_INDEX_LEN};
+use zeroize::Zeroize;
+
+use crate::keys::{ColumnCrypto, KeyError};
+use crate::rewrite::ProtectedColumn;
+
+/// SQLSTATE for a value that does not parse for the column's type.
+pub const INVALID_TEXT: &str = "22P02";
+/// SQLSTATE for a stored value that cannot be decrypted.
+pub const DATA_CORRUPTED: &str = "XX001";
+/// SQLSTATE for unavailable keys.
+pub const KEYS_UNAVAILABLE: &str = "58000";
+
+/// Why a protected cell could not be sealed, looked up or opened.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CellError {
+    /// The client's value is not valid for the column's type.
+    #[error("pgseal: invalid value for protected column {column} ({reason})")]
+    Input {
+        /// Column.
+        column: String,
+        /// The type error (no value text in it).
+        reason: ValueError,
+    },
+    /// Keys are unavailable.
+    #[error("{0}")]
+    Key(#[from] KeyError),
+    /// A stored value failed to decrypt or decode.
+    #[error("pgseal: data corrupted: column {column} row could not be decrypted")]
+    Corrupt {
+        /// Column.
+        column: String,
+    },
+}
+
+impl CellError {
+    /// The SQLSTATE to report.
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            Self::Input { reason, .. } => match reason {
+                ValueError::OutOfRange { .. } => "22003",
+                _ => INVALID_TEXT,
+            },
+            Self::Key(_) => KEYS_UNAVAILABLE,
+            Self::Corrupt { .. } => DATA_CORRUPTED,
+        }
+    }
+
+    pub(crate) fn input(col: &ProtectedColumn, reason: ValueError) -> Self {
+        Self::Input {
+            column: col.id.to_string(),
+            reason,
+        }
+    }
+}
+
+/// Parses a client value in text (`format == 0`) or binary format for the column's type.
+pub fn parse_value(col: &ProtectedColumn, format: i16, bytes: &[u8]) -> Result<Value, CellError> {
+    if format == 0 {
+        let text = std::str::from_utf8(bytes).map_err(|_| {
+            CellError::input(
+                col,
+                ValueError::InvalidText {
+                    ty: col.ty.name(),
+                    len: bytes.len(),
+                },
+            )
+        })?;
+        col.ty.parse_text(text)
+    } else {
+        col.ty.parse_binary(bytes)
+    }
+    .map_err(|e| CellError::input(col, e))
+}
+
+/// Appends the stored form of `value`: the active version's blind index (indexed columns) and
+/// the envelope of its canonical encoding.
+pub fn seal(
+    crypto: &ColumnCrypto,
+    col: &ProtectedColumn,
+    value: &Value,
+    out: &mut Vec<u8>,
+) -> Result<(), CellError> {
+    let envelope = crypto.envelope()?;
+    if let Some(spec) = &col.index {
+        let key = crypto
+            .active_index()
+            .ok_or_else(|| KeyError::NoActiveVersion {
+                keyring: crypto.keyring().to_owned(),
+                column: col.id.to_string(),
+            })?;
+        let mut input = Vec::with_capacity(32);
+        value.index_input(spec.norm, &mut input);
+        out.extend_from_slice(&key.tag(&input));
+        input.zeroize();
+    }
+    let mut canonical = Vec::with_capacity(32);
+    value.encode_canonical(&mut canonical);
+    let r = envelope.encrypt_into(&canonical, out);
+    canonical.zeroize();
+    r.map_err(|_| CellError::Corrupt {
+        column: col.id.to_string(),
+    })
+}
+
+/// Appends the lookup tags of `value` under every key version that may be stored.
+pub fn lookup_tags(
+    crypto: &ColumnCrypto,
+    col: &ProtectedColumn,
+    value: &Value,
+    out: &mut Vec<BlindIndex>,
+) -> Result<(), CellError> {
+    let Some(spec) = &col.index else {
+        return Err(CellError::Key(KeyError::UnknownColumn(format!(
+            "{} (no equality index)",
+            col.id
+        ))));
+    };
+    let mut input = Vec::with_capacity(32);
+    value.index_input(spec.norm, &mut input);
+    out.extend(crypto.lookup_keys().iter().map(|k| k.tag(&input)));
+    input.zeroize();
+    Ok(())
+}
+
+/// Opens a stored cell (raw bytea bytes) of `col`.
+pub fn open(
+    crypto: &ColumnCrypto,
+    col: &ProtectedColumn,
+    stored: &[u8],
+) -> Result<Value, CellError> {
+    let corrupt = || CellError::Corrupt {
+        column: col.id.to_string(),
+    };
+    let envelope = if col.index.is_some() {
+        stored.get(BLIND_INDEX_LEN..).ok_or_else(corrupt)?
+    } else {
+        stored
+    };
+    let keys = crypto.envelope()?;
+    let mut plain = Vec::with_capacity(envelope.len());
+    let r = keys.decrypt_into(envelope, &mut plain);
+    let value = match r {
+        Ok(()) => Value::decode_canonical(&plain, col.ty).map_err(|_| corrupt()),
+        Err(CryptoError::UnknownKeyVersion(v)) => {
+            Err(CellError::Key(KeyError::VersionUnavailable {
+                keyring: crypto.keyring().to_owned(),
+                column: col.id.to_string(),
+                version: v,
+            }))
+        }
+        Err(_) => Err(corrupt()),
+    };
+    plain.zeroize();
+    value
+}
+
+/// Renders `value` in the client's format (0 text, else binary).
+pub fn render(value: &Value, format: i16, out: &mut Vec<u8>) {
+    if format == 0 {
+        value.write_text(out);
+    } else {
+        value.write_binary(out);
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Appends lower-case hex.
+pub fn push_hex(bytes: &[u8], out: &mut String) {
+    out.reserve(bytes.len() * 2);
+    for b in bytes {
+        for n in [b >> 4, b & 15] {
+            out.push(char::from(HEX.get(usize::from(n)).copied().unwrap_or(b'0')));
+        }
+    }
+}
+
+fn nibble(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Decodes a bytea in text output format (`\x` hex, or the escape format when the session set
+/// `bytea_output = escape`) into `out`. None when malformed.
+pub fn decode_bytea_text(text: &[u8], out: &mut Vec<u8>) -> Option<()> {
+    let Some(hex) = text.strip_prefix(b"\\x") else {
+        return decode_bytea_escape(text, out);
+    };
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    out.reserve(hex.len() / 2);
+    for pair in hex.chunks_exact(2) {
+        let hi = nibble(*pair.first()?)?;
+        let lo = nibble(*pair.get(1)?)?;
+        out.push(hi << 4 | lo);
+    }
+    Some(())
+}
+
+/// The escape output format: `\\` is a backslash, `\ooo` an octal byte, anything else itself.
+fn decode_bytea_escape(text: &[u8], out: &mut Vec<u8>) -> Option<()> {
+    let mut it = text.iter();
+    while let Some(&b) = it.next() {
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        match it.next()? {
+            b'\\' => out.push(b'\\'),
+            &d0 @ b'0'..=b'3' => {
+                let d1 = *it.next()?;
+                let d2 = *it.next()?;
+                if !(b'0'..=b'7').contains(&d1) || !(b'0'..=b'7').contains(&d2) {
+                    return None;
+                }
+                out.push(((d0 - b'0') << 6) | ((d1 - b'0') << 3) | (d2 - b'0'));
+            }
+            _ => return None,
+        }
+    }
+    Some(())
+}
+
+/// The SQL literal of a stored cell: `E'\\x…'::bytea` (an escape string, so the text is the
+/// same whatever `standard_conforming_strings` says).
+pub fn bytea_literal(stored: &[u8]) -> String {
+    let mut s = String::with_capacity(stored.len() * 2 + 16);
+    s.push_str("E'\\\\x");
+    push_hex(stored, &mut s);
+    s.push_str("'::bytea");
+    s
+}
+
+/// The SQL expression of a tag array: `ARRAY[E'\\x…'::bytea, …]::bytea[]`.
+pub fn tag_array_literal(tags: &[BlindIndex]) -> String {
+    if tags.is_empty() {
+        return "'{}'::bytea[]".to_owned();
+    }
+    let mut s = String::from("ARRAY[");
+    for (i, t) in tags.iter().enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        s.push_str(&bytea_literal(t));
+    }
+    s.push_str("]::bytea[]");
+    s
+}
+
+/// A one-dimensional `bytea[]` in binary array format.
+pub fn tag_array_binary(tags: &[BlindIndex]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(20 + tags.len() * (4 + BLIND_INDEX_LEN));
+    let ndim: i32 = i32::from(!tags.is_empty());
+    out.extend_from_slice(&ndim.to_be_bytes());
+    out.extend_from_slice(&0i32.to_be_bytes());
+    out.extend_from_slice(&crate::rewrite::plan::BYTEA_OID.to_be_bytes());
+    if !tags.is_empty() {
+        out.extend_from_slice(&i32::try_from(tags.len()).unwrap_or(i32::MAX).to_be_bytes());
+        out.extend_from_slice(&1i32.to_be_bytes());
+        for t in tags {
+            out.extend_from_slice(&(BLIND_INDEX_LEN as i32).to_be_bytes());
+            out.extend_from_slice(t);
+        }
+    }
+    out
+}
+
+fn be_i32(b: &[u8], at: usize) -> Option<i32> {
+    let s: [u8; 4] = b.get(at..at + 4)?.try_into().ok()?;
+    Some(i32::from_be_bytes(s))
+}
+
+/// The elements of a client array parameter (text `{a,b}` or binary array format), NULLs
+/// dropped. None when malformed.
+pub fn array_elements(format: i16, bytes: &[u8]) -> Option<Vec<Vec<u8>>> {
+    if format == 0 {
+        return text_array_elements(std::str::from_utf8(bytes).ok()?);
+    }
+    let ndim = usize::try_from(be_i32(bytes, 0)?).ok()?;
+    let mut at = 12;
+    let mut total: usize = if ndim == 0 { 0 } else { 1 };
+    for _ in 0..ndim {
+        let n = usize::try_from(be_i32(bytes, at)?).ok()?;
+        total = total.checked_mul(n)?;
+        at += 8;
+    }
+    let mut out = Vec::new();
+    for _ in 0..total {
+        let len = be_i32(bytes, at)?;
+        at += 4;
+        if len < 0 {
+            continue;
+        }
+        let len = usize::try_from(len).ok()?;
+        out.push(bytes.get(at..at + len)?.to_vec());
+        at += len;
+    }
+    (at == bytes.len()).then_some(out)
+}
+
+/// A one-dimensional text array literal's elements (NULLs dropped).
+fn text_array_elements(s: &str) -> Option<Vec<Vec<u8>>> {
+    let inner = s.trim().strip_prefix('{')?.strip_suffix('}')?;
+    let mut out = Vec::new();
+    if inner.trim().is_empty() {
+        return Some(out);
+    }
+    let mut chars = inner.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_ascii_whitespace()) {
+            chars.next();
+        }
+        let mut item = String::new();
+        let quoted = chars.peek() == Some(&'"');
+        if quoted {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '"' => break,
+                    '\\' => item.push(chars.next()?),
+                    c => item.push(c),
+                }
+            }
+            while chars.peek().is_some_and(|c| c.is_ascii_whitespace()) {
+                chars.next();
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ',' {
+                    break;
+                }
+                if c == '{' || c == '}' || c == '"' {
+                    return None;
+                }
+                chars.next();
+                if c == '\\' {
+                    item.push(chars.next()?);
+                } else {
+                    item.push(c);
+                }
+            }
+            let t = item.trim_end().to_owned();
+            if t.is_empty() {
+                return None;
+            }
+            item = t;
+        }
+        if quoted || !item.eq_ignore_ascii_case("NULL") {
+            out.push(item.into_bytes());
+        }
+        match chars.next() {
+            None => return Some(out),
+            Some(',') => {}
+            Some(_) => return None,
+        }
+    }
+}
+
+/// The array type OID of a logical type (for ParameterDescription of `= ANY($n)`).
+pub fn array_oid(ty: LogicalType) -> u32 {
+    match ty {
+        LogicalType::Text => 1009,
+        LogicalType::Varchar => 1015,
+        LogicalType::Int2 => 1005,
+        LogicalType::Int4 => 1007,
+        LogicalType::Int8 => 1016,
+        LogicalType::Bool => 1000,
+        LogicalType::Float8 => 1022,
+        LogicalType::Numeric => 1231,
+        LogicalType::Date => 1182,
+        LogicalType::Timestamp => 1115,
+        LogicalType::TimestampTz => 1185,
+        LogicalType::Uuid => 2951,
+        LogicalType::Jsonb => 3807,
+        _ => 1001,
+    }
+}
+
+/// PostgreSQL's `typlen` of a logical type.
+pub fn typlen(ty: LogicalType) -> i16 {
+    match ty {
+        LogicalType::Int2 => 2,
+        LogicalType::Int4 | LogicalType::Date => 4,
+        LogicalType::Int8
+        | LogicalType::Float8
+        | LogicalType::Timestamp
+        | LogicalType::TimestampTz => 8,
+        LogicalType::Bool => 1,
+        LogicalType::Uuid => 16,
+        _ => -1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_arrays() {
+        let e = |s: &str| {
+            text_array_elements(s).map(|v| {
+                v.into_iter()
+                    .map(|b| String::from_utf8(b).unwrap())
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(e("{a,b}"), Some(vec!["a".into(), "b".into()]));
+        assert_eq!(
+            e(r#"{ "x,y" , NULL, "NULL", c\,d }"#),
+            Some(vec!["x,y".into(), "NULL".into(), "c,d".into()])
+        );
+        assert_eq!(e("{}"), Some(vec![]));
+        assert_eq!(e("{a,}"), None);
+        assert_eq!(e("a,b"), None);
+        assert_eq!(e(r#"{"a"#), None);
+    }
+
+    #[test]
+    fn binary_arrays() {
+        let tags = [[1u8; 16], [2u8; 16]];
+        let b = tag_array_binary(&tags);
+        let els = array_elements(1, &b).unwrap();
+        assert_eq!(els, vec![vec![1u8; 16], vec![2u8; 16]]);
+        assert_eq!(array_elements(1, &tag_array_binary(&[])).unwrap().len(), 0);
+        assert!(array_elements(1, &b[..b.len() - 1]).is_none());
+    }
+
+    #[test]
+    fn hex_roundtrip() {
+        let mut s = String::from("\\x");
+        push_hex(&[0, 0xab, 0xff], &mut s);
+        let mut out = Vec::new();
+        decode_bytea_text(s.as_bytes(), &mut out).unwrap();
+        assert_eq!(out, vec![0, 0xab, 0xff]);
+        assert!(decode_bytea_text(b"\\x0", &mut Vec::new()).is_none());
+        let mut esc = Vec::new();
+        decode_bytea_text(b"a\\\\\\001\\377", &mut esc).unwrap();
+        assert_eq!(esc, vec![b'a', b'\\', 1, 255]);
+        assert!(decode_bytea_text(b"\\9", &mut Vec::new()).is_none());
+        assert!(decode_bytea_text(b"\\01", &mut Vec::new()).is_none());
+        assert_eq!(bytea_literal(&[0xab]), "E'\\\\xab'::bytea");
+    }
+}

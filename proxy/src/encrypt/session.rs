@@ -1,0 +1,948 @@
+//! The per-connection encryption state machine (see the module docs of [`super`]).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tracing::warn;
+
+use super::cells::{self, CellError};
+use super::rows::{self, RowPlan};
+use super::search_path::{self, Change, Setting};
+use super::wire::{self, BindMsg, ParseMsg};
+use super::{Outcome, Shared};
+use crate::protocol::messages::{error_response, Severity};
+use crate::protocol::ProtocolError;
+use crate::rewrite::{Plan, ProtectedColumn, RewritePlan, Slot, UpstreamParam};
+use crate::session::{Frame, InterceptError, MessageInterceptor, Outbox, SessionInfo, TagSet};
+use pgseal_crypto::value::LogicalType;
+
+/// SQL the upstream rejects at parse time: stands in for a refused Query or Parse.
+const DECOY_SQL: &str = "pgseal_statement_refused_by_proxy";
+/// A statement name that does not exist upstream: stands in for a refused Bind.
+pub(super) const DECOY_STATEMENT: &str = "pgseal\u{1}refused\u{1}statement";
+
+const FRONTEND_TAGS: TagSet = TagSet::EMPTY
+    .with(b'Q')
+    .with(b'P')
+    .with(b'B')
+    .with(b'D')
+    .with(b'E')
+    .with(b'C')
+    .with(b'S')
+    .with(b'F')
+    .with(b'c')
+    .with(b'f');
+
+const BACKEND_TAGS: TagSet = TagSet::EMPTY
+    .with(b'T')
+    .with(b'D')
+    .with(b't')
+    .with(b'C')
+    .with(b'E')
+    .with(b'Z')
+    .with(b's')
+    .with(b'n')
+    .with(b'1')
+    .with(b'2')
+    .with(b'3')
+    .with(b'I')
+    .with(b'N')
+    .with(b'V')
+    .with(b'G');
+
+/// An upstream Bind parameter: format code and value (None = NULL).
+type OwnedParam = (i16, Option<Vec<u8>>);
+
+/// What a statement does to the session once it completes.
+#[derive(Debug, Clone, Default)]
+struct Effects {
+    search_path: Option<Change>,
+}
+
+/// A prepared statement as the client named it.
+struct Stmt {
+    outcome: Outcome,
+    declared: Vec<u32>,
+    rows: Option<Arc<RowPlan>>,
+    effects: Effects,
+}
+
+/// A portal.
+struct Portal {
+    rows: Option<Arc<RowPlan>>,
+    effects: Effects,
+    /// A Describe of this portal is in flight (its answer will give `rows`).
+    describing: bool,
+}
+
+/// Row state of a simple query (or FunctionCall) in flight.
+#[derive(Default)]
+struct QueryState {
+    rows: Option<Arc<RowPlan>>,
+    effects: Effects,
+}
+
+/// One expected answer from the upstream, in order.
+enum Pending {
+    Parse,
+    Bind,
+    Close,
+    DescribeStmt {
+        name: String,
+        forward: bool,
+    },
+    DescribePortal {
+        name: String,
+        forward: bool,
+    },
+    Execute {
+        portal: String,
+    },
+    /// A Sync, with the frontend sequence number of the message.
+    Sync(u64),
+    Query(QueryState),
+    /// A decoy was sent; its error is replaced by this one.
+    Refused {
+        error: Bytes,
+        simple: bool,
+    },
+}
+
+/// The encrypting interceptor of one session.
+pub(crate) struct EncryptSession {
+    shared: Arc<Shared>,
+    user: String,
+    setting: Setting,
+    initial: Setting,
+    search_path: Vec<String>,
+    statements: HashMap<String, Stmt>,
+    portals: HashMap<String, Portal>,
+    queue: VecDeque<Pending>,
+    skip_until_sync: bool,
+    discard_until_ready: bool,
+    /// Sequence number of the last frontend message.
+    fe_seq: u64,
+    /// Sequence numbers of CopyDone/CopyFail messages whose COPY has not started yet.
+    copy_ends: VecDeque<u64>,
+    /// In COPY FROM STDIN mode before the client's CopyDone/CopyFail: Syncs are ignored by the
+    /// server, so they are not expected.
+    in_copy_in: bool,
+}
+
+fn proto(e: ProtocolError) -> InterceptError {
+    InterceptError {
+        code: "08P01",
+        message: format!("protocol violation: {e}"),
+    }
+}
+
+fn error_bytes(code: &str, message: &str) -> Bytes {
+    let mut b = BytesMut::new();
+    error_response(&mut b, Severity::Error, code, message);
+    b.freeze()
+}
+
+impl EncryptSession {
+    pub(crate) fn new(shared: Arc<Shared>, info: &SessionInfo) -> Self {
+        let initial =
+            search_path::from_startup(&info.params).unwrap_or_else(search_path::default_setting);
+        let search_path = search_path::expand(&initial, &info.upstream_user);
+        Self {
+            shared,
+            user: info.upstream_user.clone(),
+            setting: initial.clone(),
+            initial,
+            search_path,
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            queue: VecDeque::new(),
+            skip_until_sync: false,
+            discard_until_ready: false,
+            fe_seq: 0,
+            copy_ends: VecDeque::new(),
+            in_copy_in: false,
+        }
+    }
+
+    fn column(&self, id: &pgseal_crypto::ColumnId) -> Result<&ProtectedColumn, CellError> {
+        self.shared
+            .schema
+            .column(id.schema(), id.table(), id.column())
+            .ok_or_else(|| CellError::Key(crate::keys::KeyError::UnknownColumn(id.to_string())))
+    }
+
+    fn crypto(
+        &self,
+        id: &pgseal_crypto::ColumnId,
+    ) -> Result<Arc<crate::keys::ColumnCrypto>, CellError> {
+        self.shared.keys.column(id).map_err(CellError::Key)
+    }
+
+    /// The SQL to send for a rewrite plan: slots rendered with fresh ciphertext.
+    fn render(&self, plan: &RewritePlan) -> Result<String, (&'static str, String)> {
+        plan.render(|slot| -> Result<String, CellError> {
+            match slot {
+                Slot::Value {
+                    column,
+                    literal_text,
+                } => {
+                    let col = self.column(column)?;
+                    let value = col
+                        .ty
+                        .parse_text(literal_text)
+                        .map_err(|e| CellError::input(col, e))?;
+                    let crypto = self.crypto(column)?;
+                    let mut stored = Vec::with_capacity(literal_text.len() + 64);
+                    cells::seal(&crypto, col, &value, &mut stored)?;
+                    Ok(cells::bytea_literal(&stored))
+                }
+                Slot::Lookup {
+                    column,
+                    literal_texts,
+                    ..
+                } => {
+                    let col = self.column(column)?;
+                    let crypto = self.crypto(column)?;
+                    let mut tags = Vec::new();
+                    for t in literal_texts {
+                        let value = col.ty.parse_text(t).map_err(|e| CellError::input(col, e))?;
+                        cells::lookup_tags(&crypto, col, &value, &mut tags)?;
+                    }
+                    Ok(cells::tag_array_literal(&tags))
+                }
+            }
+        })
+        .map_err(|e| match e {
+            Some(c) => (c.sqlstate(), c.to_string()),
+            None => (
+                "XX000",
+                "pgseal: internal error rendering a statement".into(),
+            ),
+        })
+    }
+
+    /// The upstream parameters of a Bind on a rewritten statement.
+    fn bind_params(
+        &self,
+        plan: &RewritePlan,
+        declared: &[u32],
+        bind: &BindMsg<'_>,
+    ) -> Result<Vec<OwnedParam>, CellError> {
+        // A binary value arrives in the type the client declared, which may differ from the
+        // column's (int4 for an int8 column): read it as declared, convert through text.
+        let parse = |col: &ProtectedColumn, idx: usize, format: i16, v: &[u8]| {
+            let as_declared = declared
+                .get(idx)
+                .and_then(|o| LogicalType::from_oid(*o))
+                .filter(|t| *t != col.ty && format != 0);
+            match as_declared {
+                Some(t) => {
+                    let value = t.parse_binary(v).map_err(|e| CellError::input(col, e))?;
+                    col.ty
+                        .parse_text(&value.to_text())
+                        .map_err(|e| CellError::input(col, e))
+                }
+                None => cells::parse_value(col, format, v),
+            }
+        };
+        let mut out = Vec::with_capacity(plan.upstream_params.len());
+        for up in &plan.upstream_params {
+            let n = up.client_param();
+            let idx = n.saturating_sub(1);
+            let format = bind.param_format(idx);
+            let value = bind.params.get(idx).copied().flatten();
+            match up {
+                UpstreamParam::Plain(_) => out.push((format, value.map(<[u8]>::to_vec))),
+                UpstreamParam::Value { column, .. } => {
+                    let Some(v) = value else {
+                        out.push((1, None));
+                        continue;
+                    };
+                    let col = self.column(column)?;
+                    let parsed = parse(col, idx, format, v)?;
+                    let crypto = self.crypto(column)?;
+                    let mut stored = Vec::with_capacity(v.len() + 64);
+                    cells::seal(&crypto, col, &parsed, &mut stored)?;
+                    out.push((1, Some(stored)));
+                }
+                UpstreamParam::Lookup { column, .. } => {
+                    let Some(v) = value else {
+                        out.push((1, None));
+                        continue;
+                    };
+                    let col = self.column(column)?;
+                    let parsed = parse(col, idx, format, v)?;
+                    let crypto = self.crypto(column)?;
+                    let mut tags = Vec::new();
+                    cells::lookup_tags(&crypto, col, &parsed, &mut tags)?;
+                    out.push((1, Some(cells::tag_array_binary(&tags))));
+                }
+                UpstreamParam::LookupArray { column, .. } => {
+                    let Some(v) = value else {
+                        out.push((1, None));
+                        continue;
+                    };
+                    let col = self.column(column)?;
+                    let elements = cells::array_elements(format, v).ok_or_else(|| {
+                        CellError::input(
+                            col,
+                            pgseal_crypto::value::ValueError::InvalidText {
+                                ty: "array",
+                                len: v.len(),
+                            },
+                        )
+                    })?;
+                    let crypto = self.crypto(column)?;
+                    let mut tags = Vec::new();
+                    for e in elements {
+                        let parsed = cells::parse_value(col, format, &e)?;
+                        cells::lookup_tags(&crypto, col, &parsed, &mut tags)?;
+                    }
+                    out.push((1, Some(cells::tag_array_binary(&tags))));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn refuse_simple(&mut self, code: &str, message: &str, out: &mut Outbox<'_>) {
+        wire::write_query(out.to_upstream, DECOY_SQL);
+        self.queue.push_back(Pending::Refused {
+            error: error_bytes(code, message),
+            simple: true,
+        });
+    }
+
+    fn refuse_extended(
+        &mut self,
+        decoy: impl FnOnce(&mut BytesMut),
+        code: &str,
+        message: &str,
+        out: &mut Outbox<'_>,
+    ) {
+        decoy(out.to_upstream);
+        self.queue.push_back(Pending::Refused {
+            error: error_bytes(code, message),
+            simple: false,
+        });
+        self.skip_until_sync = true;
+    }
+
+    fn on_query(&mut self, frame: Frame, out: &mut Outbox<'_>) -> Result<(), InterceptError> {
+        let sql = wire::parse_query(frame.body()).map_err(proto)?;
+        let effects = Effects {
+            search_path: search_path::change_in(sql),
+        };
+        let outcome = self.shared.plan(sql, &self.search_path);
+        match &*outcome {
+            Err(r) => {
+                self.refuse_simple(r.sqlstate, &r.message, out);
+                return Ok(());
+            }
+            Ok(Plan::PassThrough) => out.to_upstream.extend_from_slice(frame.raw()),
+            Ok(Plan::Rewrite(plan)) => match self.render(plan) {
+                Ok(text) => wire::write_query(out.to_upstream, &text),
+                Err((code, msg)) => {
+                    self.refuse_simple(code, &msg, out);
+                    return Ok(());
+                }
+            },
+        }
+        self.queue.push_back(Pending::Query(QueryState {
+            rows: None,
+            effects,
+        }));
+        Ok(())
+    }
+
+    fn on_parse(&mut self, frame: Frame, out: &mut Outbox<'_>) -> Result<(), InterceptError> {
+        let msg = ParseMsg::parse(frame.body()).map_err(proto)?;
+        let name = msg.name.to_owned();
+        let effects = Effects {
+            search_path: search_path::change_in(msg.query),
+        };
+        let outcome = self.shared.plan(msg.query, &self.search_path);
+        let refusal = match &*outcome {
+            Err(r) => Some((r.sqlstate, r.message.clone())),
+            Ok(Plan::PassThrough) => {
+                out.to_upstream.extend_from_slice(frame.raw());
+                None
+            }
+            Ok(Plan::Rewrite(plan)) => match self.render(plan) {
+                Ok(text) => {
+                    let param_oids = plan
+                        .upstream_params
+                        .iter()
+                        .map(|u| match u {
+                            UpstreamParam::Plain(n) => msg
+                                .param_oids
+                                .get(n.saturating_sub(1))
+                                .copied()
+                                .unwrap_or(0),
+                            other => other.type_oid(),
+                        })
+                        .collect();
+                    ParseMsg {
+                        name: msg.name,
+                        query: &text,
+                        param_oids,
+                    }
+                    .write(out.to_upstream);
+                    None
+                }
+                Err(e) => Some(e),
+            },
+        };
+        if let Some((code, message)) = refusal {
+            self.statements.remove(&name);
+            let decoy = |b: &mut BytesMut| {
+                ParseMsg {
+                    name: &name,
+                    query: DECOY_SQL,
+                    param_oids: Vec::new(),
+                }
+                .write(b)
+            };
+            self.refuse_extended(decoy, code, &message, out);
+            return Ok(());
+        }
+        let declared = msg.param_oids.clone();
+        self.statements.insert(
+            name,
+            Stmt {
+                outcome,
+                declared,
+                rows: None,
+                effects,
+            },
+        );
+        self.queue.push_back(Pending::Parse);
+        Ok(())
+    }
+
+    fn on_bind(&mut self, frame: Frame, out: &mut Outbox<'_>) -> Result<(), InterceptError> {
+        let bind = BindMsg::parse(frame.body()).map_err(proto)?;
+        let stmt = self.statements.get(bind.statement);
+        let plan = stmt.and_then(|s| match &*s.outcome {
+            Ok(Plan::Rewrite(p)) => Some((p, &s.declared)),
+            _ => None,
+        });
+        if let Some((plan, declared)) = plan {
+            match self.bind_params(plan, declared, &bind) {
+                Ok(params) => {
+                    let refs: Vec<(i16, Option<&[u8]>)> =
+                        params.iter().map(|(f, v)| (*f, v.as_deref())).collect();
+                    wire::write_bind(
+                        out.to_upstream,
+                        bind.portal,
+                        bind.statement,
+                        &refs,
+                        &bind.result_formats,
+                    );
+                }
+                Err(e) => {
+                    let portal = bind.portal.to_owned();
+                    self.portals.remove(&portal);
+                    let decoy =
+                        |b: &mut BytesMut| wire::write_bind(b, &portal, DECOY_STATEMENT, &[], &[]);
+                    self.refuse_extended(decoy, e.sqlstate(), &e.to_string(), out);
+                    return Ok(());
+                }
+            }
+        } else {
+            out.to_upstream.extend_from_slice(frame.raw());
+        }
+        let portal = Portal {
+            rows: stmt
+                .and_then(|s| s.rows.as_ref())
+                .map(|r| Arc::new(r.with_result_formats(&bind.result_formats))),
+            effects: stmt.map(|s| s.effects.clone()).unwrap_or_default(),
+            describing: false,
+        };
+        self.portals.insert(bind.portal.to_owned(), portal);
+        self.queue.push_back(Pending::Bind);
+        Ok(())
+    }
+
+    fn on_describe(&mut self, frame: Frame, out: &mut Outbox<'_>) -> Result<(), InterceptError> {
+        let (kind, name) = wire::parse_target(frame.body(), "Describe").map_err(proto)?;
+        let name = name.to_owned();
+        if kind != b'S' {
+            if let Some(p) = self.portals.get_mut(&name) {
+                p.describing = true;
+            }
+        }
+        self.queue.push_back(if kind == b'S' {
+            Pending::DescribeStmt {
+                name,
+                forward: true,
+            }
+        } else {
+            Pending::DescribePortal {
+                name,
+                forward: true,
+            }
+        });
+        out.to_upstream.extend_from_slice(frame.raw());
+        Ok(())
+    }
+
+    fn on_execute(&mut self, frame: Frame, out: &mut Outbox<'_>) -> Result<(), InterceptError> {
+        let portal = wire::parse_execute(frame.body()).map_err(proto)?.to_owned();
+        let known = self
+            .portals
+            .get(&portal)
+            .is_some_and(|p| p.rows.is_some() || p.describing);
+        if !known {
+            // The client did not describe it: learn the columns ourselves, answer swallowed.
+            wire::write_describe(out.to_upstream, b'P', &portal);
+            self.queue.push_back(Pending::DescribePortal {
+                name: portal.clone(),
+                forward: false,
+            });
+        }
+        out.to_upstream.extend_from_slice(frame.raw());
+        self.queue.push_back(Pending::Execute { portal });
+        Ok(())
+    }
+
+    fn on_close(&mut self, frame: Frame, out: &mut Outbox<'_>) -> Result<(), InterceptError> {
+        let (kind, name) = wire::parse_target(frame.body(), "Close").map_err(proto)?;
+        if kind == b'S' {
+            self.statements.remove(name);
+        } else {
+            self.portals.remove(name);
+        }
+        out.to_upstream.extend_from_slice(frame.raw());
+        self.queue.push_back(Pending::Close);
+        Ok(())
+    }
+
+    // ---- backend ----
+
+    /// Applies a completed statement's effects.
+    fn complete(&mut self, tag: &str, effects: &Effects) {
+        if tag.starts_with("SET") || tag.starts_with("RESET") {
+            match &effects.search_path {
+                Some(Change::Set(s)) => self.setting = s.clone(),
+                Some(Change::Reset) => self.setting = self.initial.clone(),
+                None => {}
+            }
+            self.search_path = search_path::expand(&self.setting, &self.user);
+        }
+        let ddl = ["CREATE", "ALTER", "DROP", "COMMENT"]
+            .iter()
+            .any(|k| tag.starts_with(k));
+        if ddl {
+            if let Err(e) = self.shared.catalog.refresh() {
+                warn!(error = %e, "catalog refresh after DDL failed");
+            }
+        }
+    }
+
+    /// A statement-level failure on the result path: report it, drop the rest until
+    /// ReadyForQuery.
+    fn fail_results(&mut self, code: &str, message: &str, out: &mut Outbox<'_>) {
+        error_response(out.to_client, Severity::Error, code, message);
+        self.discard_until_ready = true;
+    }
+
+    /// Pops answered entries of a batch after an upstream error (the upstream skips to Sync).
+    fn drop_until_sync(&mut self) {
+        while let Some(front) = self.queue.front() {
+            if matches!(front, Pending::Sync(_) | Pending::Query(_)) {
+                break;
+            }
+            self.queue.pop_front();
+        }
+    }
+
+    /// The result plan of a RowDescription (refreshing the catalog once for unknown tables).
+    fn row_plan(&mut self, fields: &[wire::Field]) -> Result<RowPlan, String> {
+        let snapshot = self.shared.catalog.snapshot();
+        let (mut cols, unknown) = rows::map_fields(fields, &snapshot);
+        if !unknown.is_empty()
+            && !self
+                .shared
+                .known_unprotected(snapshot.generation(), &unknown)
+        {
+            let fresh = self.shared.catalog.refresh().map_err(|e| e.to_string())?;
+            let (c, still) = rows::map_fields(fields, &fresh);
+            cols = c;
+            self.shared.note_unprotected(fresh.generation(), still);
+        }
+        let formats = fields.iter().map(|f| f.format).collect();
+        Ok(RowPlan::new(cols, formats))
+    }
+
+    fn on_row_description(
+        &mut self,
+        frame: Frame,
+        out: &mut Outbox<'_>,
+    ) -> Result<(), InterceptError> {
+        let fields = wire::parse_row_description(frame.body()).map_err(proto)?;
+        let plan = match self.row_plan(&fields) {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                self.fail_results("58000", &e, out);
+                return Ok(());
+            }
+        };
+        let mut forward = true;
+        match self.queue.front_mut() {
+            Some(Pending::DescribeStmt { name, forward: f }) => {
+                forward = *f;
+                if let Some(s) = self.statements.get_mut(name.as_str()) {
+                    s.rows = Some(plan.clone());
+                }
+                self.queue.pop_front();
+            }
+            Some(Pending::DescribePortal { name, forward: f }) => {
+                forward = *f;
+                if let Some(p) = self.portals.get_mut(name.as_str()) {
+                    p.rows = Some(plan.clone());
+                }
+                self.queue.pop_front();
+            }
+            Some(Pending::Query(q)) => q.rows = Some(plan.clone()),
+            _ => {}
+        }
+        if forward {
+            if plan.any() {
+                rows::write_client_row_description(out.to_client, &fields, &plan);
+            } else {
+                out.to_client.extend_from_slice(frame.raw());
+            }
+        }
+        Ok(())
+    }
+
+    fn on_no_data(&mut self, frame: Frame, out: &mut Outbox<'_>) {
+        let empty = Arc::new(RowPlan::default());
+        let mut forward = true;
+        match self.queue.front() {
+            Some(Pending::DescribeStmt { name, forward: f }) => {
+                forward = *f;
+                if let Some(s) = self.statements.get_mut(name.as_str()) {
+                    s.rows = Some(empty);
+                }
+                self.queue.pop_front();
+            }
+            Some(Pending::DescribePortal { name, forward: f }) => {
+                forward = *f;
+                if let Some(p) = self.portals.get_mut(name.as_str()) {
+                    p.rows = Some(empty);
+                }
+                self.queue.pop_front();
+            }
+            _ => {}
+        }
+        if forward {
+            out.to_client.extend_from_slice(frame.raw());
+        }
+    }
+
+    fn on_parameter_description(
+        &mut self,
+        frame: Frame,
+        out: &mut Outbox<'_>,
+    ) -> Result<(), InterceptError> {
+        let Some(Pending::DescribeStmt { name, forward }) = self.queue.front() else {
+            out.to_client.extend_from_slice(frame.raw());
+            return Ok(());
+        };
+        if !*forward {
+            return Ok(());
+        }
+        let Some(stmt) = self.statements.get(name.as_str()) else {
+            out.to_client.extend_from_slice(frame.raw());
+            return Ok(());
+        };
+        let Ok(Plan::Rewrite(plan)) = &*stmt.outcome else {
+            out.to_client.extend_from_slice(frame.raw());
+            return Ok(());
+        };
+        let upstream = wire::parse_parameter_description(frame.body()).map_err(proto)?;
+        let n = plan.client_param_count.max(stmt.declared.len());
+        let oids: Vec<u32> = (0..n)
+            .map(|i| {
+                if let Some(d) = stmt.declared.get(i).filter(|d| **d != 0) {
+                    return *d;
+                }
+                if let Some(Some(t)) = plan.client_param_types.get(i) {
+                    return t.oid();
+                }
+                let p = i + 1;
+                let mut oid = stmt.declared.get(i).copied().unwrap_or(0);
+                for (k, u) in plan.upstream_params.iter().enumerate() {
+                    match u {
+                        UpstreamParam::Plain(m) if *m == p => {
+                            return upstream.get(k).copied().unwrap_or(oid)
+                        }
+                        UpstreamParam::LookupArray { param, column } if *param == p => {
+                            if let Some(c) = self.shared.schema.column(
+                                column.schema(),
+                                column.table(),
+                                column.column(),
+                            ) {
+                                oid = cells::array_oid(c.ty);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                oid
+            })
+            .collect();
+        wire::write_parameter_description(out.to_client, &oids);
+        Ok(())
+    }
+
+    fn on_data_row(&mut self, frame: Frame, out: &mut Outbox<'_>) {
+        let plan = match self.queue.front() {
+            Some(Pending::Execute { portal }) => {
+                self.portals.get(portal).and_then(|p| p.rows.clone())
+            }
+            Some(Pending::Query(q)) => q.rows.clone(),
+            _ => None,
+        };
+        let Some(plan) = plan.filter(|p| p.any()) else {
+            out.to_client.extend_from_slice(frame.raw());
+            return;
+        };
+        let mark = out.to_client.len();
+        if let Err(e) =
+            rows::decrypt_data_row(&*self.shared.keys, &plan, frame.body(), out.to_client)
+        {
+            out.to_client.truncate(mark);
+            warn!(error = %e, "result row could not be decrypted");
+            self.fail_results(e.sqlstate(), &e.to_string(), out);
+        }
+    }
+
+    fn on_command_complete(
+        &mut self,
+        frame: Frame,
+        out: &mut Outbox<'_>,
+    ) -> Result<(), InterceptError> {
+        let tag = wire::parse_command_complete(frame.body())
+            .map_err(proto)?
+            .to_owned();
+        let effects = match self.queue.front_mut() {
+            Some(Pending::Execute { portal }) => {
+                let e = self.portals.get(portal.as_str()).map(|p| p.effects.clone());
+                self.queue.pop_front();
+                e
+            }
+            Some(Pending::Query(q)) => {
+                q.rows = None;
+                Some(q.effects.clone())
+            }
+            _ => None,
+        };
+        self.complete(&tag, &effects.unwrap_or_default());
+        out.to_client.extend_from_slice(frame.raw());
+        Ok(())
+    }
+
+    fn on_error(&mut self, frame: Frame, out: &mut Outbox<'_>) {
+        match self.queue.front_mut() {
+            Some(Pending::Refused { error, simple }) => {
+                out.to_client.extend_from_slice(error);
+                if *simple {
+                    if let Some(f) = self.queue.front_mut() {
+                        *f = Pending::Query(QueryState::default());
+                    }
+                } else {
+                    self.queue.pop_front();
+                    self.drop_until_sync();
+                }
+                return;
+            }
+            Some(Pending::Query(q)) => q.rows = None,
+            Some(Pending::Sync(_)) | None => {}
+            Some(_) => self.drop_until_sync(),
+        }
+        out.to_client.extend_from_slice(frame.raw());
+    }
+
+    fn on_ready(&mut self, frame: Frame, out: &mut Outbox<'_>) {
+        while let Some(p) = self.queue.pop_front() {
+            if matches!(
+                p,
+                Pending::Sync(_) | Pending::Query(_) | Pending::Refused { simple: true, .. }
+            ) {
+                break;
+            }
+        }
+        self.discard_until_ready = false;
+        out.to_client.extend_from_slice(frame.raw());
+    }
+
+    /// CopyInResponse: the server ignores Syncs until the client's CopyDone/CopyFail, so
+    /// Syncs the client sent in between are not expected.
+    fn on_copy_in(&mut self) {
+        let limit = match self.copy_ends.pop_front() {
+            Some(seq) => seq,
+            None => {
+                self.in_copy_in = true;
+                u64::MAX
+            }
+        };
+        let mut i = 1;
+        while let Some(p) = self.queue.get(i) {
+            match p {
+                Pending::Sync(seq) if *seq < limit => {
+                    self.queue.remove(i);
+                }
+                _ => i += 1,
+            }
+        }
+    }
+
+    /// A simple completion message (ParseComplete, BindComplete, CloseComplete,
+    /// PortalSuspended, EmptyQueryResponse).
+    fn on_simple_completion(&mut self, frame: Frame, out: &mut Outbox<'_>) {
+        match self.queue.front() {
+            Some(Pending::Refused { error, simple }) => {
+                // The decoy unexpectedly succeeded: still report the refusal.
+                out.to_client.extend_from_slice(error);
+                if *simple {
+                    self.discard_until_ready = true;
+                } else {
+                    self.queue.pop_front();
+                }
+                return;
+            }
+            Some(Pending::Query(_)) => {}
+            Some(Pending::Sync(_)) | None => {}
+            Some(_) => {
+                self.queue.pop_front();
+            }
+        }
+        out.to_client.extend_from_slice(frame.raw());
+    }
+}
+
+impl EncryptSession {
+    /// A frontend message whose body does not decode: never forward a statement or values the
+    /// proxy could not inspect; answer in protocol order instead (the session goes on, as it
+    /// would with PostgreSQL). Describe/Close/Execute carry no data: PostgreSQL answers them.
+    fn undecodable(&mut self, tag: u8, raw: &[u8], e: &InterceptError, out: &mut Outbox<'_>) {
+        match tag {
+            b'Q' => self.refuse_simple(e.code, &e.message, out),
+            b'P' => self.refuse_extended(
+                |b| {
+                    ParseMsg {
+                        name: "",
+                        query: DECOY_SQL,
+                        param_oids: Vec::new(),
+                    }
+                    .write(b)
+                },
+                e.code,
+                &e.message,
+                out,
+            ),
+            b'B' => self.refuse_extended(
+                |b| wire::write_bind(b, "", DECOY_STATEMENT, &[], &[]),
+                e.code,
+                &e.message,
+                out,
+            ),
+            _ => {
+                out.to_upstream.extend_from_slice(raw);
+                self.queue.push_back(Pending::Close);
+            }
+        }
+    }
+}
+
+impl MessageInterceptor for EncryptSession {
+    fn frontend_tags(&self) -> TagSet {
+        FRONTEND_TAGS
+    }
+
+    fn backend_tags(&self) -> TagSet {
+        BACKEND_TAGS
+    }
+
+    fn on_frontend(&mut self, frame: Frame, out: &mut Outbox<'_>) -> Result<(), InterceptError> {
+        let tag = frame.tag();
+        if self.skip_until_sync {
+            if tag == b'S' {
+                self.skip_until_sync = false;
+                self.fe_seq += 1;
+                self.queue.push_back(Pending::Sync(self.fe_seq));
+                out.to_upstream.extend_from_slice(frame.raw());
+            }
+            return Ok(());
+        }
+        self.fe_seq += 1;
+        let raw = frame.raw().clone();
+        let handled = match tag {
+            b'Q' => self.on_query(frame, out),
+            b'P' => self.on_parse(frame, out),
+            b'B' => self.on_bind(frame, out),
+            b'D' => self.on_describe(frame, out),
+            b'E' => self.on_execute(frame, out),
+            b'C' => self.on_close(frame, out),
+            b'S' => {
+                if !self.in_copy_in {
+                    self.queue.push_back(Pending::Sync(self.fe_seq));
+                }
+                out.to_upstream.extend_from_slice(frame.raw());
+                Ok(())
+            }
+            b'c' | b'f' => {
+                if self.in_copy_in {
+                    self.in_copy_in = false;
+                } else if self.copy_ends.len() < 64 {
+                    self.copy_ends.push_back(self.fe_seq);
+                }
+                out.to_upstream.extend_from_slice(frame.raw());
+                Ok(())
+            }
+            b'F' => {
+                self.queue.push_back(Pending::Query(QueryState::default()));
+                out.to_upstream.extend_from_slice(frame.raw());
+                Ok(())
+            }
+            _ => {
+                out.to_upstream.extend_from_slice(frame.raw());
+                Ok(())
+            }
+        };
+        if let Err(e) = handled {
+            self.undecodable(tag, &raw, &e, out);
+        }
+        Ok(())
+    }
+
+    fn on_backend(&mut self, frame: Frame, out: &mut Outbox<'_>) -> Result<(), InterceptError> {
+        let tag = frame.tag();
+        if tag == b'Z' {
+            self.on_ready(frame, out);
+            return Ok(());
+        }
+        if self.discard_until_ready {
+            return Ok(());
+        }
+        match tag {
+            b'T' => self.on_row_description(frame, out)?,
+            b'D' => self.on_data_row(frame, out),
+            b't' => self.on_parameter_description(frame, out)?,
+            b'n' => self.on_no_data(frame, out),
+            b'C' => self.on_command_complete(frame, out)?,
+            b'E' => self.on_error(frame, out),
+            b'1' | b'2' | b'3' | b's' | b'I' => self.on_simple_completion(frame, out),
+            b'G' => {
+                self.on_copy_in();
+                out.to_client.extend_from_slice(frame.raw());
+            }
+            _ => out.to_client.extend_from_slice(frame.raw()),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,1196 @@
+//! Tests of the encryption interceptor, driven with real protocol bytes: what the client sends,
+//! what reaches the upstream, what the upstream answers and what reaches the client.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+use pgseal_crypto::value::{LogicalType, Normalisation, Value};
+use pgseal_crypto::{ColumnId, IndexGroup, SecretKey};
+
+use super::cells;
+use super::rows::RowPlan;
+use super::wire::{self, BindMsg, Field, ParseMsg};
+use super::EncryptionFactory;
+use crate::catalog::{CatalogSnapshot, StaticCatalog};
+use crate::keys::{KeySource, StaticKeys};
+use crate::protocol::messages::{parse_error_fields, put_cstr, put_message};
+use crate::rewrite::{IndexSpec, ProtectedColumn, ProtectedSchema};
+use crate::session::{Frame, InterceptorFactory, MessageInterceptor, Outbox, SessionInfo};
+
+const PATIENTS: u32 = 16400;
+const TYPED: u32 = 16500;
+
+fn col(table: &str, column: &str, ty: LogicalType, indexed: bool) -> ProtectedColumn {
+    let id = ColumnId::new("public", table, column).unwrap();
+    ProtectedColumn {
+        index: indexed.then(|| IndexSpec {
+            group: IndexGroup::of_column(&id),
+            norm: Normalisation::default(),
+            unique: true,
+        }),
+        id,
+        ty,
+        keyring: "patients".into(),
+    }
+}
+
+fn typed_name(ty: LogicalType) -> String {
+    format!("c_{}", ty.name())
+}
+
+fn schema() -> ProtectedSchema {
+    let mut cols = vec![
+        col("patients", "email", LogicalType::Text, true),
+        col("patients", "ssn", LogicalType::Int8, true),
+        col("patients", "notes", LogicalType::Text, false),
+    ];
+    for ty in LogicalType::ALL {
+        cols.push(col("typed", &typed_name(ty), ty, false));
+    }
+    ProtectedSchema::from_columns(cols)
+}
+
+struct Harness {
+    factory: EncryptionFactory,
+    keys: Arc<StaticKeys>,
+    schema: Arc<ProtectedSchema>,
+    session: Box<dyn MessageInterceptor>,
+}
+
+fn harness() -> Harness {
+    let schema = Arc::new(schema());
+    let mut keyrings = HashMap::new();
+    keyrings.insert(
+        "patients".to_owned(),
+        vec![(1, SecretKey::from_bytes([7; 32]))],
+    );
+    let keys = Arc::new(StaticKeys::new(&schema, &keyrings).unwrap());
+    let typed_cols: Vec<(i16, String)> = LogicalType::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (i as i16 + 1, typed_name(*t)))
+        .collect();
+    let snapshot = CatalogSnapshot::new(
+        1,
+        [
+            ("public".to_owned(), "patients".to_owned()),
+            ("public".to_owned(), "typed".to_owned()),
+            ("public".to_owned(), "plain".to_owned()),
+        ],
+        [
+            (
+                PATIENTS,
+                "public".to_owned(),
+                "patients".to_owned(),
+                vec![
+                    (1, "id".to_owned()),
+                    (2, "email".to_owned()),
+                    (3, "ssn".to_owned()),
+                    (4, "notes".to_owned()),
+                ],
+            ),
+            (TYPED, "public".to_owned(), "typed".to_owned(), typed_cols),
+        ],
+        &schema,
+    );
+    let catalog = Arc::new(StaticCatalog(Arc::new(snapshot)));
+    let factory = EncryptionFactory::new(schema.clone(), "app".into(), keys.clone(), catalog);
+    let session = factory.create(&info("app"));
+    Harness {
+        factory,
+        keys,
+        schema,
+        session,
+    }
+}
+
+fn info(db: &str) -> SessionInfo {
+    SessionInfo {
+        user: "app".into(),
+        upstream_user: "app".into(),
+        database: db.into(),
+        params: Vec::new(),
+    }
+}
+
+/// Splits a byte stream into (tag, body) messages.
+fn frames(b: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < b.len() {
+        let len = u32::from_be_bytes(b[at + 1..at + 5].try_into().unwrap()) as usize;
+        out.push((b[at], b[at + 5..at + 1 + len].to_vec()));
+        at += 1 + len;
+    }
+    out
+}
+
+fn tags(b: &[u8]) -> String {
+    frames(b).iter().map(|(t, _)| char::from(*t)).collect()
+}
+
+impl Harness {
+    fn drive(&mut self, input: &[u8], frontend: bool) -> (BytesMut, BytesMut) {
+        let mut up = BytesMut::new();
+        let mut cl = BytesMut::new();
+        let mut at = 0;
+        while at < input.len() {
+            let len = u32::from_be_bytes(input[at + 1..at + 5].try_into().unwrap()) as usize;
+            let raw = bytes::Bytes::copy_from_slice(&input[at..at + 1 + len]);
+            at += 1 + len;
+            let tag = raw[0];
+            let mut out = Outbox {
+                to_upstream: &mut up,
+                to_client: &mut cl,
+            };
+            let wanted = if frontend {
+                self.session.frontend_tags().contains(tag)
+            } else {
+                self.session.backend_tags().contains(tag) || tag == b'Z'
+            };
+            if !wanted {
+                if frontend {
+                    out.to_upstream.extend_from_slice(&raw);
+                } else {
+                    out.to_client.extend_from_slice(&raw);
+                }
+                continue;
+            }
+            if frontend {
+                self.session.on_frontend(Frame::new(raw), &mut out).unwrap();
+            } else {
+                self.session.on_backend(Frame::new(raw), &mut out).unwrap();
+            }
+        }
+        (up, cl)
+    }
+
+    /// Client → proxy: returns (to upstream, to client).
+    fn client(&mut self, input: &[u8]) -> (BytesMut, BytesMut) {
+        self.drive(input, true)
+    }
+
+    /// Upstream → proxy: returns what reaches the client.
+    fn server(&mut self, input: &[u8]) -> BytesMut {
+        let (up, cl) = self.drive(input, false);
+        assert!(up.is_empty());
+        cl
+    }
+
+    fn column(&self, table: &str, column: &str) -> ProtectedColumn {
+        self.schema.column("public", table, column).unwrap().clone()
+    }
+
+    fn seal(&self, table: &str, column: &str, text: &str) -> Vec<u8> {
+        let c = self.column(table, column);
+        let crypto = self.keys.column(&c.id).unwrap();
+        let mut out = Vec::new();
+        cells::seal(&crypto, &c, &c.ty.parse_text(text).unwrap(), &mut out).unwrap();
+        out
+    }
+
+    fn open(&self, table: &str, column: &str, stored: &[u8]) -> Value {
+        let c = self.column(table, column);
+        cells::open(&self.keys.column(&c.id).unwrap(), &c, stored).unwrap()
+    }
+
+    fn tag(&self, column: &str, text: &str) -> Vec<u8> {
+        let c = self.column("patients", column);
+        let mut tags = Vec::new();
+        cells::lookup_tags(
+            &self.keys.column(&c.id).unwrap(),
+            &c,
+            &c.ty.parse_text(text).unwrap(),
+            &mut tags,
+        )
+        .unwrap();
+        assert_eq!(tags.len(), 1);
+        tags[0].to_vec()
+    }
+}
+
+// ---- message builders ----
+
+fn query(sql: &str) -> BytesMut {
+    let mut b = BytesMut::new();
+    wire::write_query(&mut b, sql);
+    b
+}
+
+fn parse(name: &str, sql: &str, oids: &[u32]) -> BytesMut {
+    let mut b = BytesMut::new();
+    ParseMsg {
+        name,
+        query: sql,
+        param_oids: oids.to_vec(),
+    }
+    .write(&mut b);
+    b
+}
+
+fn bind(
+    portal: &str,
+    stmt: &str,
+    formats: &[i16],
+    params: &[Option<&[u8]>],
+    results: &[i16],
+) -> BytesMut {
+    let mut b = BytesMut::new();
+    put_message(&mut b, b'B', |b| {
+        put_cstr(b, portal);
+        put_cstr(b, stmt);
+        b.put_i16(formats.len() as i16);
+        for f in formats {
+            b.put_i16(*f);
+        }
+        b.put_i16(params.len() as i16);
+        for p in params {
+            wire::put_value(b, *p);
+        }
+        b.put_i16(results.len() as i16);
+        for f in results {
+            b.put_i16(*f);
+        }
+    });
+    b
+}
+
+fn describe(kind: u8, name: &str) -> BytesMut {
+    let mut b = BytesMut::new();
+    wire::write_describe(&mut b, kind, name);
+    b
+}
+
+fn execute(portal: &str, max: i32) -> BytesMut {
+    let mut b = BytesMut::new();
+    put_message(&mut b, b'E', |b| {
+        put_cstr(b, portal);
+        b.put_i32(max);
+    });
+    b
+}
+
+fn simple(tag: u8) -> BytesMut {
+    let mut b = BytesMut::new();
+    put_message(&mut b, tag, |_| {});
+    b
+}
+
+fn ready(status: u8) -> BytesMut {
+    let mut b = BytesMut::new();
+    put_message(&mut b, b'Z', |b| b.put_u8(status));
+    b
+}
+
+fn complete(tag: &str) -> BytesMut {
+    let mut b = BytesMut::new();
+    put_message(&mut b, b'C', |b| put_cstr(b, tag));
+    b
+}
+
+fn error(code: &str) -> BytesMut {
+    let mut b = BytesMut::new();
+    crate::protocol::messages::error_response(
+        &mut b,
+        crate::protocol::messages::Severity::Error,
+        code,
+        "upstream error",
+    );
+    b
+}
+
+fn field(name: &str, table: u32, attnum: i16, ty: u32, format: i16) -> Field {
+    Field {
+        name: name.into(),
+        table_oid: table,
+        attnum,
+        type_oid: ty,
+        typlen: if ty == 23 { 4 } else { -1 },
+        typmod: -1,
+        format,
+    }
+}
+
+fn row_description(fields: &[Field]) -> BytesMut {
+    let mut b = BytesMut::new();
+    wire::write_row_description(&mut b, fields);
+    b
+}
+
+fn data_row(values: &[Option<&[u8]>]) -> BytesMut {
+    let mut b = BytesMut::new();
+    put_message(&mut b, b'D', |b| {
+        b.put_i16(values.len() as i16);
+        for v in values {
+            wire::put_value(b, *v);
+        }
+    });
+    b
+}
+
+fn hex_text(stored: &[u8]) -> Vec<u8> {
+    let mut s = String::from("\\x");
+    cells::push_hex(stored, &mut s);
+    s.into_bytes()
+}
+
+fn cat(parts: &[&[u8]]) -> Vec<u8> {
+    parts.concat()
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The bytes of every `E'\\x…'` literal in `sql`, in order.
+fn literals(sql: &str) -> Vec<Vec<u8>> {
+    sql.split("E'\\\\x")
+        .skip(1)
+        .map(|s| {
+            let hex = &s[..s.find('\'').unwrap()];
+            let mut out = Vec::new();
+            cells::decode_bytea_text(format!("\\x{hex}").as_bytes(), &mut out).unwrap();
+            out
+        })
+        .collect()
+}
+
+fn error_of(body: &[u8]) -> (String, String) {
+    let f = parse_error_fields(body).unwrap();
+    assert_eq!(f.severity, "ERROR");
+    (f.code, f.message)
+}
+
+// ---- tests ----
+
+#[test]
+fn other_databases_pass_through() {
+    let h = harness();
+    let s = h.factory.create(&info("postgres"));
+    assert!(s.frontend_tags().is_empty() && s.backend_tags().is_empty());
+    assert!(!h.session.frontend_tags().is_empty());
+}
+
+#[test]
+fn simple_insert_then_select_round_trip() {
+    let mut h = harness();
+    let (up, cl) = h.client(&query(
+        "INSERT INTO patients (id, email, ssn, notes) VALUES (1, 'alice@example.com', 123456789, NULL) RETURNING id",
+    ));
+    assert!(cl.is_empty());
+    let f = frames(&up);
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].0, b'Q');
+    let sql = wire::parse_query(&f[0].1).unwrap().to_owned();
+    assert!(!sql.contains("alice"), "{sql}");
+    assert!(!sql.contains("123456789"), "{sql}");
+    let lits = literals(&sql);
+    assert_eq!(lits.len(), 2, "{sql}");
+    assert_eq!(lits[0][..16], h.tag("email", "alice@example.com")[..]);
+    assert_eq!(
+        h.open("patients", "email", &lits[0]),
+        Value::Text("alice@example.com".into())
+    );
+    assert_eq!(h.open("patients", "ssn", &lits[1]), Value::Int8(123456789));
+    let cl = h.server(&cat(&[
+        &row_description(&[field("id", PATIENTS, 1, 23, 0)]),
+        &data_row(&[Some(b"1")]),
+        &complete("INSERT 0 1"),
+        &ready(b'I'),
+    ]));
+    assert_eq!(tags(&cl), "TDCZ");
+
+    // SELECT passes through unchanged; the result is decrypted.
+    let q = query("SELECT id, email, ssn, notes FROM patients");
+    let (up, _) = h.client(&q);
+    assert_eq!(&up[..], &q[..]);
+    let email = h.seal("patients", "email", "alice@example.com");
+    let ssn = h.seal("patients", "ssn", "123456789");
+    let cl = h.server(&cat(&[
+        &row_description(&[
+            field("id", PATIENTS, 1, 23, 0),
+            field("email", PATIENTS, 2, 17, 0),
+            field("ssn", PATIENTS, 3, 17, 0),
+            field("notes", PATIENTS, 4, 17, 0),
+        ]),
+        &data_row(&[
+            Some(b"1"),
+            Some(&hex_text(&email)),
+            Some(&hex_text(&ssn)),
+            None,
+        ]),
+        &complete("SELECT 1"),
+        &ready(b'I'),
+    ]));
+    let f = frames(&cl);
+    assert_eq!(tags(&cl), "TDCZ");
+    let fields = wire::parse_row_description(&f[0].1).unwrap();
+    assert_eq!(fields[0].type_oid, 23);
+    assert_eq!(
+        (fields[1].type_oid, fields[1].typlen, fields[1].typmod),
+        (25, -1, -1)
+    );
+    assert_eq!((fields[2].type_oid, fields[2].typlen), (20, 8));
+    assert_eq!(fields[3].type_oid, 25);
+    let row = wire::parse_data_row(&f[1].1).unwrap();
+    assert_eq!(
+        row,
+        vec![
+            Some(&b"1"[..]),
+            Some(&b"alice@example.com"[..]),
+            Some(&b"123456789"[..]),
+            None
+        ]
+    );
+}
+
+#[test]
+fn simple_select_with_literal_lookup() {
+    let mut h = harness();
+    let (up, _) = h.client(&query("SELECT id FROM patients WHERE email = 'bob@x.org'"));
+    let sql = wire::parse_query(&frames(&up)[0].1).unwrap().to_owned();
+    assert!(!sql.contains("bob"), "{sql}");
+    assert!(sql.contains("::bytea[]"), "{sql}");
+    assert_eq!(literals(&sql), vec![h.tag("email", "bob@x.org")]);
+}
+
+#[test]
+fn extended_insert_text_and_binary_params() {
+    let mut h = harness();
+    let sql = "INSERT INTO patients (id, email, ssn) VALUES ($1, $2, $3)";
+    let input = cat(&[
+        &parse("", sql, &[23]),
+        &bind(
+            "",
+            "",
+            &[0, 0, 1],
+            &[Some(b"7"), Some(b"bob@x.org"), Some(&42i64.to_be_bytes())],
+            &[],
+        ),
+        &execute("", 0),
+        &simple(b'S'),
+    ]);
+    let (up, cl) = h.client(&input);
+    assert!(cl.is_empty());
+    assert!(!contains(&up, b"bob@x.org"));
+    let f = frames(&up);
+    assert_eq!(
+        tags(&up),
+        "PBDES",
+        "the proxy describes an undescribed portal"
+    );
+    let p = ParseMsg::parse(&f[0].1).unwrap();
+    assert_eq!(p.param_oids, vec![23, 17, 17]);
+    assert!(p.query.contains("$2::bytea"), "{}", p.query);
+    let b = BindMsg::parse(&f[1].1).unwrap();
+    assert_eq!(b.param_formats, vec![0, 1, 1]);
+    assert_eq!(b.params[0], Some(&b"7"[..]));
+    let email = b.params[1].unwrap();
+    assert_eq!(email[..16], h.tag("email", "bob@x.org")[..]);
+    assert_eq!(
+        h.open("patients", "email", email),
+        Value::Text("bob@x.org".into())
+    );
+    assert_eq!(
+        h.open("patients", "ssn", b.params[2].unwrap()),
+        Value::Int8(42)
+    );
+
+    let cl = h.server(&cat(&[
+        &simple(b'1'),
+        &simple(b'2'),
+        &simple(b'n'),
+        &complete("INSERT 0 1"),
+        &ready(b'I'),
+    ]));
+    assert_eq!(
+        tags(&cl),
+        "12CZ",
+        "the internal Describe's answer is swallowed"
+    );
+}
+
+#[test]
+fn extended_single_format_code_and_null() {
+    let mut h = harness();
+    let sql = "INSERT INTO patients (id, email, ssn) VALUES ($1, $2, $3)";
+    let (up, _) = h.client(&cat(&[
+        &parse("s", sql, &[]),
+        &bind(
+            "",
+            "s",
+            &[1],
+            &[Some(&7i32.to_be_bytes()), Some(b"carol"), None],
+            &[],
+        ),
+    ]));
+    let f = frames(&up);
+    let b = BindMsg::parse(&f[1].1).unwrap();
+    assert_eq!(b.param_formats, vec![1, 1, 1]);
+    assert_eq!(b.params[0], Some(&7i32.to_be_bytes()[..]));
+    assert_eq!(
+        h.open("patients", "email", b.params[1].unwrap()),
+        Value::Text("carol".into())
+    );
+    assert_eq!(b.params[2], None);
+    assert!(!contains(&up, b"carol"));
+}
+
+#[test]
+fn describe_statement_and_binary_results() {
+    let mut h = harness();
+    let (up, _) = h.client(&cat(&[
+        &parse("s1", "SELECT id, email FROM patients WHERE email = $1", &[]),
+        &describe(b'S', "s1"),
+        &simple(b'S'),
+    ]));
+    let f = frames(&up);
+    assert_eq!(ParseMsg::parse(&f[0].1).unwrap().param_oids, vec![1001]);
+    let mut pd = BytesMut::new();
+    wire::write_parameter_description(&mut pd, &[1001]);
+    let cl = h.server(&cat(&[
+        &simple(b'1'),
+        &pd,
+        &row_description(&[
+            field("id", PATIENTS, 1, 23, 0),
+            field("email", PATIENTS, 2, 17, 0),
+        ]),
+        &ready(b'I'),
+    ]));
+    let f = frames(&cl);
+    assert_eq!(tags(&cl), "1tTZ");
+    assert_eq!(
+        wire::parse_parameter_description(&f[1].1).unwrap(),
+        vec![25]
+    );
+    assert_eq!(
+        wire::parse_row_description(&f[2].1).unwrap()[1].type_oid,
+        25
+    );
+
+    // Bind with binary results: no extra Describe, the tag array is binary bytea[].
+    let (up, _) = h.client(&cat(&[
+        &bind("", "s1", &[], &[Some(b"alice")], &[1]),
+        &execute("", 0),
+        &simple(b'S'),
+    ]));
+    assert_eq!(tags(&up), "BES");
+    let f = frames(&up);
+    let b = BindMsg::parse(&f[0].1).unwrap();
+    assert_eq!(b.param_formats, vec![1]);
+    let els = cells::array_elements(1, b.params[0].unwrap()).unwrap();
+    assert_eq!(els, vec![h.tag("email", "alice")]);
+    assert!(!contains(&up, b"alice"));
+    let stored = h.seal("patients", "email", "alice");
+    let cl = h.server(&cat(&[
+        &simple(b'2'),
+        &data_row(&[Some(&1i32.to_be_bytes()), Some(&stored)]),
+        &complete("SELECT 1"),
+        &ready(b'I'),
+    ]));
+    let f = frames(&cl);
+    assert_eq!(tags(&cl), "2DCZ");
+    assert_eq!(
+        wire::parse_data_row(&f[1].1).unwrap(),
+        vec![Some(&1i32.to_be_bytes()[..]), Some(&b"alice"[..])]
+    );
+}
+
+#[test]
+fn declared_parameter_type_is_honoured() {
+    let mut h = harness();
+    // ssn is int8; the client declares int4 and sends 4 binary bytes.
+    let (up, _) = h.client(&cat(&[
+        &parse(
+            "",
+            "INSERT INTO patients (id, ssn) VALUES ($1, $2)",
+            &[23, 23],
+        ),
+        &describe(b'S', ""),
+        &bind(
+            "",
+            "",
+            &[1],
+            &[Some(&1i32.to_be_bytes()), Some(&77i32.to_be_bytes())],
+            &[],
+        ),
+        &simple(b'S'),
+    ]));
+    let f = frames(&up);
+    assert_eq!(ParseMsg::parse(&f[0].1).unwrap().param_oids, vec![23, 17]);
+    let b = BindMsg::parse(&f[2].1).unwrap();
+    assert_eq!(
+        h.open("patients", "ssn", b.params[1].unwrap()),
+        Value::Int8(77)
+    );
+    let mut pd = BytesMut::new();
+    wire::write_parameter_description(&mut pd, &[23, 17]);
+    let cl = h.server(&cat(&[
+        &simple(b'1'),
+        &pd,
+        &simple(b'n'),
+        &simple(b'2'),
+        &ready(b'I'),
+    ]));
+    assert_eq!(
+        wire::parse_parameter_description(&frames(&cl)[1].1).unwrap(),
+        vec![23, 23]
+    );
+}
+
+#[test]
+fn any_array_parameter() {
+    let mut h = harness();
+    let (up, _) = h.client(&cat(&[
+        &parse("", "SELECT id FROM patients WHERE email = ANY($1)", &[]),
+        &describe(b'S', ""),
+        &bind("", "", &[], &[Some(br#"{a@x,"b@y",NULL}"#)], &[]),
+        &simple(b'S'),
+    ]));
+    let f = frames(&up);
+    let b = BindMsg::parse(&f[2].1).unwrap();
+    let els = cells::array_elements(1, b.params[0].unwrap()).unwrap();
+    assert_eq!(els, vec![h.tag("email", "a@x"), h.tag("email", "b@y")]);
+    let mut pd = BytesMut::new();
+    wire::write_parameter_description(&mut pd, &[1001]);
+    let cl = h.server(&cat(&[
+        &simple(b'1'),
+        &pd,
+        &simple(b'n'),
+        &simple(b'2'),
+        &ready(b'I'),
+    ]));
+    let f = frames(&cl);
+    assert_eq!(
+        wire::parse_parameter_description(&f[1].1).unwrap(),
+        vec![1009]
+    );
+}
+
+#[test]
+fn refusal_in_a_pipeline_keeps_protocol_order() {
+    let mut h = harness();
+    let (up, cl) = h.client(&cat(&[
+        &parse("a", "SELECT 1", &[]),
+        &bind("", "a", &[], &[], &[]),
+        &execute("", 0),
+        &parse("b", "SELECT email FROM patients ORDER BY email", &[]),
+        &bind("", "b", &[], &[], &[]),
+        &execute("", 0),
+        &simple(b'S'),
+        &query("SELECT 2"),
+    ]));
+    assert!(cl.is_empty());
+    // First statement as sent (plus the proxy's Describe), then a decoy Parse, nothing until Sync.
+    assert_eq!(tags(&up), "PBDEPSQ");
+    let f = frames(&up);
+    let decoy = ParseMsg::parse(&f[4].1).unwrap();
+    assert_eq!(decoy.name, "b");
+    assert!(!decoy.query.contains("patients"));
+    let cl = h.server(&cat(&[
+        &simple(b'1'),
+        &simple(b'2'),
+        &row_description(&[field("?column?", 0, 0, 23, 0)]),
+        &data_row(&[Some(b"1")]),
+        &complete("SELECT 1"),
+        &error("42601"),
+        &ready(b'I'),
+        &row_description(&[field("?column?", 0, 0, 23, 0)]),
+        &data_row(&[Some(b"2")]),
+        &complete("SELECT 1"),
+        &ready(b'I'),
+    ]));
+    assert_eq!(tags(&cl), "12DCEZTDCZ");
+    let f = frames(&cl);
+    let (code, msg) = error_of(&f[4].1);
+    assert_eq!(code, "0A000");
+    assert!(msg.contains("email"), "{msg}");
+}
+
+#[test]
+fn upstream_error_earlier_in_the_batch_suppresses_the_refusal() {
+    let mut h = harness();
+    let (up, _) = h.client(&cat(&[
+        &parse("a", "SELECT nope", &[]),
+        &parse("b", "SELECT email FROM patients ORDER BY email", &[]),
+        &simple(b'S'),
+    ]));
+    assert_eq!(tags(&up), "PPS");
+    let cl = h.server(&cat(&[&error("42703"), &ready(b'I')]));
+    assert_eq!(tags(&cl), "EZ");
+    assert_eq!(error_of(&frames(&cl)[0].1).0, "42703");
+}
+
+#[test]
+fn simple_refusal_answers_in_order_with_upstream_status() {
+    let mut h = harness();
+    let (up, cl) = h.client(&query("SELECT email FROM patients ORDER BY email"));
+    assert!(cl.is_empty());
+    let sql = wire::parse_query(&frames(&up)[0].1).unwrap().to_owned();
+    assert!(!sql.contains("patients"));
+    let cl = h.server(&cat(&[&error("42601"), &ready(b'E')]));
+    assert_eq!(tags(&cl), "EZ");
+    let f = frames(&cl);
+    assert_eq!(error_of(&f[0].1).0, "0A000");
+    assert_eq!(f[1].1, vec![b'E']);
+}
+
+#[test]
+fn bad_parameter_value_is_refused_without_forwarding_it() {
+    let mut h = harness();
+    let (up, _) = h.client(&cat(&[
+        &parse("", "INSERT INTO patients (id, ssn) VALUES ($1, $2)", &[]),
+        &bind(
+            "",
+            "",
+            &[],
+            &[Some(b"1"), Some(b"secret-not-a-number")],
+            &[],
+        ),
+        &execute("", 0),
+        &simple(b'S'),
+    ]));
+    assert_eq!(tags(&up), "PBS");
+    assert!(!contains(&up, b"secret-not-a-number"));
+    let f = frames(&up);
+    let b = BindMsg::parse(&f[1].1).unwrap();
+    assert!(b.params.is_empty());
+    let cl = h.server(&cat(&[&simple(b'1'), &error("26000"), &ready(b'I')]));
+    assert_eq!(tags(&cl), "1EZ");
+    let (code, msg) = error_of(&frames(&cl)[1].1);
+    assert_eq!(code, "22P02");
+    assert!(msg.contains("public.patients.ssn"), "{msg}");
+    assert!(!msg.contains("secret"), "{msg}");
+}
+
+#[test]
+fn bad_literal_is_refused() {
+    let mut h = harness();
+    let (up, _) = h.client(&query(
+        "INSERT INTO patients (id, ssn) VALUES (1, 'zzz-secret')",
+    ));
+    assert!(!contains(&up, b"zzz-secret"));
+    let cl = h.server(&cat(&[&error("42601"), &ready(b'I')]));
+    assert_eq!(error_of(&frames(&cl)[0].1).0, "22P02");
+}
+
+#[test]
+fn tampered_value_is_xx001_and_the_session_continues() {
+    let mut h = harness();
+    let mut email = h.seal("patients", "email", "dave@example.com");
+    let last = email.len() - 1;
+    email[last] ^= 1;
+    let good = h.seal("patients", "email", "eve@example.com");
+    h.client(&query("SELECT email FROM patients"));
+    let desc = row_description(&[field("email", PATIENTS, 2, 17, 0)]);
+    let cl = h.server(&cat(&[
+        &desc,
+        &data_row(&[Some(&hex_text(&good))]),
+        &data_row(&[Some(&hex_text(&email))]),
+        &data_row(&[Some(&hex_text(&good))]),
+        &complete("SELECT 3"),
+        &ready(b'I'),
+    ]));
+    assert_eq!(tags(&cl), "TDEZ");
+    let f = frames(&cl);
+    let (code, msg) = error_of(&f[2].1);
+    assert_eq!(code, "XX001");
+    assert!(msg.contains("public.patients.email"), "{msg}");
+    assert!(!contains(&cl, &hex_text(&email)));
+    // Garbage that is not even hex, then the session goes on.
+    h.client(&query("SELECT email FROM patients"));
+    let cl = h.server(&cat(&[
+        &desc,
+        &data_row(&[Some(b"garbage")]),
+        &complete("SELECT 1"),
+        &ready(b'I'),
+    ]));
+    assert_eq!(tags(&cl), "TEZ");
+    h.client(&query("SELECT email FROM patients"));
+    let cl = h.server(&cat(&[
+        &desc,
+        &data_row(&[Some(&hex_text(&good))]),
+        &complete("SELECT 1"),
+        &ready(b'I'),
+    ]));
+    assert_eq!(tags(&cl), "TDCZ");
+    assert!(contains(&cl, b"eve@example.com"));
+}
+
+#[test]
+fn value_moved_between_columns_is_refused() {
+    let mut h = harness();
+    let notes = h.seal("patients", "notes", "secret note");
+    h.client(&query("SELECT email FROM patients"));
+    let mut moved = h.tag("email", "x");
+    moved.extend_from_slice(&notes);
+    let cl = h.server(&cat(&[
+        &row_description(&[field("email", PATIENTS, 2, 17, 1)]),
+        &data_row(&[Some(&moved)]),
+        &ready(b'I'),
+    ]));
+    assert_eq!(tags(&cl), "TEZ");
+    assert!(!contains(&cl, b"secret note"));
+}
+
+#[test]
+fn portal_with_row_limit_and_suspension() {
+    let mut h = harness();
+    let a = h.seal("patients", "email", "a@x");
+    let b = h.seal("patients", "email", "b@x");
+    let (up, _) = h.client(&cat(&[
+        &parse("", "SELECT email FROM patients", &[]),
+        &bind("c", "", &[], &[], &[0]),
+        &describe(b'P', "c"),
+        &execute("c", 1),
+        &simple(b'H'),
+    ]));
+    assert_eq!(tags(&up), "PBDEH");
+    let cl = h.server(&cat(&[
+        &simple(b'1'),
+        &simple(b'2'),
+        &row_description(&[field("email", PATIENTS, 2, 17, 0)]),
+        &data_row(&[Some(&hex_text(&a))]),
+        &simple(b's'),
+    ]));
+    assert_eq!(tags(&cl), "12TDs");
+    assert!(contains(&cl, b"a@x"));
+    let (up, _) = h.client(&cat(&[&execute("c", 1), &simple(b'S')]));
+    assert_eq!(tags(&up), "ES");
+    let cl = h.server(&cat(&[
+        &data_row(&[Some(&hex_text(&b))]),
+        &complete("SELECT 1"),
+        &ready(b'T'),
+    ]));
+    assert_eq!(tags(&cl), "DCZ");
+    assert!(contains(&cl, b"b@x"));
+}
+
+#[test]
+fn cursor_fetch_in_simple_protocol_is_decrypted() {
+    let mut h = harness();
+    let a = h.seal("patients", "ssn", "99");
+    h.client(&query("DECLARE c CURSOR FOR SELECT ssn FROM patients"));
+    h.server(&cat(&[&complete("DECLARE CURSOR"), &ready(b'T')]));
+    let (up, _) = h.client(&query("FETCH 1 FROM c"));
+    assert_eq!(tags(&up), "Q");
+    let cl = h.server(&cat(&[
+        &row_description(&[field("ssn", PATIENTS, 3, 17, 0)]),
+        &data_row(&[Some(&hex_text(&a))]),
+        &complete("FETCH 1"),
+        &ready(b'T'),
+    ]));
+    let f = frames(&cl);
+    assert_eq!(
+        wire::parse_data_row(&f[1].1).unwrap(),
+        vec![Some(&b"99"[..])]
+    );
+}
+
+#[test]
+fn unprotected_results_are_forwarded_byte_for_byte() {
+    let mut h = harness();
+    h.client(&query("SELECT data FROM plain"));
+    let input = cat(&[
+        &row_description(&[field("data", 99999, 1, 17, 0)]),
+        &data_row(&[Some(b"\\x00")]),
+        &complete("SELECT 1"),
+        &ready(b'I'),
+    ]);
+    let cl = h.server(&input);
+    assert_eq!(&cl[..], &input[..]);
+}
+
+/// Samples of every logical type in PostgreSQL text format.
+fn sample(ty: LogicalType) -> &'static str {
+    match ty {
+        LogicalType::Text | LogicalType::Varchar => "héllo",
+        LogicalType::Int2 => "-12",
+        LogicalType::Int4 => "123456",
+        LogicalType::Int8 => "-9000000000",
+        LogicalType::Bool => "t",
+        LogicalType::Float8 => "1.5",
+        LogicalType::Numeric => "12.340",
+        LogicalType::Date => "2024-02-29",
+        LogicalType::Timestamp => "2024-02-29 12:34:56.789",
+        LogicalType::TimestampTz => "2024-02-29 12:34:56+00",
+        LogicalType::Uuid => "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+        LogicalType::Jsonb => r#"{"a": [1, 2]}"#,
+        _ => "\\x00ff",
+    }
+}
+
+#[test]
+fn every_type_renders_in_text_and_binary() {
+    let h = harness();
+    for ty in LogicalType::ALL {
+        let name = typed_name(ty);
+        let c = h.column("typed", &name);
+        let value = ty.parse_text(sample(ty)).unwrap();
+        let stored = h.seal("typed", &name, sample(ty));
+        let mut want_bin = Vec::new();
+        value.write_binary(&mut want_bin);
+        let mut want_text = Vec::new();
+        value.write_text(&mut want_text);
+        for (format, cell, want) in [
+            (1i16, stored.clone(), &want_bin),
+            (0, hex_text(&stored), &want_text),
+        ] {
+            let plan = RowPlan::new(vec![None, Some(c.clone())], vec![0, format]);
+            let body = data_row(&[Some(b"x"), Some(&cell)]);
+            let mut out = BytesMut::new();
+            h.factory
+                .decrypt_data_row(&plan, &body[5..], &mut out)
+                .unwrap();
+            let row = wire::parse_data_row(&out[5..]).unwrap();
+            assert_eq!(row[0], Some(&b"x"[..]));
+            assert_eq!(row[1], Some(&want[..]), "{ty} format {format}");
+            // The client's binary value parses back to the same value.
+            if format == 1 {
+                assert_eq!(ty.parse_binary(row[1].unwrap()).unwrap(), value, "{ty}");
+            }
+        }
+        // Through the session: RowDescription carries the logical type and typlen.
+        let mut s = h.factory.create(&info("app"));
+        let mut up = BytesMut::new();
+        let mut cl = BytesMut::new();
+        let q = query(&format!("SELECT {name} FROM typed"));
+        s.on_frontend(
+            Frame::new(q.freeze()),
+            &mut Outbox {
+                to_upstream: &mut up,
+                to_client: &mut cl,
+            },
+        )
+        .unwrap();
+        let rd = row_description(&[field(&name, TYPED, ty_attnum(ty), 17, 1)]);
+        s.on_backend(
+            Frame::new(rd.freeze()),
+            &mut Outbox {
+                to_upstream: &mut up,
+                to_client: &mut cl,
+            },
+        )
+        .unwrap();
+        let d = data_row(&[Some(&stored)]);
+        s.on_backend(
+            Frame::new(d.freeze()),
+            &mut Outbox {
+                to_upstream: &mut up,
+                to_client: &mut cl,
+            },
+        )
+        .unwrap();
+        let f = frames(&cl);
+        let fd = &wire::parse_row_description(&f[0].1).unwrap()[0];
+        assert_eq!(
+            (fd.type_oid, fd.typlen, fd.typmod),
+            (ty.oid(), cells::typlen(ty), -1)
+        );
+        assert_eq!(
+            wire::parse_data_row(&f[1].1).unwrap()[0],
+            Some(&want_bin[..])
+        );
+    }
+}
+
+fn ty_attnum(ty: LogicalType) -> i16 {
+    LogicalType::ALL.iter().position(|t| *t == ty).unwrap() as i16 + 1
+}
+
+#[test]
+fn plan_cache_returns_the_same_outcome() {
+    let h = harness();
+    let sp = vec!["public".to_owned()];
+    let a = h
+        .factory
+        .plan("SELECT id FROM patients WHERE email = $1", &sp);
+    let b = h
+        .factory
+        .plan("SELECT id FROM patients WHERE email = $1", &sp);
+    assert!(Arc::ptr_eq(&a, &b));
+    assert!(h.factory.shared.cache.len() == 1);
+    let c = h.factory.plan("SELECT 1", &sp);
+    assert!(matches!(&*c, Ok(crate::rewrite::Plan::PassThrough)));
+    assert_eq!(
+        h.factory.shared.cache.len(),
+        1,
+        "unmentioned statements are not cached"
+    );
+}
+
+#[test]
+fn set_search_path_is_followed() {
+    let mut h = harness();
+    // With search_path = other, "patients" does not resolve to the protected table.
+    h.client(&query("SET search_path TO other"));
+    h.server(&cat(&[&complete("SET"), &ready(b'I')]));
+    let q = query("SELECT id FROM patients WHERE email = 'x'");
+    let (up, _) = h.client(&q);
+    assert_eq!(&up[..], &q[..]);
+    h.server(&cat(&[&complete("SELECT 0"), &ready(b'I')]));
+    h.client(&query("RESET search_path"));
+    h.server(&cat(&[&complete("RESET"), &ready(b'I')]));
+    let (up, _) = h.client(&q);
+    assert_ne!(&up[..], &q[..]);
+}
+
+#[test]
+fn undecodable_bind_is_answered_in_order_without_forwarding() {
+    let mut h = harness();
+    let mut b = BytesMut::new();
+    put_message(&mut b, b'B', |b| {
+        b.put_slice(&[0, 0, 0, 0, 0, 1, 0, 0, 0, 9, b'x'])
+    });
+    let (up, cl) = h.client(&cat(&[
+        &parse("", "SELECT $1::text", &[]),
+        &b,
+        &execute("", 0),
+        &simple(b'S'),
+    ]));
+    assert!(cl.is_empty());
+    assert_eq!(tags(&up), "PBS");
+    let f = frames(&up);
+    assert_eq!(
+        BindMsg::parse(&f[1].1).unwrap().statement,
+        super::session::DECOY_STATEMENT
+    );
+    let cl = h.server(&cat(&[&simple(b'1'), &error("26000"), &ready(b'I')]));
+    assert_eq!(tags(&cl), "1EZ");
+    assert_eq!(error_of(&frames(&cl)[1].1).0, "08P01");
+}
+
+#[test]
+fn copy_in_with_sync_sent_early_keeps_the_queue_aligned() {
+    let mut h = harness();
+    // tokio-postgres: Bind, Execute, Sync, then the data, CopyDone, Sync. The server ignores
+    // the first Sync (copy-in mode) and answers one ReadyForQuery.
+    h.client(&cat(&[
+        &parse("s", "COPY plain FROM STDIN", &[]),
+        &describe(b'S', "s"),
+        &simple(b'S'),
+    ]));
+    let mut pd = BytesMut::new();
+    wire::write_parameter_description(&mut pd, &[]);
+    h.server(&cat(&[&simple(b'1'), &pd, &simple(b'n'), &ready(b'I')]));
+    let mut copy_data = BytesMut::new();
+    put_message(&mut copy_data, b'd', |b| b.put_slice(b"1\t\\x00\n"));
+    let (up, _) = h.client(&cat(&[
+        &bind("", "s", &[], &[], &[]),
+        &execute("", 0),
+        &simple(b'S'),
+    ]));
+    assert_eq!(tags(&up), "BES");
+    let mut g = BytesMut::new();
+    put_message(&mut g, b'G', |b| {
+        b.put_u8(0);
+        b.put_i16(0);
+    });
+    let cl = h.server(&cat(&[&simple(b'2'), &g]));
+    assert_eq!(tags(&cl), "2G");
+    h.client(&cat(&[&copy_data, &simple(b'c'), &simple(b'S')]));
+    let cl = h.server(&cat(&[&complete("COPY 1"), &ready(b'I')]));
+    assert_eq!(tags(&cl), "CZ");
+    // The next batch lines up: its NoData reaches the client.
+    h.client(&cat(&[
+        &parse("t", "SELECT 1", &[]),
+        &describe(b'S', "t"),
+        &simple(b'S'),
+    ]));
+    let cl = h.server(&cat(&[&simple(b'1'), &pd, &simple(b'n'), &ready(b'I')]));
+    assert_eq!(tags(&cl), "1tnZ");
+    let (up, _) = h.client(&cat(&[
+        &bind("", "t", &[], &[], &[]),
+        &execute("", 0),
+        &simple(b'S'),
+    ]));
+    assert_eq!(
+        tags(&up),
+        "BES",
+        "no Describe injected: the statement was described"
+    );
+}
+
+/// A catalog that counts refreshes and learns a table on the first one.
+struct LearningCatalog {
+    before: Arc<CatalogSnapshot>,
+    after: Arc<CatalogSnapshot>,
+    refreshes: std::sync::atomic::AtomicUsize,
+}
+
+impl crate::catalog::CatalogSource for LearningCatalog {
+    fn snapshot(&self) -> Arc<CatalogSnapshot> {
+        if self.refreshes.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            self.before.clone()
+        } else {
+            self.after.clone()
+        }
+    }
+    fn refresh(&self) -> Result<Arc<CatalogSnapshot>, crate::catalog::CatalogError> {
+        self.refreshes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(self.after.clone())
+    }
+}
+
+#[test]
+fn unknown_table_oid_refreshes_the_catalog_once() {
+    let h = harness();
+    let rel = [("public".to_owned(), "patients".to_owned())];
+    let cols = vec![(2i16, "email".to_owned())];
+    let before = Arc::new(CatalogSnapshot::new(1, rel.clone(), [], &h.schema));
+    let after = Arc::new(CatalogSnapshot::new(
+        2,
+        rel,
+        [(PATIENTS, "public".to_owned(), "patients".to_owned(), cols)],
+        &h.schema,
+    ));
+    let catalog = Arc::new(LearningCatalog {
+        before,
+        after,
+        refreshes: Default::default(),
+    });
+    let factory = EncryptionFactory::new(
+        h.schema.clone(),
+        "app".into(),
+        h.keys.clone(),
+        catalog.clone(),
+    );
+    let mut h2 = Harness {
+        session: factory.create(&info("app")),
+        factory,
+        keys: h.keys.clone(),
+        schema: h.schema.clone(),
+    };
+    let stored = h2.seal("patients", "email", "x@y");
+    for _ in 0..2 {
+        h2.client(&query("SELECT email, data FROM patients, plain"));
+        let cl = h2.server(&cat(&[
+            &row_description(&[
+                field("email", PATIENTS, 2, 17, 0),
+                field("data", 777, 1, 17, 0),
+            ]),
+            &data_row(&[Some(&hex_text(&stored)), Some(b"\\x00")]),
+            &complete("SELECT 1"),
+            &ready(b'I'),
+        ]));
+        assert!(contains(&cl, b"x@y"));
+    }
+    assert_eq!(
+        catalog.refreshes.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    // Another session does not refresh again for the unprotected table 777.
+    let mut s = h2.factory.create(&info("app"));
+    std::mem::swap(&mut s, &mut h2.session);
+    h2.client(&query("SELECT data FROM plain"));
+    h2.server(&cat(&[
+        &row_description(&[field("data", 777, 1, 17, 0)]),
+        &ready(b'I'),
+    ]));
+    assert_eq!(
+        catalog.refreshes.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+}
