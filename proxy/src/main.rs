@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use pgseal_proxy::catalog::verify::{self, Severity};
-use pgseal_proxy::catalog::CatalogConnector;
+use pgseal_proxy::catalog::{CatalogConnector, UpstreamCatalog};
+use pgseal_proxy::encrypt::EncryptionFactory;
+use pgseal_proxy::keys::{KeySource, KeyserverKeys};
+use pgseal_proxy::session::InterceptorFactory;
 use pgseal_proxy::config::{EncryptionSettings, Resolved};
 use pgseal_proxy::{Config, PassThrough, Server};
 
@@ -147,6 +150,50 @@ fn schema(resolved: &Resolved) -> Result<()> {
     Ok(())
 }
 
+/// The interceptor factory `serve` runs with, and what must stay alive as long as it does.
+struct Interceptors {
+    factory: Arc<dyn InterceptorFactory>,
+    /// The keyserver-backed key source (its follower thread stops when dropped).
+    _keys: Option<Arc<KeyserverKeys>>,
+}
+
+/// Pass-through without `[[columns]]`; otherwise the encryption layer with keys from the keyserver
+/// and the upstream catalog. Either missing at start-up is fatal: never serve protected columns
+/// without encryption.
+fn interceptors(resolved: &Resolved) -> Result<Interceptors> {
+    let Some(settings) = &resolved.encryption else {
+        return Ok(Interceptors {
+            factory: Arc::new(PassThrough),
+            _keys: None,
+        });
+    };
+    let keys = KeyserverKeys::start(&settings.keyserver, &settings.schema)
+        .with_context(|| format!("keyserver {}", settings.keyserver.url))?;
+    let catalog = UpstreamCatalog::start(resolved, settings).with_context(|| {
+        format!(
+            "catalog of database {:?} (encryption.catalog_user {:?})",
+            settings.database, settings.catalog_user
+        )
+    })?;
+    tracing::info!(
+        columns = settings.schema.columns().count(),
+        database = %settings.database,
+        keyserver = %settings.keyserver.url,
+        "encryption enabled"
+    );
+    let key_source: Arc<dyn KeySource> = keys.clone();
+    let factory = EncryptionFactory::new(
+        settings.schema.clone(),
+        settings.database.clone(),
+        key_source,
+        catalog,
+    );
+    Ok(Interceptors {
+        factory: Arc::new(factory),
+        _keys: Some(keys),
+    })
+}
+
 fn main() -> Result<()> {
     let (cmd, path) = parse_args()?;
     let filter = std::env::var("PGSEAL_LOG")
@@ -165,15 +212,8 @@ fn main() -> Result<()> {
         "check" => check(&path, resolved),
         "schema" => schema(&resolved),
         "serve" => {
-            // encryption: the encryption interceptor (UpstreamCatalog::start + keys + encrypt)
-            // is wired here; until then refuse to serve protected columns in plaintext.
-            if resolved.encryption.is_some() {
-                bail!(
-                    "{}: [[columns]] are configured but this build does not wire the encryption layer yet; refusing to serve them in plaintext",
-                    path.display()
-                );
-            }
-            let server = Server::bind_sync(resolved, Arc::new(PassThrough))?;
+            let interceptors = interceptors(&resolved)?;
+            let server = Server::bind_sync(resolved, interceptors.factory)?;
             tracing::info!(
                 listen = ?server.local_addr(),
                 metrics = ?server.metrics_addr(),

@@ -211,12 +211,17 @@ fn check_and_schema_without_a_reachable_upstream() {
 }
 
 #[test]
-fn serve_refuses_columns_until_encryption_is_wired() {
+fn serve_with_columns_fails_at_start_without_a_keyserver() {
+    // With [[columns]] the proxy must get its keys before it listens: a keyserver it cannot use
+    // (here: unusable certificate files, nothing listening) stops start-up with a message
+    // naming the keyserver, instead of serving protected columns without encryption.
     let dir = tempfile::tempdir().unwrap();
     let p = config(dir.path(), &with_columns(dir.path()));
     let out = run("serve", &p);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("plaintext"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("keyserver"), "{stderr}");
+    assert!(!stderr.contains("listening"), "{stderr}");
     let out = Command::new(BIN).arg("--help").output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
