@@ -364,17 +364,17 @@ print("inserted")
     // Stored form: equal values share the 16-byte blind index of an indexed column but not the
     // (randomised) envelope; a text envelope is 1 + 4 + 12 + (1 + len) + 16 bytes.
     let int8_cells = env.stored_cells("public.rt", "c_int8");
-    assert_eq!(int8_cells.len(), 2);
     assert_eq!(
-        int8_cells[0][..16],
-        int8_cells[1][..16],
-        "blind index of equal values"
+        int8_cells.len(),
+        3,
+        "three rows hold the same int8 (counted above)"
     );
-    assert_ne!(
-        int8_cells[0][16..],
-        int8_cells[1][16..],
-        "envelopes of equal values"
-    );
+    for (i, a) in int8_cells.iter().enumerate() {
+        for b in &int8_cells[i + 1..] {
+            assert_eq!(a[..16], b[..16], "blind index of equal values");
+            assert_ne!(a[16..], b[16..], "envelopes of equal values");
+        }
+    }
     for cell in env.stored_cells("public.rt", "c_text") {
         assert_eq!(cell.len(), 1 + 4 + 12 + 1 + t.len() + 16);
     }
@@ -800,7 +800,8 @@ async fn refusals_are_not_forwarded() {
                 "SELECT id FROM people WHERE name ~ '{}'",
                 secret(&mut s, "m")
             ),
-            &["0A000"],
+            // The issue allows either: the analyser reports an operator on ciphertext as 42883.
+            &["0A000", "42883"],
             "public.people.name",
         ),
         (

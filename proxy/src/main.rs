@@ -6,10 +6,10 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use pgseal_proxy::catalog::verify::{self, Severity};
 use pgseal_proxy::catalog::{CatalogConnector, UpstreamCatalog};
+use pgseal_proxy::config::{EncryptionSettings, Resolved};
 use pgseal_proxy::encrypt::EncryptionFactory;
 use pgseal_proxy::keys::{KeySource, KeyserverKeys};
 use pgseal_proxy::session::InterceptorFactory;
-use pgseal_proxy::config::{EncryptionSettings, Resolved};
 use pgseal_proxy::{Config, PassThrough, Server};
 
 const USAGE: &str = "usage: pgseal-proxy <serve|check|schema> --config FILE\n\

@@ -29,7 +29,8 @@ pub(crate) fn protected_tables_filter(schema: &ProtectedSchema) -> String {
 }
 
 /// The query text: relations, then `(oid, schema, table, attnum, attname)` of non-dropped
-/// attributes of the protected tables.
+/// attributes of the protected tables, then every schema name (CREATE TABLE of an unqualified
+/// name goes to the first existing schema of the search_path).
 pub(crate) fn snapshot_sql(schema: &ProtectedSchema) -> String {
     format!(
         "{RELATIONS_SQL}; \
@@ -37,7 +38,8 @@ pub(crate) fn snapshot_sql(schema: &ProtectedSchema) -> String {
          FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
          JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
          WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND {} \
-         ORDER BY c.oid, a.attnum",
+         ORDER BY c.oid, a.attnum; \
+         SELECT nspname FROM pg_catalog.pg_namespace",
         protected_tables_filter(schema)
     )
 }
@@ -62,8 +64,10 @@ pub(crate) fn snapshot_from_rows(
     results: &[Rows],
     schema: &ProtectedSchema,
 ) -> Result<CatalogSnapshot, CatalogError> {
-    let [relations, attributes] = results else {
-        return Err(bad("expected two result sets"));
+    let (relations, attributes, namespaces) = match results {
+        [r, a] => (r, a, None),
+        [r, a, n] => (r, a, Some(n)),
+        _ => return Err(bad("expected three result sets")),
     };
     let relations = relations
         .iter()
@@ -84,7 +88,17 @@ pub(crate) fn snapshot_from_rows(
             )),
         }
     }
-    Ok(CatalogSnapshot::new(generation, relations, tables, schema))
+    let snapshot = CatalogSnapshot::new(generation, relations, tables, schema);
+    match namespaces {
+        Some(rows) => {
+            let names = rows
+                .iter()
+                .map(|r| Ok(field(r, 0)?.to_owned()))
+                .collect::<Result<Vec<_>, CatalogError>>()?;
+            Ok(snapshot.with_schemas(names))
+        }
+        None => Ok(snapshot),
+    }
 }
 
 /// Runs the catalog queries on `client` and builds a snapshot with `generation`.
@@ -140,6 +154,42 @@ mod tests {
         assert!(snap.protected_at(100, 3).is_some());
         assert!(snap.protected_at(100, 1).is_none());
         assert!(snap.knows_oid(100));
+    }
+
+    #[test]
+    fn schemas_decide_where_an_unqualified_create_goes() {
+        use crate::rewrite::{rewrite, Plan, TableResolver};
+        let nsp = vec![vec![s("public")], vec![s("pg_catalog")]];
+        let snap = snapshot_from_rows(1, &[vec![], vec![], nsp], &schema()).unwrap();
+        assert!(snap.schema_exists("public") && !snap.schema_exists("alice"));
+        let known = snapshot_from_rows(1, &[vec![], vec![]], &schema()).unwrap();
+        assert!(
+            known.schema_exists("alice"),
+            "unknown schema list: assume it exists"
+        );
+        // search_path "$user", public for user alice, who has no schema: the table is created in
+        // public, so its protected columns must become bytea.
+        let mut cols = ProtectedSchema::new();
+        cols.insert(ProtectedColumn {
+            id: ColumnId::new("public", "people", "email").unwrap(),
+            ty: LogicalType::Text,
+            keyring: "k".into(),
+            index: None,
+        });
+        let path = vec!["alice".to_owned(), "public".to_owned()];
+        let snap = CatalogSnapshot::new(1, Vec::new(), Vec::new(), &cols)
+            .with_schemas(["public".to_owned()]);
+        match rewrite(
+            "CREATE TABLE people (id int, email text)",
+            &cols,
+            &snap,
+            &path,
+        ) {
+            Ok(Plan::Rewrite(p)) => {
+                assert!(p.debug_sql().contains("email BYTEA"), "{}", p.debug_sql())
+            }
+            other => panic!("not rewritten: {other:?}"),
+        }
     }
 
     #[test]

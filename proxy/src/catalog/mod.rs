@@ -50,6 +50,8 @@ pub struct CatalogSnapshot {
     by_oid: HashMap<u32, TableInfo>,
     /// Monotonic generation, bumped by every refresh.
     generation: u64,
+    /// Every schema that exists, when known (None: assume any schema exists).
+    schemas: Option<BTreeSet<String>>,
 }
 
 impl CatalogSnapshot {
@@ -83,7 +85,14 @@ impl CatalogSnapshot {
             tables: relations.into_iter().collect(),
             by_oid,
             generation,
+            schemas: None,
         }
+    }
+
+    /// The same snapshot, knowing which schemas exist.
+    pub fn with_schemas(mut self, schemas: impl IntoIterator<Item = String>) -> Self {
+        self.schemas = Some(schemas.into_iter().collect());
+        self
     }
 
     /// The protected column at `(table_oid, attnum)` (RowDescription fields), if any.
@@ -124,6 +133,10 @@ impl TableResolver for CatalogSnapshot {
                 .then(|| (schema.clone(), table.clone())),
             _ => None,
         }
+    }
+
+    fn schema_exists(&self, schema: &str) -> bool {
+        self.schemas.as_ref().is_none_or(|s| s.contains(schema))
     }
 }
 

@@ -87,7 +87,11 @@ impl<'a> Ctx<'a> {
             [t] => self
                 .search_path
                 .iter()
-                .find(|s| s.as_str() != "pg_catalog" && !s.starts_with('$'))
+                .find(|s| {
+                    s.as_str() != "pg_catalog"
+                        && !s.starts_with('$')
+                        && self.resolver.schema_exists(s)
+                })
                 .map(|s| (s.clone(), t.clone())),
             [s, t] | [_, s, t] => Some((s.clone(), t.clone())),
             _ => None,

@@ -120,6 +120,12 @@ pub trait TableResolver {
     /// `[schema, table]` or `[database, schema, table]`. Returns `(schema, table)` of the
     /// existing table, or None if no such table exists.
     fn resolve(&self, name_parts: &[String], search_path: &[String]) -> Option<(String, String)>;
+
+    /// Whether `schema` exists (CREATE of an unqualified name uses the first existing schema of
+    /// the search_path, like PostgreSQL). Resolvers that do not know answer true.
+    fn schema_exists(&self, _schema: &str) -> bool {
+        true
+    }
 }
 
 /// A [`TableResolver`] over a fixed set of existing tables (tests, and the catalog snapshot).
