@@ -6,6 +6,14 @@
 //! (about 1 minute, CI). Prints a table; figures are not asserted. The proxy runs as a separate
 //! process: this benchmark binary re-executes itself in proxy mode, so the proxy is built with
 //! the bench (release) profile and its memory can be read from /proc.
+//!
+//! Then, unless `--no-encrypted`: the encryption overhead. Two tables through the same proxy, one with
+//! three protected columns (`a int8` with an equality index, `b text`, `c date`) and an identical
+//! plaintext one; pgbench custom scripts for a point lookup by `a` and for an insert, at `-c 8 -j 2` in
+//! `-M simple|extended|prepared`; prints encrypted/plain TPS. The proxy gets its keys from
+//! [`pgseal_proxy::keys::StaticKeys`] (the keyserver is not on the per-statement path: keys are cached)
+//! and its catalog from the upstream like `pgseal-proxy serve`. `--encrypted-only` skips the
+//! pass-through section.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 #[path = "../tests/support/mod.rs"]
@@ -13,6 +21,7 @@ mod support;
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
+use std::sync::Arc;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -26,6 +35,10 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("__serve_proxy") {
         serve_proxy(Path::new(&args[2]));
+        return;
+    }
+    if args.get(1).map(String::as_str) == Some("__serve_proxy_encrypted") {
+        serve_proxy_encrypted(Path::new(&args[2]));
         return;
     }
     // `cargo test --all-targets` runs benches without `--bench`: do nothing then.
@@ -49,6 +62,8 @@ fn main() {
         rounds: if short { 1 } else { 3 },
         short,
         proxy_workers: opt("--proxy-workers").map(|v| v.parse().unwrap()),
+        encrypted: !args.iter().any(|a| a == "--no-encrypted"),
+        pass_through: !args.iter().any(|a| a == "--encrypted-only"),
     };
     if let Some(v) = opt("--rounds") {
         plan.rounds = v.parse().unwrap();
@@ -62,11 +77,17 @@ fn main() {
     if let Some(v) = opt("--clients") {
         plan.clients = v.split(',').map(|c| c.parse().unwrap()).collect();
     }
-    run(&plan);
+    if plan.pass_through {
+        run(&plan);
+    }
+    if plan.encrypted {
+        run_encrypted(&plan);
+    }
 }
 
 /// What to run: `--short`, `--secs N` (per round), `--rounds N`, `--modes
-/// simple,extended,prepared`, `--clients 1,8`, `--proxy-workers N`.
+/// simple,extended,prepared`, `--clients 1,8`, `--proxy-workers N`, `--no-encrypted`,
+/// `--encrypted-only`.
 struct Plan {
     secs: u32,
     rounds: u32,
@@ -75,6 +96,8 @@ struct Plan {
     clients: Vec<u32>,
     short: bool,
     proxy_workers: Option<usize>,
+    encrypted: bool,
+    pass_through: bool,
 }
 
 /// Proxy mode: run pgseal-proxy from a config file until SIGTERM, like `pgseal-proxy serve`.
@@ -83,7 +106,7 @@ fn serve_proxy(config: &Path) {
     let threads = config.threads();
     let server = pgseal_proxy::Server::bind_sync(
         config.resolve().unwrap(),
-        std::sync::Arc::new(pgseal_proxy::PassThrough),
+        Arc::new(pgseal_proxy::PassThrough),
     )
     .unwrap();
     server
@@ -185,16 +208,21 @@ fn start_proxy(pg: &PgCluster, dir: &Path, workers: Option<usize>) -> (Killed, u
         ),
     )
     .unwrap();
+    (spawn_self("__serve_proxy", &cfg, port), port)
+}
+
+/// Runs this binary in proxy mode `mode` with config `cfg` and waits until `port` listens.
+fn spawn_self(mode: &str, cfg: &Path, port: u16) -> Killed {
     let child = Command::new(std::env::current_exe().unwrap())
-        .arg("__serve_proxy")
-        .arg(&cfg)
+        .arg(mode)
+        .arg(cfg)
         .env("BENCH_PROXY_PASSWORD", PASSWORD)
         .env("PGSEAL_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
     wait_port(port);
-    (Killed(child), port)
+    Killed(child)
 }
 
 #[derive(Clone, Copy, Default)]
@@ -217,11 +245,27 @@ fn cpu_ticks(pid: u32) -> u64 {
 }
 
 fn pgbench(port: u16, mode: &str, clients: u32, secs: u32, pid: Option<u32>) -> Run {
+    pgbench_script(port, mode, clients, secs, pid, None)
+}
+
+/// `pgbench -S`, or the custom script `script` (`-f`).
+fn pgbench_script(
+    port: u16,
+    mode: &str,
+    clients: u32,
+    secs: u32,
+    pid: Option<u32>,
+    script: Option<&Path>,
+) -> Run {
     let ticks_before = pid.map(cpu_ticks);
     let jobs = if clients > 1 { 2 } else { 1 };
     let out = Command::new(bindir().join("pgbench"))
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", USER])
-        .args(["-S", "-n", "-M", mode])
+        .args(match script {
+            Some(_) => vec!["-n", "-M", mode, "-f"],
+            None => vec!["-S", "-n", "-M", mode],
+        })
+        .args(script)
         .args(["-c", &clients.to_string(), "-j", &jobs.to_string()])
         .args(["-T", &secs.to_string(), DB])
         .env("PGPASSWORD", PASSWORD)
@@ -317,6 +361,18 @@ fn machine() -> String {
     format!("{cores} vCPU, {cpu}")
 }
 
+/// A fresh PostgreSQL with the benchmark role and database.
+fn start_pg(max_connections: u32) -> PgCluster {
+    let pg = PgCluster::start(PgOptions {
+        max_connections: Some(max_connections),
+        extra_conf: vec!["shared_buffers = 256MB".into()],
+        ..Default::default()
+    });
+    pg.create_role(USER, PASSWORD, "scram-sha-256");
+    pg.create_database(DB, USER);
+    pg
+}
+
 fn run(plan: &Plan) {
     let (secs, scale, short) = (plan.secs, plan.scale, plan.short);
     println!(
@@ -325,13 +381,7 @@ fn run(plan: &Plan) {
         plan.rounds,
         machine()
     );
-    let pg = PgCluster::start(PgOptions {
-        max_connections: Some(600),
-        extra_conf: vec!["shared_buffers = 256MB".into()],
-        ..Default::default()
-    });
-    pg.create_role(USER, PASSWORD, "scram-sha-256");
-    pg.create_database(DB, USER);
+    let pg = start_pg(600);
     let out = Command::new(bindir().join("pgbench"))
         .args(["-i", "-q", "-s", &scale.to_string()])
         .args(["-h"])
@@ -437,5 +487,192 @@ fn run(plan: &Plan) {
         println!("targets: all met");
     } else {
         println!("targets missed: {}", misses.join("; "));
+    }
+}
+
+const ENC_KEYRING: &str = "bench";
+
+/// Proxy mode with encryption: `public.enc.{a,b,c}` protected, keys from [`StaticKeys`], catalog
+/// from the upstream.
+fn serve_proxy_encrypted(config: &Path) {
+    use pgseal_proxy::catalog::UpstreamCatalog;
+    use pgseal_proxy::encrypt::EncryptionFactory;
+    use pgseal_proxy::keys::StaticKeys;
+    let config = pgseal_proxy::Config::from_file(config).unwrap();
+    let threads = config.threads();
+    let resolved = config.resolve().unwrap();
+    let enc = resolved.encryption.clone().expect("[[columns]] in the bench config");
+    let mut keyrings = std::collections::HashMap::new();
+    keyrings.insert(
+        ENC_KEYRING.to_string(),
+        vec![(1u32, pgseal_crypto::SecretKey::generate())],
+    );
+    let keys = Arc::new(StaticKeys::new(&enc.schema, &keyrings).unwrap());
+    let catalog = UpstreamCatalog::start(&resolved, &enc).unwrap();
+    let factory = EncryptionFactory::new(enc.schema.clone(), enc.database.clone(), keys, catalog);
+    let server = pgseal_proxy::Server::bind_sync(resolved, Arc::new(factory)).unwrap();
+    server
+        .run_threaded(threads, pgseal_proxy::shutdown::terminate_signal())
+        .unwrap();
+}
+
+fn start_proxy_encrypted(pg: &PgCluster, dir: &Path) -> (Killed, u16) {
+    let port = free_port();
+    // The [keyserver] section must name existing files; this mode does not contact it.
+    for f in ["ca.pem", "proxy.pem", "proxy-key.pem"] {
+        std::fs::write(dir.join(f), "unused by the benchmark\n").unwrap();
+    }
+    let cfg = dir.join("proxy-encrypted.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\n[upstream]\nhost = \"{sock}\"\nport = {pgport}\n\
+             [[users]]\nname = \"{USER}\"\npassword_env = \"BENCH_PROXY_PASSWORD\"\n\
+             [limits]\nmax_connections = 2000\n[shutdown]\ngrace_seconds = 1\n\
+             [encryption]\ndatabase = \"{DB}\"\ncatalog_user = \"{USER}\"\n\
+             [keyserver]\nurl = \"https://127.0.0.1:1\"\nca = \"{d}/ca.pem\"\ncert = \"{d}/proxy.pem\"\nkey = \"{d}/proxy-key.pem\"\n\
+             [[columns]]\ncolumn = \"public.enc.a\"\ntype = \"int8\"\nkeyring = \"{ENC_KEYRING}\"\nindex = true\n\
+             [[columns]]\ncolumn = \"public.enc.b\"\ntype = \"text\"\nkeyring = \"{ENC_KEYRING}\"\n\
+             [[columns]]\ncolumn = \"public.enc.c\"\ntype = \"date\"\nkeyring = \"{ENC_KEYRING}\"\n",
+            sock = pg.socket_dir().display(),
+            pgport = pg.port,
+            d = dir.display(),
+        ),
+    )
+    .unwrap();
+    (spawn_self("__serve_proxy_encrypted", &cfg, port), port)
+}
+
+/// Encrypted vs plaintext table through the same proxy: point lookup and insert.
+fn run_encrypted(plan: &Plan) {
+    let (secs, short) = (plan.secs, plan.short);
+    let rows: u32 = if short { 2_000 } else { 20_000 };
+    println!();
+    println!(
+        "encryption overhead ({} mode): pgbench custom scripts -c 8 -j 2 -T {secs} x {} interleaved rounds (median), {rows} rows per table; machine: {}",
+        if short { "short" } else { "full" },
+        plan.rounds,
+        machine()
+    );
+    let pg = start_pg(200);
+    // The protected table as `pgseal-proxy schema` would make it: bytea columns, the blind-index
+    // expression index on `a`.
+    pg.psql(
+        DB,
+        &format!(
+            "SET ROLE {USER};\
+             CREATE TABLE enc (id bigserial PRIMARY KEY, a bytea, b bytea, c bytea);\
+             CREATE INDEX enc_a_idx ON enc ((substring(a from 1 for 16)));\
+             CREATE TABLE plain (id bigserial PRIMARY KEY, a int8, b text, c date);\
+             CREATE INDEX plain_a_idx ON plain (a);"
+        ),
+    );
+    let work = tempfile::tempdir().unwrap();
+    let (proxy, port) = start_proxy_encrypted(&pg, work.path());
+    let pid = proxy.0.id();
+
+    // Fill both tables through the proxy (prepared INSERTs; the encrypted one is encrypted).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let conn_str =
+        format!("host=127.0.0.1 port={port} user={USER} password={PASSWORD} dbname={DB}");
+    rt.block_on(async {
+        let (c, conn) = tokio_postgres::connect(&conn_str, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        for table in ["enc", "plain"] {
+            let ins = c
+                .prepare(&format!(
+                    "INSERT INTO {table} (a, b, c) VALUES ($1, $2, '2024-05-01')"
+                ))
+                .await
+                .unwrap();
+            c.batch_execute("BEGIN").await.unwrap();
+            for k in 1..=i64::from(rows) {
+                c.execute(&ins, &[&k, &format!("note {k}")]).await.unwrap();
+            }
+            c.batch_execute("COMMIT").await.unwrap();
+        }
+        // Sanity: a lookup through the blind index finds the row and decrypts it.
+        let row = c
+            .query_one("SELECT a, b FROM enc WHERE a = $1", &[&7i64])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, i64>(0), 7);
+        assert_eq!(row.get::<_, String>(1), "note 7");
+    });
+    pg.psql(DB, "ANALYZE enc; ANALYZE plain;");
+
+    let script = |name: &str, body: String| {
+        let path = work.path().join(name);
+        std::fs::write(&path, body).unwrap();
+        path
+    };
+    let scripts = [
+        (
+            "lookup",
+            script(
+                "lookup-plain.sql",
+                format!("\\set k random(1, {rows})\nSELECT id, a, b, c FROM plain WHERE a = :k;\n"),
+            ),
+            script(
+                "lookup-enc.sql",
+                format!("\\set k random(1, {rows})\nSELECT id, a, b, c FROM enc WHERE a = :k;\n"),
+            ),
+        ),
+        (
+            "insert",
+            script(
+                "insert-plain.sql",
+                "\\set k random(1, 1000000000)\nINSERT INTO plain (a, b, c) VALUES (:k, 'note', '2024-05-01');\n".into(),
+            ),
+            script(
+                "insert-enc.sql",
+                "\\set k random(1, 1000000000)\nINSERT INTO enc (a, b, c) VALUES (:k, 'note', '2024-05-01');\n".into(),
+            ),
+        ),
+    ];
+    // Warm-up.
+    for (_, plain, enc) in &scripts {
+        pgbench_script(port, "prepared", 8, 1, None, Some(plain));
+        pgbench_script(port, "prepared", 8, 1, None, Some(enc));
+    }
+    println!();
+    println!("| script | mode | plain TPS (proxy) | encrypted TPS (proxy) | encrypted/plain | plain lat ms | encrypted lat ms | proxy CPU µs/tx plain | proxy CPU µs/tx encrypted | failed |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let mut misses = Vec::new();
+    for (name, plain, enc) in &scripts {
+        for mode in &plan.modes {
+            let mut runs: [Vec<Run>; 2] = Default::default();
+            for _ in 0..plan.rounds.max(1) {
+                runs[0].push(pgbench_script(port, mode, 8, secs, Some(pid), Some(plain)));
+                runs[1].push(pgbench_script(port, mode, 8, secs, Some(pid), Some(enc)));
+            }
+            let [p, e] = runs.map(median);
+            let ratio = e.tps / p.tps;
+            println!(
+                "| {name} | {mode} | {:.0} | {:.0} | {ratio:.2} | {:.3} | {:.3} | {:.1} | {:.1} | {} |",
+                p.tps,
+                e.tps,
+                p.latency_ms,
+                e.latency_ms,
+                p.cpu_us_per_tx,
+                e.cpu_us_per_tx,
+                p.failed + e.failed
+            );
+            if mode != "simple" && ratio < 0.85 {
+                misses.push(format!("{name} {mode}: encrypted/plain {ratio:.2} < 0.85"));
+            }
+        }
+    }
+    drop(proxy);
+    println!();
+    if misses.is_empty() {
+        println!("encryption targets (extended, prepared): all met");
+    } else {
+        println!("encryption targets missed: {}", misses.join("; "));
     }
 }
