@@ -246,6 +246,26 @@ impl EncryptSession {
                 None => cells::parse_value(col, format, v),
             }
         };
+        // PostgreSQL's own checks, made here because the upstream statement has other
+        // parameters than the client's.
+        let expected = plan.client_param_count.max(declared.len());
+        if bind.params.len() != expected {
+            return Err(CellError::Protocol(format!(
+                "bind message supplies {} parameters, but prepared statement \"{}\" requires {}",
+                bind.params.len(),
+                bind.statement,
+                expected
+            )));
+        }
+        let nf = bind.param_formats.len();
+        if nf > 1 && nf != expected {
+            return Err(CellError::Protocol(format!(
+                "bind message has {nf} parameter formats but {expected} parameters"
+            )));
+        }
+        if let Some(f) = bind.param_formats.iter().find(|f| **f != 0 && **f != 1) {
+            return Err(CellError::Protocol(format!("unsupported format code: {f}")));
+        }
         let mut out = Vec::with_capacity(plan.upstream_params.len());
         for up in &plan.upstream_params {
             let n = up.client_param();

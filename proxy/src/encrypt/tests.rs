@@ -1194,3 +1194,19 @@ fn unknown_table_oid_refreshes_the_catalog_once() {
         1
     );
 }
+
+#[test]
+fn bind_with_missing_parameters_is_refused_like_postgres() {
+    let mut h = harness();
+    let (up, _) = h.client(&cat(&[
+        &parse("", "INSERT INTO patients (id, email) VALUES ($1, $2)", &[]),
+        &bind("", "", &[], &[Some(b"1")], &[]),
+        &execute("", 0),
+        &simple(b'S'),
+    ]));
+    assert_eq!(tags(&up), "PBS");
+    let cl = h.server(&cat(&[&simple(b'1'), &error("26000"), &ready(b'I')]));
+    let (code, msg) = error_of(&frames(&cl)[1].1);
+    assert_eq!(code, "08P01");
+    assert!(msg.contains("supplies 1 parameters"), "{msg}");
+}
