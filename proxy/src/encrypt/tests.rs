@@ -1210,3 +1210,75 @@ fn bind_with_missing_parameters_is_refused_like_postgres() {
     assert_eq!(code, "08P01");
     assert!(msg.contains("supplies 1 parameters"), "{msg}");
 }
+
+#[test]
+fn parameter_used_as_value_and_lookup_becomes_two_upstream_parameters() {
+    let mut h = harness();
+    let (up, _) = h.client(&cat(&[
+        &parse(
+            "u",
+            "INSERT INTO patients (id, email) VALUES ($1, $2) ON CONFLICT (email) DO UPDATE SET email = EXCLUDED.email RETURNING email",
+            &[],
+        ),
+        &describe(b'S', "u"),
+        &bind("", "u", &[], &[Some(b"5"), Some(b"zed@x")], &[]),
+        &execute("", 0),
+        &simple(b'S'),
+    ]));
+    assert!(!contains(&up, b"zed@x"));
+    let f = frames(&up);
+    let p = ParseMsg::parse(&f[0].1).unwrap();
+    assert_eq!(p.param_oids, vec![0, 17]);
+    let b = BindMsg::parse(&f[2].1).unwrap();
+    assert_eq!(
+        h.open("patients", "email", b.params[1].unwrap()),
+        Value::Text("zed@x".into())
+    );
+
+    let mut h = harness();
+    let (up, _) = h.client(&cat(&[
+        &parse(
+            "w",
+            "UPDATE patients SET email = $1 WHERE email = $1 OR ssn = $2",
+            &[],
+        ),
+        &describe(b'S', "w"),
+        &bind("", "w", &[], &[Some(b"a@b"), Some(b"9")], &[]),
+        &simple(b'S'),
+    ]));
+    assert!(!contains(&up, b"a@b"));
+    let f = frames(&up);
+    let p = ParseMsg::parse(&f[0].1).unwrap();
+    let b = BindMsg::parse(&f[2].1).unwrap();
+    assert_eq!(b.params.len(), p.param_oids.len());
+    assert_eq!(
+        p.param_oids.iter().filter(|o| **o == 17).count(),
+        1,
+        "{:?}",
+        p.param_oids
+    );
+    assert_eq!(
+        p.param_oids.iter().filter(|o| **o == 1001).count(),
+        2,
+        "{:?}",
+        p.param_oids
+    );
+    let value_at = p.param_oids.iter().position(|o| *o == 17).unwrap();
+    assert_eq!(
+        h.open("patients", "email", b.params[value_at].unwrap()),
+        Value::Text("a@b".into())
+    );
+    let mut pd = BytesMut::new();
+    wire::write_parameter_description(&mut pd, &p.param_oids);
+    let cl = h.server(&cat(&[
+        &simple(b'1'),
+        &pd,
+        &simple(b'n'),
+        &simple(b'2'),
+        &ready(b'I'),
+    ]));
+    assert_eq!(
+        wire::parse_parameter_description(&frames(&cl)[1].1).unwrap(),
+        vec![25, 20]
+    );
+}
