@@ -1142,3 +1142,74 @@ fn statement_described_late_does_not_leak_into_a_newer_one_of_the_same_name() {
     assert_eq!(tags(&cl), "1tT12DCZ");
     assert!(contains(&cl, &hex_text(&stored)));
 }
+
+#[test]
+fn pipelined_unnamed_portals_keep_their_own_columns() {
+    let mut h = harness();
+    let stored = h.seal("patients", "email", "p@q");
+    let (up, _) = h.client(&cat(&[
+        &parse("a", "SELECT email FROM patients", &[]),
+        &parse("b", "SELECT data FROM plain", &[]),
+        &bind("", "a", &[], &[], &[]),
+        &execute("", 0),
+        &bind("", "b", &[], &[], &[]),
+        &execute("", 0),
+        &simple(b'S'),
+    ]));
+    assert_eq!(tags(&up), "PPBDEBDES");
+    let cl = h.server(&cat(&[
+        &simple(b'1'),
+        &simple(b'1'),
+        &simple(b'2'),
+        &row_description(&[field("email", PATIENTS, 2, 17, 0)]),
+        &data_row(&[Some(&hex_text(&stored))]),
+        &complete("SELECT 1"),
+        &simple(b'2'),
+        &row_description(&[field("data", 0, 0, 17, 0)]),
+        &data_row(&[Some(b"\\x01")]),
+        &complete("SELECT 1"),
+        &ready(b'I'),
+    ]));
+    assert_eq!(
+        tags(&cl),
+        "112DC2DCZ",
+        "the proxy's Describe answers are swallowed"
+    );
+    let f = frames(&cl);
+    let rows: Vec<_> = f
+        .iter()
+        .filter(|(t, _)| *t == b'D')
+        .map(|(_, b)| wire::parse_data_row(b).unwrap()[0].unwrap().to_vec())
+        .collect();
+    assert_eq!(rows, vec![b"p@q".to_vec(), b"\\x01".to_vec()]);
+}
+
+#[test]
+fn statement_described_late_does_not_leak_into_a_newer_one_of_the_same_name() {
+    let mut h = harness();
+    let stored = h.seal("patients", "email", "p@q");
+    h.client(&cat(&[
+        &parse("", "SELECT email FROM patients", &[]),
+        &describe(b'S', ""),
+        &parse("", "SELECT data FROM plain", &[]),
+        &bind("", "", &[], &[], &[]),
+        &execute("", 0),
+        &simple(b'S'),
+    ]));
+    let mut pd = BytesMut::new();
+    wire::write_parameter_description(&mut pd, &[]);
+    let cl = h.server(&cat(&[
+        &simple(b'1'),
+        &pd,
+        &row_description(&[field("email", PATIENTS, 2, 17, 0)]),
+        &simple(b'1'),
+        &simple(b'2'),
+        &row_description(&[field("data", 0, 0, 17, 0)]),
+        &data_row(&[Some(&hex_text(&stored))]),
+        &complete("SELECT 1"),
+        &ready(b'I'),
+    ]));
+    // The second statement's bytea is not decrypted with the first one's description.
+    assert_eq!(tags(&cl), "1tT12DCZ");
+    assert!(contains(&cl, &hex_text(&stored)));
+}
