@@ -30,6 +30,9 @@ pub enum CellError {
     /// Keys are unavailable.
     #[error("{0}")]
     Key(#[from] KeyError),
+    /// The message does not fit the statement (parameter or format-code counts).
+    #[error("{0}")]
+    Protocol(String),
     /// A stored value failed to decrypt or decode.
     #[error("pgseal: data corrupted: column {column} row could not be decrypted")]
     Corrupt {
@@ -47,6 +50,7 @@ impl CellError {
                 _ => INVALID_TEXT,
             },
             Self::Key(_) => KEYS_UNAVAILABLE,
+            Self::Protocol(_) => "08P01",
             Self::Corrupt { .. } => DATA_CORRUPTED,
         }
     }

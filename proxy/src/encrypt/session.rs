@@ -62,6 +62,8 @@ struct Effects {
 
 /// A prepared statement as the client named it.
 struct Stmt {
+    /// Distinguishes a statement from a later one of the same name.
+    id: u64,
     outcome: Outcome,
     declared: Vec<u32>,
     rows: Option<Arc<RowPlan>>,
@@ -70,6 +72,8 @@ struct Stmt {
 
 /// A portal.
 struct Portal {
+    /// Distinguishes a portal from a later one of the same name.
+    id: u64,
     rows: Option<Arc<RowPlan>>,
     effects: Effects,
     /// A Describe of this portal is in flight (its answer will give `rows`).
@@ -90,14 +94,20 @@ enum Pending {
     Close,
     DescribeStmt {
         name: String,
+        id: u64,
         forward: bool,
     },
     DescribePortal {
         name: String,
+        id: u64,
         forward: bool,
     },
+    /// An Execute, with what is known of its portal when it was sent (the rows may still come
+    /// from a Describe of the portal answered before it).
     Execute {
-        portal: String,
+        portal_id: u64,
+        rows: Option<Arc<RowPlan>>,
+        effects: Effects,
     },
     /// A Sync, with the frontend sequence number of the message.
     Sync(u64),
@@ -128,6 +138,8 @@ pub(crate) struct EncryptSession {
     /// In COPY FROM STDIN mode before the client's CopyDone/CopyFail: Syncs are ignored by the
     /// server, so they are not expected.
     in_copy_in: bool,
+    /// Source of statement and portal ids.
+    next_id: u64,
 }
 
 fn proto(e: ProtocolError) -> InterceptError {
@@ -162,6 +174,7 @@ impl EncryptSession {
             fe_seq: 0,
             copy_ends: VecDeque::new(),
             in_copy_in: false,
+            next_id: 0,
         }
     }
 
@@ -246,6 +259,26 @@ impl EncryptSession {
                 None => cells::parse_value(col, format, v),
             }
         };
+        // PostgreSQL's own checks, made here because the upstream statement has other
+        // parameters than the client's.
+        let expected = plan.client_param_count.max(declared.len());
+        if bind.params.len() != expected {
+            return Err(CellError::Protocol(format!(
+                "bind message supplies {} parameters, but prepared statement \"{}\" requires {}",
+                bind.params.len(),
+                bind.statement,
+                expected
+            )));
+        }
+        let nf = bind.param_formats.len();
+        if nf > 1 && nf != expected {
+            return Err(CellError::Protocol(format!(
+                "bind message has {nf} parameter formats but {expected} parameters"
+            )));
+        }
+        if let Some(f) = bind.param_formats.iter().find(|f| **f != 0 && **f != 1) {
+            return Err(CellError::Protocol(format!("unsupported format code: {f}")));
+        }
         let mut out = Vec::with_capacity(plan.upstream_params.len());
         for up in &plan.upstream_params {
             let n = up.client_param();
@@ -408,9 +441,11 @@ impl EncryptSession {
             return Ok(());
         }
         let declared = msg.param_oids.clone();
+        self.next_id += 1;
         self.statements.insert(
             name,
             Stmt {
+                id: self.next_id,
                 outcome,
                 declared,
                 rows: None,
@@ -453,7 +488,9 @@ impl EncryptSession {
         } else {
             out.to_upstream.extend_from_slice(frame.raw());
         }
+        self.next_id += 1;
         let portal = Portal {
+            id: self.next_id,
             rows: stmt
                 .and_then(|s| s.rows.as_ref())
                 .map(|r| Arc::new(r.with_result_formats(&bind.result_formats))),
@@ -468,42 +505,56 @@ impl EncryptSession {
     fn on_describe(&mut self, frame: Frame, out: &mut Outbox<'_>) -> Result<(), InterceptError> {
         let (kind, name) = wire::parse_target(frame.body(), "Describe").map_err(proto)?;
         let name = name.to_owned();
-        if kind != b'S' {
-            if let Some(p) = self.portals.get_mut(&name) {
-                p.describing = true;
-            }
-        }
-        self.queue.push_back(if kind == b'S' {
+        let pending = if kind == b'S' {
+            let id = self.statements.get(&name).map_or(0, |s| s.id);
             Pending::DescribeStmt {
                 name,
+                id,
                 forward: true,
             }
         } else {
+            let id = match self.portals.get_mut(&name) {
+                Some(p) => {
+                    p.describing = true;
+                    p.id
+                }
+                None => 0,
+            };
             Pending::DescribePortal {
                 name,
+                id,
                 forward: true,
             }
-        });
+        };
+        self.queue.push_back(pending);
         out.to_upstream.extend_from_slice(frame.raw());
         Ok(())
     }
 
     fn on_execute(&mut self, frame: Frame, out: &mut Outbox<'_>) -> Result<(), InterceptError> {
-        let portal = wire::parse_execute(frame.body()).map_err(proto)?.to_owned();
-        let known = self
-            .portals
-            .get(&portal)
-            .is_some_and(|p| p.rows.is_some() || p.describing);
-        if !known {
+        let portal = wire::parse_execute(frame.body()).map_err(proto)?;
+        let (portal_id, rows, effects, describing) = match self.portals.get(portal) {
+            Some(p) => (p.id, p.rows.clone(), p.effects.clone(), p.describing),
+            None => (0, None, Effects::default(), false),
+        };
+        if rows.is_none() && !describing {
             // The client did not describe it: learn the columns ourselves, answer swallowed.
-            wire::write_describe(out.to_upstream, b'P', &portal);
+            wire::write_describe(out.to_upstream, b'P', portal);
             self.queue.push_back(Pending::DescribePortal {
-                name: portal.clone(),
+                name: portal.to_owned(),
+                id: portal_id,
                 forward: false,
             });
+            if let Some(p) = self.portals.get_mut(portal) {
+                p.describing = true;
+            }
         }
         out.to_upstream.extend_from_slice(frame.raw());
-        self.queue.push_back(Pending::Execute { portal });
+        self.queue.push_back(Pending::Execute {
+            portal_id,
+            rows,
+            effects,
+        });
         Ok(())
     }
 
@@ -591,19 +642,8 @@ impl EncryptSession {
         };
         let mut forward = true;
         match self.queue.front_mut() {
-            Some(Pending::DescribeStmt { name, forward: f }) => {
-                forward = *f;
-                if let Some(s) = self.statements.get_mut(name.as_str()) {
-                    s.rows = Some(plan.clone());
-                }
-                self.queue.pop_front();
-            }
-            Some(Pending::DescribePortal { name, forward: f }) => {
-                forward = *f;
-                if let Some(p) = self.portals.get_mut(name.as_str()) {
-                    p.rows = Some(plan.clone());
-                }
-                self.queue.pop_front();
+            Some(Pending::DescribeStmt { .. } | Pending::DescribePortal { .. }) => {
+                forward = self.described(plan.clone());
             }
             Some(Pending::Query(q)) => q.rows = Some(plan.clone()),
             _ => {}
@@ -618,25 +658,53 @@ impl EncryptSession {
         Ok(())
     }
 
+    /// Records the answer to the Describe at the front of the queue (RowDescription or NoData)
+    /// and pops it; returns whether the client asked for it.
+    fn described(&mut self, plan: Arc<RowPlan>) -> bool {
+        match self.queue.pop_front() {
+            Some(Pending::DescribeStmt { name, id, forward }) => {
+                if let Some(s) = self
+                    .statements
+                    .get_mut(name.as_str())
+                    .filter(|s| s.id == id)
+                {
+                    s.rows = Some(plan);
+                }
+                forward
+            }
+            Some(Pending::DescribePortal { name, id, forward }) => {
+                if let Some(p) = self.portals.get_mut(name.as_str()).filter(|p| p.id == id) {
+                    p.rows = Some(plan.clone());
+                }
+                // Executes of this portal sent before the answer arrived.
+                for e in self.queue.iter_mut() {
+                    if let Pending::Execute {
+                        portal_id,
+                        rows: rows @ None,
+                        ..
+                    } = e
+                    {
+                        if *portal_id == id {
+                            *rows = Some(plan.clone());
+                        }
+                    }
+                }
+                forward
+            }
+            Some(other) => {
+                self.queue.push_front(other);
+                true
+            }
+            None => true,
+        }
+    }
+
     fn on_no_data(&mut self, frame: Frame, out: &mut Outbox<'_>) {
-        let empty = Arc::new(RowPlan::default());
         let mut forward = true;
-        match self.queue.front() {
-            Some(Pending::DescribeStmt { name, forward: f }) => {
-                forward = *f;
-                if let Some(s) = self.statements.get_mut(name.as_str()) {
-                    s.rows = Some(empty);
-                }
-                self.queue.pop_front();
-            }
-            Some(Pending::DescribePortal { name, forward: f }) => {
-                forward = *f;
-                if let Some(p) = self.portals.get_mut(name.as_str()) {
-                    p.rows = Some(empty);
-                }
-                self.queue.pop_front();
-            }
-            _ => {}
+        if let Some(Pending::DescribeStmt { .. } | Pending::DescribePortal { .. }) =
+            self.queue.front()
+        {
+            forward = self.described(Arc::new(RowPlan::default()));
         }
         if forward {
             out.to_client.extend_from_slice(frame.raw());
@@ -648,14 +716,14 @@ impl EncryptSession {
         frame: Frame,
         out: &mut Outbox<'_>,
     ) -> Result<(), InterceptError> {
-        let Some(Pending::DescribeStmt { name, forward }) = self.queue.front() else {
+        let Some(Pending::DescribeStmt { name, id, forward }) = self.queue.front() else {
             out.to_client.extend_from_slice(frame.raw());
             return Ok(());
         };
         if !*forward {
             return Ok(());
         }
-        let Some(stmt) = self.statements.get(name.as_str()) else {
+        let Some(stmt) = self.statements.get(name.as_str()).filter(|s| s.id == *id) else {
             out.to_client.extend_from_slice(frame.raw());
             return Ok(());
         };
@@ -701,9 +769,16 @@ impl EncryptSession {
 
     fn on_data_row(&mut self, frame: Frame, out: &mut Outbox<'_>) {
         let plan = match self.queue.front() {
-            Some(Pending::Execute { portal }) => {
-                self.portals.get(portal).and_then(|p| p.rows.clone())
+            Some(Pending::Execute { rows: None, .. }) => {
+                // Never seen: the columns of this result are unknown. Fail closed.
+                self.fail_results(
+                    "XX000",
+                    "pgseal: the columns of this result are unknown, so it is not forwarded",
+                    out,
+                );
+                return;
             }
+            Some(Pending::Execute { rows, .. }) => rows.clone(),
             Some(Pending::Query(q)) => q.rows.clone(),
             _ => None,
         };
@@ -730,10 +805,10 @@ impl EncryptSession {
             .map_err(proto)?
             .to_owned();
         let effects = match self.queue.front_mut() {
-            Some(Pending::Execute { portal }) => {
-                let e = self.portals.get(portal.as_str()).map(|p| p.effects.clone());
+            Some(Pending::Execute { effects, .. }) => {
+                let e = std::mem::take(effects);
                 self.queue.pop_front();
-                e
+                Some(e)
             }
             Some(Pending::Query(q)) => {
                 q.rows = None;

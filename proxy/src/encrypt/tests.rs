@@ -1194,3 +1194,162 @@ fn unknown_table_oid_refreshes_the_catalog_once() {
         1
     );
 }
+
+#[test]
+fn bind_with_missing_parameters_is_refused_like_postgres() {
+    let mut h = harness();
+    let (up, _) = h.client(&cat(&[
+        &parse("", "INSERT INTO patients (id, email) VALUES ($1, $2)", &[]),
+        &bind("", "", &[], &[Some(b"1")], &[]),
+        &execute("", 0),
+        &simple(b'S'),
+    ]));
+    assert_eq!(tags(&up), "PBS");
+    let cl = h.server(&cat(&[&simple(b'1'), &error("26000"), &ready(b'I')]));
+    let (code, msg) = error_of(&frames(&cl)[1].1);
+    assert_eq!(code, "08P01");
+    assert!(msg.contains("supplies 1 parameters"), "{msg}");
+}
+
+#[test]
+fn parameter_used_as_value_and_lookup_becomes_two_upstream_parameters() {
+    let mut h = harness();
+    let (up, _) = h.client(&cat(&[
+        &parse(
+            "u",
+            "INSERT INTO patients (id, email) VALUES ($1, $2) ON CONFLICT (email) DO UPDATE SET email = EXCLUDED.email RETURNING email",
+            &[],
+        ),
+        &describe(b'S', "u"),
+        &bind("", "u", &[], &[Some(b"5"), Some(b"zed@x")], &[]),
+        &execute("", 0),
+        &simple(b'S'),
+    ]));
+    assert!(!contains(&up, b"zed@x"));
+    let f = frames(&up);
+    let p = ParseMsg::parse(&f[0].1).unwrap();
+    assert_eq!(p.param_oids, vec![0, 17]);
+    let b = BindMsg::parse(&f[2].1).unwrap();
+    assert_eq!(
+        h.open("patients", "email", b.params[1].unwrap()),
+        Value::Text("zed@x".into())
+    );
+
+    let mut h = harness();
+    let (up, _) = h.client(&cat(&[
+        &parse(
+            "w",
+            "UPDATE patients SET email = $1 WHERE email = $1 OR ssn = $2",
+            &[],
+        ),
+        &describe(b'S', "w"),
+        &bind("", "w", &[], &[Some(b"a@b"), Some(b"9")], &[]),
+        &simple(b'S'),
+    ]));
+    assert!(!contains(&up, b"a@b"));
+    let f = frames(&up);
+    let p = ParseMsg::parse(&f[0].1).unwrap();
+    let b = BindMsg::parse(&f[2].1).unwrap();
+    assert_eq!(b.params.len(), p.param_oids.len());
+    assert_eq!(
+        p.param_oids.iter().filter(|o| **o == 17).count(),
+        1,
+        "{:?}",
+        p.param_oids
+    );
+    assert_eq!(
+        p.param_oids.iter().filter(|o| **o == 1001).count(),
+        2,
+        "{:?}",
+        p.param_oids
+    );
+    let value_at = p.param_oids.iter().position(|o| *o == 17).unwrap();
+    assert_eq!(
+        h.open("patients", "email", b.params[value_at].unwrap()),
+        Value::Text("a@b".into())
+    );
+    let mut pd = BytesMut::new();
+    wire::write_parameter_description(&mut pd, &p.param_oids);
+    let cl = h.server(&cat(&[
+        &simple(b'1'),
+        &pd,
+        &simple(b'n'),
+        &simple(b'2'),
+        &ready(b'I'),
+    ]));
+    assert_eq!(
+        wire::parse_parameter_description(&frames(&cl)[1].1).unwrap(),
+        vec![25, 20]
+    );
+}
+
+#[test]
+fn pipelined_unnamed_portals_keep_their_own_columns() {
+    let mut h = harness();
+    let stored = h.seal("patients", "email", "p@q");
+    let (up, _) = h.client(&cat(&[
+        &parse("a", "SELECT email FROM patients", &[]),
+        &parse("b", "SELECT data FROM plain", &[]),
+        &bind("", "a", &[], &[], &[]),
+        &execute("", 0),
+        &bind("", "b", &[], &[], &[]),
+        &execute("", 0),
+        &simple(b'S'),
+    ]));
+    assert_eq!(tags(&up), "PPBDEBDES");
+    let cl = h.server(&cat(&[
+        &simple(b'1'),
+        &simple(b'1'),
+        &simple(b'2'),
+        &row_description(&[field("email", PATIENTS, 2, 17, 0)]),
+        &data_row(&[Some(&hex_text(&stored))]),
+        &complete("SELECT 1"),
+        &simple(b'2'),
+        &row_description(&[field("data", 0, 0, 17, 0)]),
+        &data_row(&[Some(b"\\x01")]),
+        &complete("SELECT 1"),
+        &ready(b'I'),
+    ]));
+    assert_eq!(
+        tags(&cl),
+        "112DC2DCZ",
+        "the proxy's Describe answers are swallowed"
+    );
+    let f = frames(&cl);
+    let rows: Vec<_> = f
+        .iter()
+        .filter(|(t, _)| *t == b'D')
+        .map(|(_, b)| wire::parse_data_row(b).unwrap()[0].unwrap().to_vec())
+        .collect();
+    assert_eq!(rows, vec![b"p@q".to_vec(), b"\\x01".to_vec()]);
+}
+
+#[test]
+fn statement_described_late_does_not_leak_into_a_newer_one_of_the_same_name() {
+    let mut h = harness();
+    let stored = h.seal("patients", "email", "p@q");
+    h.client(&cat(&[
+        &parse("", "SELECT email FROM patients", &[]),
+        &describe(b'S', ""),
+        &parse("", "SELECT data FROM plain", &[]),
+        &bind("", "", &[], &[], &[]),
+        &execute("", 0),
+        &simple(b'S'),
+    ]));
+    let mut pd = BytesMut::new();
+    wire::write_parameter_description(&mut pd, &[]);
+    let cl = h.server(&cat(&[
+        &simple(b'1'),
+        &pd,
+        &row_description(&[field("email", PATIENTS, 2, 17, 0)]),
+        &simple(b'1'),
+        &simple(b'2'),
+        &row_description(&[field("data", 0, 0, 17, 0)]),
+        &data_row(&[Some(&hex_text(&stored))]),
+        &complete("SELECT 1"),
+        &ready(b'I'),
+    ]));
+    // The second statement's bytea is not decrypted with the first one's description.
+    assert_eq!(tags(&cl), "1tT12DCZ");
+    assert!(contains(&cl, &hex_text(&stored)));
+}
