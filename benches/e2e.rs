@@ -21,8 +21,8 @@ mod support;
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::sync::Arc;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::pg::{bindir, free_port, PgCluster, PgOptions};
@@ -501,7 +501,10 @@ fn serve_proxy_encrypted(config: &Path) {
     let config = pgseal_proxy::Config::from_file(config).unwrap();
     let threads = config.threads();
     let resolved = config.resolve().unwrap();
-    let enc = resolved.encryption.clone().expect("[[columns]] in the bench config");
+    let enc = resolved
+        .encryption
+        .clone()
+        .expect("[[columns]] in the bench config");
     let mut keyrings = std::collections::HashMap::new();
     keyrings.insert(
         ENC_KEYRING.to_string(),
