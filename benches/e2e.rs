@@ -508,7 +508,7 @@ fn serve_proxy_encrypted(config: &Path) {
     let mut keyrings = std::collections::HashMap::new();
     keyrings.insert(
         ENC_KEYRING.to_string(),
-        vec![(1u32, pgseal_crypto::SecretKey::generate())],
+        vec![(1u32, pgseal_crypto::SecretKey::generate().unwrap())],
     );
     let keys = Arc::new(StaticKeys::new(&enc.schema, &keyrings).unwrap());
     let catalog = UpstreamCatalog::start(&resolved, &enc).unwrap();
