@@ -17,9 +17,14 @@ const USAGE: &str = "usage: pgseal-proxy <serve|check|schema> --config FILE\n\
   serve   Run the proxy. SIGTERM: stop accepting, let in-flight queries finish for\n\
           [shutdown] grace_seconds, then close.\n\
   check   Validate the configuration, the secrets and files it names, the TLS material and\n\
-          the listen addresses, then exit. With [[columns]] it also connects to the upstream\n\
-          as encryption.catalog_user and checks every protected column, printing one line per\n\
-          problem (\"error: schema.table.column: ...\" or \"warning: ...\"):\n\
+          the listen addresses, then exit. With [[columns]] it also fetches the keys from the\n\
+          keyserver as `serve` does (mTLS with the proxy certificate, the grant of every\n\
+          keyring, an active version for writes), connects to the upstream as\n\
+          encryption.catalog_user and checks every protected column, printing one line per\n\
+          problem (\"error: keyserver URL: ...\", \"error: schema.table.column: ...\" or\n\
+          \"warning: ...\"):\n\
+            error    the keyserver cannot be reached, refuses the certificate, or a keyring\n\
+                     is missing, not granted or has no active version;\n\
             error    the table or the column does not exist, or is not a table;\n\
             error    the column is not bytea (the line gives the DDL fix; see `schema`);\n\
             error    unique = true but no UNIQUE index on (substring(col from 1 for 16))\n\
@@ -93,6 +98,38 @@ fn check_columns(connector: &CatalogConnector, settings: &EncryptionSettings) ->
     Ok(errors)
 }
 
+/// `check` with `[[columns]]`: the keyserver as `serve` would use it (mTLS handshake with the
+/// proxy's certificate, the grant of every keyring the columns use, the key material of every
+/// usable version) and an active version for every column (writes need one). Prints one line
+/// per problem; returns the number of errors.
+fn check_keys(settings: &EncryptionSettings) -> usize {
+    let keys = match KeyserverKeys::start(&settings.keyserver, &settings.schema) {
+        Ok(k) => k,
+        Err(e) => {
+            println!("error: keyserver {}: {e}", settings.keyserver.url);
+            return 1;
+        }
+    };
+    let mut errors = 0;
+    for col in settings.schema.columns() {
+        match keys.column(&col.id) {
+            Ok(c) if c.active_version().is_some() => {}
+            Ok(_) => {
+                println!(
+                    "error: {}: keyring {:?} has no active version (writes would fail)",
+                    col.id, col.keyring
+                );
+                errors += 1;
+            }
+            Err(e) => {
+                println!("error: {}: {e}", col.id);
+                errors += 1;
+            }
+        }
+    }
+    errors
+}
+
 fn check(path: &Path, resolved: Resolved) -> Result<()> {
     let encryption = resolved.encryption.clone();
     let connector = match &encryption {
@@ -106,24 +143,37 @@ fn check(path: &Path, resolved: Resolved) -> Result<()> {
         m.set_port(0);
     }
     Server::bind_sync(probe, Arc::new(PassThrough)).context("configuration does not load")?;
-    // keyserver: reachability of [keyserver] (mTLS handshake, keyrings of every column) goes
-    // here; until then `check` validates only that its files exist (config::columns).
     let (Some(settings), Some(connector)) = (&encryption, &connector) else {
         println!("{}: configuration OK", path.display());
         return Ok(());
     };
-    let errors = check_columns(connector, settings)?;
+    let key_errors = check_keys(settings);
+    let column_errors = check_columns(connector, settings).with_context(|| {
+        if key_errors > 0 {
+            format!("{key_errors} keyserver problem(s) (see above)")
+        } else {
+            "keyserver OK".to_owned()
+        }
+    })?;
+    let errors = key_errors + column_errors;
     if errors > 0 {
         bail!(
-            "{}: {errors} protected column problem(s) (see above)",
+            "{}: {errors} problem(s) with the keyserver or the protected columns (see above)",
             path.display()
         );
     }
+    let keyrings: std::collections::BTreeSet<&str> = settings
+        .schema
+        .columns()
+        .map(|c| c.keyring.as_str())
+        .collect();
     println!(
-        "{}: configuration OK ({} protected column(s) checked in database {:?})",
+        "{}: configuration OK ({} protected column(s) checked in database {:?}; keys of {} keyring(s) fetched from {})",
         path.display(),
         settings.schema.columns().count(),
-        settings.database
+        settings.database,
+        keyrings.len(),
+        settings.keyserver.url
     );
     Ok(())
 }

@@ -224,6 +224,48 @@ impl TestKeyserver {
         self.ks_dir().join("pki").join("ca.pem")
     }
 
+    /// Stops the server process (as if the keyserver host went away); [`resume`](Self::resume)
+    /// starts it again on the same port with the same state.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the stopped server again (same directory, port and keys); panics with its log when
+    /// it does not come up.
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "the keyserver is running");
+        let log_path = self.dir.path().join(format!("serve{}.log", self.current));
+        let log = fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&log_path)
+            .unwrap();
+        let mut child = Command::new(&self.bin)
+            .arg("serve")
+            .arg("--config")
+            .arg(self.ks_dir().join("keyserver.toml"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        assert!(
+            wait_healthy(
+                &mut child,
+                &self.url,
+                &self.ca_path(),
+                Duration::from_secs(20)
+            ),
+            "pgseal-keyserver did not come back:\n{}",
+            self.log()
+        );
+        self.child = Some(child);
+    }
+
     /// The directory holding the built-in CA.
     pub fn pki_dir(&self) -> PathBuf {
         self.ks_dir().join("pki")
@@ -343,8 +385,18 @@ impl TestKeyserver {
 
     /// The `[keyserver]` block of a proxy configuration for `identity`.
     pub fn keyserver_toml(&self, identity: &ProxyIdentity) -> String {
+        self.keyserver_toml_with_grace(identity, 300)
+    }
+
+    /// [`keyserver_toml`](Self::keyserver_toml) with a given grace period (seconds the cached
+    /// keys keep serving while the keyserver cannot be reached).
+    pub fn keyserver_toml_with_grace(
+        &self,
+        identity: &ProxyIdentity,
+        grace_seconds: u64,
+    ) -> String {
         format!(
-            "[keyserver]\nurl = \"{}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\ngrace_seconds = 300\npoll_wait_seconds = 2\n",
+            "[keyserver]\nurl = \"{}\"\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\ngrace_seconds = {grace_seconds}\npoll_wait_seconds = 1\n",
             self.url,
             self.ca_path().display(),
             identity.cert.display(),
@@ -360,10 +412,22 @@ impl TestKeyserver {
         catalog_user: &str,
         columns: &[ColumnSpec],
     ) -> String {
+        self.encryption_toml_with_grace(identity, database, catalog_user, columns, 300)
+    }
+
+    /// [`encryption_toml`](Self::encryption_toml) with a given grace period.
+    pub fn encryption_toml_with_grace(
+        &self,
+        identity: &ProxyIdentity,
+        database: &str,
+        catalog_user: &str,
+        columns: &[ColumnSpec],
+        grace_seconds: u64,
+    ) -> String {
         let mut s = format!(
             "[encryption]\ndatabase = \"{database}\"\ncatalog_user = \"{catalog_user}\"\n\n"
         );
-        s.push_str(&self.keyserver_toml(identity));
+        s.push_str(&self.keyserver_toml_with_grace(identity, grace_seconds));
         for c in columns {
             s.push('\n');
             s.push_str(&c.to_toml());

@@ -255,6 +255,11 @@ impl ProxyProcess {
         panic!("pgseal-proxy did not start:\n{last_log}");
     }
 
+    /// The configuration file the proxy runs with.
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("proxy.toml")
+    }
+
     /// Everything the proxy logged so far (all attempts).
     pub fn log(&self) -> String {
         let mut all = String::new();
@@ -304,6 +309,11 @@ pub struct EncEnv {
 impl EncEnv {
     /// Starts everything; every keyring named by `columns` is created and granted.
     pub fn start(columns: &[keyserver::ColumnSpec]) -> EncEnv {
+        Self::start_with_grace(columns, 300)
+    }
+
+    /// [`start`](Self::start) with the proxy's keyserver grace period set to `grace_seconds`.
+    pub fn start_with_grace(columns: &[keyserver::ColumnSpec], grace_seconds: u64) -> EncEnv {
         let pg = PgCluster::start(PgOptions {
             log_statements: true,
             max_connections: Some(100),
@@ -325,7 +335,13 @@ impl EncEnv {
             "",
         );
         toml.push('\n');
-        toml.push_str(&ks.encryption_toml(&identity, ENC_DB, APP_USER, columns));
+        toml.push_str(&ks.encryption_toml_with_grace(
+            &identity,
+            ENC_DB,
+            APP_USER,
+            columns,
+            grace_seconds,
+        ));
         let proxy = ProxyProcess::start(&toml, &proxy_env());
         EncEnv {
             proxy,

@@ -3,7 +3,7 @@
 
 use sqlparser::ast::{
     AlterColumnOperation, AlterTable, AlterTableOperation, ColumnDef, ColumnOption, CreateIndex,
-    CreateTable, DataType, Expr,
+    CreateTable, DataType, Expr, ForeignKeyConstraint, Ident, IndexColumn, TableConstraint,
 };
 
 use super::ctx::{col_ref, Ctx};
@@ -13,8 +13,28 @@ use super::schema::{fold, ProtectedSchema};
 use super::scope::{Relation, Scope, Source};
 
 impl Ctx<'_> {
-    fn protect_column_def(&mut self, s: &str, t: &str, def: &mut ColumnDef) -> Result<(), Refusal> {
+    /// A column definition of table `(s, t)`: a protected column becomes `bytea` and may carry
+    /// only NULL / NOT NULL; the options of other columns are checked like table constraints.
+    fn protect_column_def(
+        &mut self,
+        s: &str,
+        t: &str,
+        def: &mut ColumnDef,
+        scope: &Scope<'_>,
+    ) -> Result<(), Refusal> {
         let Some(p) = self.schema.column(s, t, &fold(&def.name)).cloned() else {
+            for o in &def.options {
+                match &o.option {
+                    ColumnOption::Null
+                    | ColumnOption::NotNull
+                    | ColumnOption::PrimaryKey(_)
+                    | ColumnOption::Unique(_) => {}
+                    ColumnOption::ForeignKey(fk) => {
+                        self.foreign_key(s, t, std::slice::from_ref(&def.name), fk)?
+                    }
+                    other => self.opaque_check(&other.to_string(), scope, "a column constraint")?,
+                }
+            }
             return Ok(());
         };
         for o in &def.options {
@@ -33,6 +53,89 @@ impl Ctx<'_> {
         if def.data_type != DataType::Bytea {
             def.data_type = DataType::Bytea;
             self.modified = true;
+        }
+        Ok(())
+    }
+
+    /// A table constraint of table `(s, t)`. PRIMARY KEY, UNIQUE and FOREIGN KEY are judged by
+    /// their column lists: on a protected column they cannot work (every ciphertext is
+    /// different; uniqueness is the blind-index UNIQUE index's job), on other columns they pass
+    /// even when they name a protected table. CHECK and anything else must not mention a
+    /// protected name.
+    fn table_constraint(
+        &mut self,
+        s: &str,
+        t: &str,
+        c: &TableConstraint,
+        scope: &Scope<'_>,
+    ) -> Result<(), Refusal> {
+        match c {
+            TableConstraint::PrimaryKey(pk) => self.key_columns(s, t, &pk.columns, "PRIMARY KEY", scope),
+            TableConstraint::Unique(u) => self.key_columns(
+                s,
+                t,
+                &u.columns,
+                "a UNIQUE constraint (configure unique = true and CREATE UNIQUE INDEX on the column)",
+                scope,
+            ),
+            TableConstraint::ForeignKey(fk) => self.foreign_key(s, t, &fk.columns, fk),
+            other => self.opaque_check(&other.to_string(), scope, "a table constraint"),
+        }
+    }
+
+    /// The columns of a PRIMARY KEY or UNIQUE constraint: none may be protected.
+    fn key_columns(
+        &mut self,
+        s: &str,
+        t: &str,
+        columns: &[IndexColumn],
+        what: &str,
+        scope: &Scope<'_>,
+    ) -> Result<(), Refusal> {
+        for c in columns {
+            match col_ref(&c.column.expr).as_deref() {
+                Some([name]) => {
+                    if let Some(p) = self.schema.column(s, t, name) {
+                        return Err(Refusal::unsupported(&p.id, what));
+                    }
+                }
+                _ => self.opaque_check(&c.to_string(), scope, "a key expression")?,
+            }
+        }
+        Ok(())
+    }
+
+    /// `FOREIGN KEY (columns) REFERENCES table (referred)` declared on table `(s, t)`: neither
+    /// side may be a protected column (randomized ciphertext never matches, and a plaintext
+    /// column would be compared with ciphertext).
+    fn foreign_key(
+        &mut self,
+        s: &str,
+        t: &str,
+        columns: &[Ident],
+        fk: &ForeignKeyConstraint,
+    ) -> Result<(), Refusal> {
+        for c in columns {
+            if let Some(p) = self.schema.column(s, t, &fold(c)) {
+                return Err(Refusal::unsupported(&p.id, "a FOREIGN KEY"));
+            }
+        }
+        let Some((fs, ft)) = self.resolve_table(&fk.foreign_table) else {
+            return Ok(());
+        };
+        if self.schema.table(&fs, &ft).is_none() {
+            return Ok(());
+        }
+        if fk.referred_columns.is_empty() {
+            return Err(Refusal::unsupported_statement(
+                &format!("{fs}.{ft}"),
+                "a FOREIGN KEY without a column list that references a protected table (name the referenced columns)",
+            ));
+        }
+        for c in &fk.referred_columns {
+            if let Some(p) = self.schema.column(&fs, &ft, &fold(c)) {
+                return Err(Refusal::unsupported(&p.id, "a FOREIGN KEY reference"));
+            }
         }
         Ok(())
     }
@@ -59,14 +162,14 @@ impl Ctx<'_> {
                     return Err(Refusal::unsupported(&p.id, "CREATE TABLE … AS SELECT"));
                 }
             }
-            return Ok(());
-        }
-        for def in ct.columns.iter_mut() {
-            self.protect_column_def(&s, &t, def)?;
+            return self.unprotected_references(&s, &t, ct);
         }
         let scope = self.table_scope(&s, &t);
+        for def in ct.columns.iter_mut() {
+            self.protect_column_def(&s, &t, def, &scope)?;
+        }
         for c in &ct.constraints {
-            self.opaque_check(&c.to_string(), &scope, "a table constraint")?;
+            self.table_constraint(&s, &t, c, &scope)?;
         }
         if ct.query.is_some() || ct.like.is_some() || ct.clone.is_some() {
             return Err(Refusal::unsupported_statement(
@@ -77,19 +180,66 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// The foreign keys of a new table without protected columns: they must not reference a
+    /// protected column.
+    fn unprotected_references(
+        &mut self,
+        s: &str,
+        t: &str,
+        ct: &CreateTable,
+    ) -> Result<(), Refusal> {
+        for def in &ct.columns {
+            for o in &def.options {
+                if let ColumnOption::ForeignKey(fk) = &o.option {
+                    self.foreign_key(s, t, std::slice::from_ref(&def.name), fk)?;
+                }
+            }
+        }
+        for c in &ct.constraints {
+            if let TableConstraint::ForeignKey(fk) = c {
+                self.foreign_key(s, t, &fk.columns, fk)?;
+            }
+        }
+        Ok(())
+    }
+
     /// ALTER TABLE.
     pub(crate) fn alter_table(&mut self, at: &mut AlterTable) -> Result<(), Refusal> {
         let Some((s, t)) = self.resolve_table(&at.name) else {
             return Ok(());
         };
         if self.schema.table(&s, &t).is_none() {
+            for op in &at.operations {
+                match op {
+                    AlterTableOperation::AddConstraint {
+                        constraint: TableConstraint::ForeignKey(fk),
+                        ..
+                    } => self.foreign_key(&s, &t, &fk.columns, fk)?,
+                    AlterTableOperation::AddColumn { column_def, .. } => {
+                        for o in &column_def.options {
+                            if let ColumnOption::ForeignKey(fk) = &o.option {
+                                self.foreign_key(
+                                    &s,
+                                    &t,
+                                    std::slice::from_ref(&column_def.name),
+                                    fk,
+                                )?;
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
             return Ok(());
         }
         let scope = self.table_scope(&s, &t);
         for op in at.operations.iter_mut() {
             match op {
                 AlterTableOperation::AddColumn { column_def, .. } => {
-                    self.protect_column_def(&s, &t, column_def)?;
+                    self.protect_column_def(&s, &t, column_def, &scope)?;
+                }
+                AlterTableOperation::AddConstraint { constraint, .. } => {
+                    self.table_constraint(&s, &t, constraint, &scope)?;
                 }
                 AlterTableOperation::DropColumn { .. } => {}
                 AlterTableOperation::AlterColumn {

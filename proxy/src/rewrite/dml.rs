@@ -16,7 +16,7 @@ impl Ctx<'_> {
     /// A value stored into a protected column: literal → Value slot, `$n` → Value parameter,
     /// NULL / DEFAULT unchanged; `same_column_ok` also accepts a reference to the same column
     /// (`SET col = EXCLUDED.col`).
-    fn store_value(
+    pub(super) fn store_value(
         &mut self,
         col: &ProtectedColumn,
         e: &mut Expr,
@@ -175,7 +175,7 @@ impl Ctx<'_> {
                         }
                     }
                 }
-            } else {
+            } else if !self.insert_from_values(src, &targets)? {
                 if let Some(p) = targets.iter().flatten().next() {
                     return Err(Refusal::unsupported(
                         &p.id,

@@ -83,6 +83,7 @@ mod ctx;
 mod ddl;
 mod dml;
 mod expr;
+mod insert_values;
 mod mention;
 mod operand;
 pub mod plan;

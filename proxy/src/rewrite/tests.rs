@@ -467,6 +467,76 @@ fn insert_with_casts_and_plain_params() {
 }
 
 #[test]
+fn insert_select_from_values_is_the_orm_bulk_form() {
+    // SQLAlchemy 2 "insertmanyvalues" with a sentinel column, as psycopg sends it.
+    let p = plan(
+        "INSERT INTO patients (email, name, id) SELECT p0::VARCHAR, p1::VARCHAR, p2::INTEGER \
+         FROM (VALUES ($1::VARCHAR, $2::VARCHAR, $3::INTEGER, 0), ('b@x', NULL, 7, 1)) \
+         AS imp_sen(p0, p1, p2, sen_counter) ORDER BY sen_counter RETURNING patients.id, patients.name",
+    );
+    assert_eq!(
+        p.debug_sql(),
+        "INSERT INTO patients (email, name, id) SELECT p0, p1, p2::INTEGER \
+         FROM (VALUES ($1::bytea, $2::bytea, $3::INTEGER, 0), ({slot 0}, NULL, 7, 1)) \
+         AS imp_sen (p0, p1, p2, sen_counter) ORDER BY sen_counter RETURNING patients.id, patients.name"
+    );
+    assert_eq!(
+        p.upstream_params,
+        vec![
+            UpstreamParam::Value {
+                param: 1,
+                column: id("patients", "email")
+            },
+            UpstreamParam::Value {
+                param: 2,
+                column: id("patients", "name")
+            },
+            UpstreamParam::Plain(3),
+        ]
+    );
+    assert_eq!(
+        p.slots,
+        vec![Slot::Value {
+            column: id("patients", "email"),
+            literal_text: "b@x".into()
+        }]
+    );
+    // Without ORDER BY, qualified names, no casts.
+    let p =
+        plan("INSERT INTO patients (id, notes) SELECT v.a, v.b FROM (VALUES (1, $1)) AS v(a, b)");
+    assert_eq!(
+        p.debug_sql(),
+        "INSERT INTO patients (id, notes) SELECT v.a, b FROM (VALUES (1, $1::bytea)) AS v (a, b)"
+    );
+    // Anything beyond the plain form stays refused.
+    for sql in [
+        // a VALUES column feeding a protected and a plaintext column
+        "INSERT INTO patients (email, id) SELECT a, a FROM (VALUES ('x')) AS v(a)",
+        // ordering on the encrypted column
+        "INSERT INTO patients (email) SELECT a FROM (VALUES ('x')) AS v(a) ORDER BY a",
+        // an expression over the VALUES column
+        "INSERT INTO patients (email) SELECT lower(a) FROM (VALUES ('x')) AS v(a)",
+        // a WHERE, a join, a LIMIT, DISTINCT
+        "INSERT INTO patients (email) SELECT a FROM (VALUES ('x')) AS v(a) WHERE a <> 'y'",
+        "INSERT INTO patients (email) SELECT a FROM (VALUES ('x')) AS v(a), doctors",
+        "INSERT INTO patients (email) SELECT a FROM (VALUES ('x')) AS v(a) LIMIT 1",
+        "INSERT INTO patients (email) SELECT DISTINCT a FROM (VALUES ('x')) AS v(a)",
+        // a VALUES cell that is not a literal or parameter
+        "INSERT INTO patients (email) SELECT a FROM (VALUES (lower('X'))) AS v(a)",
+        // a plain select
+        "INSERT INTO patients (email) SELECT name FROM doctors",
+    ] {
+        let r = refused(sql);
+        assert_eq!(r.sqlstate, "0A000", "{sql}: {r:?}");
+        assert!(
+            r.message.contains("public.patients.email"),
+            "{sql}: {}",
+            r.message
+        );
+    }
+}
+
+#[test]
 fn same_param_as_value_and_lookup_gets_two_upstream_params() {
     let p = plan("UPDATE patients SET email = $1 WHERE email = $1 OR id = $2");
     assert_eq!(
@@ -557,6 +627,85 @@ fn create_table_and_add_column_become_bytea() {
     assert_eq!(p.debug_sql(), "ALTER TABLE patients ADD COLUMN notes BYTEA");
     // a table that is not protected
     pass("CREATE TABLE other.patients (name text)");
+}
+
+#[test]
+fn constraints_on_plain_columns_pass_and_on_protected_columns_are_refused() {
+    // Keys and references on plain columns are fine, even when they name a protected table
+    // (ORMs declare these: SQLAlchemy's create_all, Django's migrations).
+    let p = plan(
+        "CREATE TABLE patients (id serial, name text, PRIMARY KEY (id), UNIQUE (id), \
+         FOREIGN KEY (id) REFERENCES doctors (id))",
+    );
+    assert_eq!(
+        p.debug_sql(),
+        "CREATE TABLE patients (id serial, name BYTEA, PRIMARY KEY (id), UNIQUE (id), \
+         FOREIGN KEY (id) REFERENCES doctors(id))"
+    );
+    plan("CREATE TABLE patients (id int REFERENCES patients (id), name text)");
+    let ok = rw(
+        "CREATE TABLE visits (id int PRIMARY KEY, pid int REFERENCES patients (id), \
+                 FOREIGN KEY (pid) REFERENCES patients (id) ON DELETE CASCADE)",
+    );
+    assert!(ok.is_ok(), "{ok:?}");
+    let ok =
+        rw("ALTER TABLE visits ADD CONSTRAINT v_fk FOREIGN KEY (pid) REFERENCES patients (id)");
+    assert!(ok.is_ok(), "{ok:?}");
+    // On protected columns they cannot work on ciphertext: refused, naming the column.
+    for (sql, column) in [
+        (
+            "CREATE TABLE patients (id int, email text, UNIQUE (email))",
+            "public.patients.email",
+        ),
+        (
+            "CREATE TABLE patients (email text, PRIMARY KEY (email))",
+            "public.patients.email",
+        ),
+        (
+            "CREATE TABLE patients (email text UNIQUE)",
+            "public.patients.email",
+        ),
+        (
+            "CREATE TABLE patients (id int, ssn int8, FOREIGN KEY (ssn) REFERENCES visits (id))",
+            "public.patients.ssn",
+        ),
+        (
+            "CREATE TABLE visits (id int, who text REFERENCES patients (email))",
+            "public.patients.email",
+        ),
+        (
+            "CREATE TABLE visits (id int, who text, FOREIGN KEY (who) REFERENCES patients (name))",
+            "public.patients.name",
+        ),
+        (
+            "ALTER TABLE visits ADD FOREIGN KEY (who) REFERENCES patients (email)",
+            "public.patients.email",
+        ),
+        (
+            "ALTER TABLE patients ADD CONSTRAINT u UNIQUE (email)",
+            "public.patients.email",
+        ),
+        (
+            "CREATE TABLE patients (id int, code int CHECK (code > 0 AND email <> 'x'))",
+            "email",
+        ),
+        (
+            "CREATE TABLE patients (id int, name text, CHECK (name <> ''))",
+            "name",
+        ),
+        (
+            "CREATE TABLE patients (id int, up text GENERATED ALWAYS AS (upper(notes)) STORED)",
+            "notes",
+        ),
+    ] {
+        let r = refused(sql);
+        assert_eq!(r.sqlstate, "0A000", "{sql}: {r:?}");
+        assert!(r.message.contains(column), "{sql}: {}", r.message);
+    }
+    // A reference to a protected table without a column list (its primary key) is refused:
+    // the proxy cannot tell which columns it compares.
+    let r = refused("CREATE TABLE visits (id int, pid int REFERENCES patients)");
+    assert!(r.message.contains("public.patients"), "{}", r.message);
 }
 
 #[test]
