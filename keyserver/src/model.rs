@@ -257,6 +257,10 @@ pub struct ChangesResponse {
     pub revision: u64,
     /// Keyrings visible to the caller changed after `since`.
     pub changed: Vec<ChangedKeyring>,
+    /// For a proxy: its grants changed after `since` (a keyring may have been withdrawn, which
+    /// `changed` cannot show); the proxy re-reads every keyring it uses.
+    #[serde(default)]
+    pub grants_changed: bool,
 }
 
 /// `POST /v1/keyrings` body.

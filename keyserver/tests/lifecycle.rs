@@ -286,6 +286,38 @@ async fn change_feed_long_poll_sees_rotation_quickly() {
     let resp = proxy.changes(rev, None).await.unwrap();
     let names: Vec<_> = resp.changed.iter().map(|c| c.name.as_str()).collect();
     assert!(names.contains(&"billing"), "{names:?}");
+    assert!(resp.grants_changed);
+
+    // A withdrawn grant: the keyring cannot be listed any more, so the feed says that the
+    // grants changed, and wakes a long poll at once; other proxies are not told.
+    admin
+        .set_proxy("proxy-b", &["billing".into()])
+        .await
+        .unwrap();
+    let other = h.proxy("proxy-b");
+    let rev = proxy.changes(0, None).await.unwrap().revision;
+    assert!(!proxy.changes(rev, None).await.unwrap().grants_changed);
+    let poll = tokio::spawn(async move {
+        let t = Instant::now();
+        (proxy.changes(rev, Some(20)).await.unwrap(), t.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    admin
+        .set_proxy("proxy-a", &["patients".into()])
+        .await
+        .unwrap();
+    let (resp, elapsed) = poll.await.unwrap();
+    assert!(resp.grants_changed, "{resp:?}");
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "long poll took {elapsed:?}"
+    );
+    assert!(!other.changes(rev, None).await.unwrap().grants_changed);
+    // Deleting the proxy is a grant change too.
+    let proxy = h.proxy("proxy-a");
+    let rev = proxy.changes(0, None).await.unwrap().revision;
+    admin.delete_proxy("proxy-a").await.unwrap();
+    assert!(proxy.changes(rev, None).await.unwrap().grants_changed);
 }
 
 fn tamper_copy(h: &Harness, name: &str) -> std::path::PathBuf {

@@ -531,15 +531,14 @@ fn revoked_grant_fails_closed_and_regrant_recovers() {
     ks.keyring_granted("patients");
     let admin = ks.admin();
     let cfg = ks.proxy_config(&ks.ca(), "revoke", 300, 1);
-    let keys =
-        KeyserverKeys::start_with_resync(&cfg, &schema("patients"), Duration::from_millis(500))
-            .unwrap();
+    // The default 60 s resync: the withdrawal must come through the change feed.
+    let keys = KeyserverKeys::start(&cfg, &schema("patients")).unwrap();
     let env = seal(keys.as_ref(), b"frank");
     ks.run(admin.set_proxy(PROXY, &[])).unwrap();
     let t = wait_until(Duration::from_secs(5), "revocation noticed", || {
         matches!(keys.column(&email()), Err(KeyError::Unavailable { .. }))
     });
-    eprintln!("revoked grant noticed after {t:?} (resync 500 ms, poll 1 s)");
+    eprintln!("revoked grant noticed after {t:?} (through the change feed)");
     let err = keys.column(&email()).unwrap_err().to_string();
     assert!(err.contains("not granted"), "{err}");
     ks.run(admin.set_proxy(PROXY, &["patients".to_owned()]))
@@ -548,6 +547,17 @@ fn revoked_grant_fails_closed_and_regrant_recovers() {
         keys.column(&email()).is_ok()
     });
     assert_eq!(open(keys.as_ref(), &env).unwrap(), b"frank");
+    // Deleting the proxy identity withdraws every grant: also announced by the feed.
+    ks.run(admin.delete_proxy(PROXY)).unwrap();
+    let t = wait_until(Duration::from_secs(5), "deleted proxy noticed", || {
+        matches!(keys.column(&email()), Err(KeyError::Unavailable { .. }))
+    });
+    eprintln!("deleted proxy noticed after {t:?}");
+    ks.run(admin.set_proxy(PROXY, &["patients".to_owned()]))
+        .unwrap();
+    wait_until(Duration::from_secs(5), "re-created proxy noticed", || {
+        keys.column(&email()).is_ok()
+    });
 }
 
 /// Every log line of this test binary (a global subscriber: the follower logs from its own thread).

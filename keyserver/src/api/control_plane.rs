@@ -302,6 +302,12 @@ pub async fn delete_proxy(
         let name = proxy_name(&name)?;
         let ev = ev.clone();
         st.blocking(move |s, _| s.delete_proxy(&name, &ev)).await?;
+        if let Ok(now) = st
+            .blocking(|s, _| s.changes_since(Access::Admin, u64::MAX))
+            .await
+        {
+            st.notify_change(now.revision);
+        }
         Ok((StatusCode::OK, serde_json::json!({"deleted": true})))
     }
     .await;

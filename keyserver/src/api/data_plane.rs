@@ -113,7 +113,10 @@ pub async fn changes(
                     s.changes_since(access, since)
                 })
                 .await?;
-            if !resp.changed.is_empty() || tokio::time::Instant::now() >= deadline {
+            if !resp.changed.is_empty()
+                || resp.grants_changed
+                || tokio::time::Instant::now() >= deadline
+            {
                 break resp;
             }
             if tokio::time::timeout_at(deadline, rx.changed())

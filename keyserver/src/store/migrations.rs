@@ -5,7 +5,8 @@ use rusqlite::Connection;
 use super::StoreError;
 
 /// Migration scripts; index + 1 is the schema version they produce.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -59,7 +60,16 @@ CREATE TABLE audit (
     hash      TEXT NOT NULL
 );
 INSERT INTO meta (key, value) VALUES ('revision', '0');
-"#];
+"#,
+    // 2: the revision at which each proxy's grants last changed (kept when the proxy is deleted), so
+    // the change feed tells a proxy that a grant was withdrawn.
+    r#"
+CREATE TABLE grant_changes (
+    proxy    TEXT PRIMARY KEY,
+    revision INTEGER NOT NULL
+);
+"#,
+];
 
 /// Current schema version.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;

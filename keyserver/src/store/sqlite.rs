@@ -132,6 +132,16 @@ fn bump_revision(tx: &Connection) -> Result<i64, StoreError> {
     Ok(next)
 }
 
+/// Records that `proxy`'s grants changed at revision `rev` (the change feed tells the proxy).
+fn record_grant_change(tx: &Connection, proxy: &str, rev: i64) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO grant_changes (proxy, revision) VALUES (?1, ?2) \
+         ON CONFLICT(proxy) DO UPDATE SET revision = excluded.revision",
+    )?
+    .execute(params![proxy, rev])?;
+    Ok(())
+}
+
 fn current_revision(c: &Connection) -> Result<u64, StoreError> {
     get_meta(c, "revision")?
         .unwrap_or_default()
@@ -670,7 +680,17 @@ impl KeyStore for SqliteStore {
                 })
             })
             .collect::<Result<_, StoreError>>()?;
-        Ok(ChangesResponse { revision, changed })
+        let grants_changed = match access {
+            Access::Admin => false,
+            Access::Proxy(p) => conn
+                .prepare_cached("SELECT 1 FROM grant_changes WHERE proxy = ?1 AND revision > ?2")?
+                .exists(params![p.as_str(), since])?,
+        };
+        Ok(ChangesResponse {
+            revision,
+            changed,
+            grants_changed,
+        })
     }
 
     fn create_token(&self, rec: &TokenRecord, ev: &AuditEvent) -> Result<(), StoreError> {
@@ -737,14 +757,14 @@ impl KeyStore for SqliteStore {
             tx.prepare_cached("INSERT INTO proxies (name, created_at) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING")?
                 .execute(params![name.as_str(), now_rfc3339()])?;
             tx.prepare_cached("DELETE FROM proxy_grants WHERE proxy = ?1")?.execute([name.as_str()])?;
-            // Granted keyrings count as changed, so a proxy polling the change feed picks up new grants.
-            let rev = if ids.is_empty() { None } else { Some(bump_revision(tx)?) };
+            // Granted keyrings count as changed, so a proxy polling the change feed picks up new
+            // grants; the grant change itself is recorded for withdrawn ones.
+            let rev = bump_revision(tx)?;
+            record_grant_change(tx, name.as_str(), rev)?;
             for id in ids {
                 tx.prepare_cached("INSERT OR IGNORE INTO proxy_grants (proxy, keyring_id) VALUES (?1, ?2)")?
                     .execute([name.as_str(), id.as_str()])?;
-                if let Some(rev) = rev {
-                    tx.prepare_cached("UPDATE keyrings SET revision = ?1 WHERE id = ?2")?.execute(params![rev, id])?;
-                }
+                tx.prepare_cached("UPDATE keyrings SET revision = ?1 WHERE id = ?2")?.execute(params![rev, id])?;
             }
             proxy_info(tx, name.as_str())
         })
@@ -770,7 +790,8 @@ impl KeyStore for SqliteStore {
             if n == 0 {
                 return Err(StoreError::NotFound);
             }
-            Ok(())
+            let rev = bump_revision(tx)?;
+            record_grant_change(tx, name.as_str(), rev)
         })
     }
 

@@ -28,8 +28,9 @@ pub(crate) struct Shared {
     pub health: Health,
     pub url: String,
     pub poll_wait_secs: u64,
-    /// How often every keyring's metadata is re-read even without a change in the feed (the
-    /// feed does not show revoked grants or deleted keyrings).
+    /// How often every keyring's metadata is re-read even without a change in the feed (a
+    /// withdrawn grant is announced by the feed's `grants_changed`; this catches anything else,
+    /// e.g. a keyring deleted from the keyserver's database).
     pub resync: Duration,
 }
 
@@ -202,7 +203,9 @@ pub(crate) async fn follow(
                 .changes(rev, Some(shared.poll_wait_secs))
                 .await
                 .map_err(FetchError::Failed)?;
-            let resync = last_resync.elapsed() >= shared.resync;
+            // A grant change may have withdrawn a keyring (the feed cannot list what this proxy
+            // no longer sees): re-read everything, like the periodic resync.
+            let resync = resp.grants_changed || last_resync.elapsed() >= shared.resync;
             let changed: BTreeSet<String> = if resync {
                 shared.keyrings.clone()
             } else {
