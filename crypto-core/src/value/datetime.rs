@@ -253,10 +253,28 @@ pub fn check_timestamp(us: i64, ty: &'static str) -> Result<i64, ValueError> {
     }
 }
 
+/// Unix time of PostgreSQL's epoch (2000-01-01 00:00:00), in seconds.
+const UNIX_SECS_AT_PG_EPOCH: i64 = 946_684_800;
+
+/// What [`parse_offset`] returns when the input gives no offset.
+const ABSENT_OFFSET: i64 = i64::MIN;
+
 /// Parses a timestamp. With `with_zone`, an offset (`Z`, `UTC`, `+HH`, `+HH:MM`, `+HHMM`,
 /// `+HH:MM:SS`) is accepted and the result is UTC; a missing offset means UTC. Zone names other
-/// than UTC/GMT/Z are refused (the proxy has no time-zone database).
+/// than UTC/GMT/Z are refused. [`parse_timestamp_in`] reads a missing offset in a session zone.
 pub fn parse_timestamp(input: &str, with_zone: bool) -> Result<i64, ValueError> {
+    if with_zone {
+        parse_timestamp_in(input, Some(&Utc))
+    } else {
+        parse_timestamp_in(input, None)
+    }
+}
+
+/// Parses a `timestamp` (`zone` None) or a `timestamptz` whose missing offset means local time
+/// in `zone` (PostgreSQL's `TimeZone`; a time in a daylight-saving gap or fold gets the offset
+/// PostgreSQL gives it, see [`SessionZone::offset_for_local`]).
+pub fn parse_timestamp_in(input: &str, zone: Option<&dyn SessionZone>) -> Result<i64, ValueError> {
+    let with_zone = zone.is_some();
     let ty = if with_zone {
         "timestamptz"
     } else {
@@ -314,10 +332,21 @@ pub fn parse_timestamp(input: &str, with_zone: bool) -> Result<i64, ValueError> 
         return Err(bad(ty, input));
     }
     let days = to_days(y, m, d, bc).ok_or_else(|| bad(ty, input))?;
-    let us = days
+    let local = days
         .checked_mul(USECS_PER_DAY)
         .and_then(|v| v.checked_add(micros))
-        .and_then(|v| v.checked_sub(offset_secs * 1_000_000))
+        .ok_or(ValueError::OutOfRange { ty })?;
+    if offset_secs == ABSENT_OFFSET {
+        offset_secs = match zone {
+            Some(z) => i64::from(
+                z.offset_for_local(local.div_euclid(1_000_000) + UNIX_SECS_AT_PG_EPOCH)
+                    .ok_or_else(|| unknown_zone(z))?,
+            ),
+            None => 0,
+        };
+    }
+    let us = local
+        .checked_sub(offset_secs * 1_000_000)
         .ok_or(ValueError::OutOfRange { ty })?;
     if us == TS_POS_INFINITY || us == TS_NEG_INFINITY {
         return Err(ValueError::OutOfRange { ty });
@@ -372,8 +401,9 @@ fn parse_offset(c: &mut Cursor<'_>) -> Option<i64> {
         Some(b'+') => 1,
         Some(b'-') => -1,
         _ => {
-            return if c.at_end() || c.peek() == Some(b' ') {
-                Some(0)
+            let era = upper.starts_with(b"BC") || upper.starts_with(b"AD");
+            return if c.at_end() || c.peek() == Some(b' ') || era {
+                Some(ABSENT_OFFSET)
             } else {
                 None
             }
@@ -400,8 +430,49 @@ fn parse_offset(c: &mut Cursor<'_>) -> Option<i64> {
     Some(sign * h as i64)
 }
 
+fn unknown_zone(z: &dyn SessionZone) -> ValueError {
+    ValueError::Unsupported {
+        ty: "timestamptz",
+        what: format!(
+            "text without a UTC offset, or output as text, while TimeZone is {:?} (a zone pgseal cannot resolve; give an explicit offset or use the binary format)",
+            z.name()
+        ),
+    }
+}
+
 /// Renders a timestamp as PostgreSQL does (ISO). `with_zone` appends `+00` (values are UTC).
 pub fn format_timestamp(us: i64, with_zone: bool, out: &mut String) {
+    if with_zone {
+        // UTC always resolves.
+        let _ = format_timestamptz_in(us, &Utc, out);
+    } else {
+        format_local(us, None, out);
+    }
+}
+
+/// Renders a `timestamptz` as PostgreSQL does with `DateStyle = ISO` and `TimeZone` = `zone`:
+/// local time, then the offset (`+01`, `+05:30`, `+00:53:28`).
+pub fn format_timestamptz_in(
+    us: i64,
+    zone: &dyn SessionZone,
+    out: &mut String,
+) -> Result<(), ValueError> {
+    if us == TS_POS_INFINITY || us == TS_NEG_INFINITY {
+        format_local(us, None, out);
+        return Ok(());
+    }
+    let offset = zone
+        .offset_at_utc(us.div_euclid(1_000_000) + UNIX_SECS_AT_PG_EPOCH)
+        .ok_or_else(|| unknown_zone(zone))?;
+    let local = us
+        .checked_add(i64::from(offset) * 1_000_000)
+        .ok_or(ValueError::OutOfRange { ty: "timestamptz" })?;
+    format_local(local, Some(offset), out);
+    Ok(())
+}
+
+/// Local date and time, then the UTC offset if any, then ` BC`.
+fn format_local(us: i64, offset: Option<i32>, out: &mut String) {
     use std::fmt::Write;
     match us {
         TS_POS_INFINITY => return out.push_str("infinity"),
@@ -425,11 +496,50 @@ pub fn format_timestamp(us: i64, with_zone: bool, out: &mut String) {
         out.push('.');
         out.push_str(digits.trim_end_matches('0'));
     }
-    if with_zone {
-        out.push_str("+00");
+    if let Some(off) = offset {
+        let a = off.unsigned_abs();
+        let _ = write!(out, "{}{:02}", if off < 0 { '-' } else { '+' }, a / 3600);
+        if a % 3600 != 0 {
+            let _ = write!(out, ":{:02}", (a / 60) % 60);
+            if a % 60 != 0 {
+                let _ = write!(out, ":{:02}", a % 60);
+            }
+        }
     }
     if bc {
         out.push_str(" BC");
+    }
+}
+
+/// The session time zone (PostgreSQL's `TimeZone` setting) for `timestamptz` text: input
+/// without an offset is local time in it, output is local time with its offset. Binary format
+/// and the stored values are UTC and do not depend on it.
+pub trait SessionZone: Send + Sync {
+    /// The setting's name as PostgreSQL reports it (for messages).
+    fn name(&self) -> &str;
+    /// The UTC offset in seconds east of Greenwich at the UTC instant `utc_secs` (Unix
+    /// seconds); None when the zone cannot be resolved.
+    fn offset_at_utc(&self, utc_secs: i64) -> Option<i32>;
+    /// The UTC offset for the local wall-clock time `local_secs` (seconds since 1970-01-01
+    /// 00:00 local). In a daylight-saving gap (the clock jumps forward) PostgreSQL uses the
+    /// offset before the transition, in a fold (the clock goes back) the one after it.
+    fn offset_for_local(&self, local_secs: i64) -> Option<i32>;
+}
+
+/// UTC (PostgreSQL's default `TimeZone` when the server configures none, and what `GMT`,
+/// `Etc/UTC`, … resolve to).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Utc;
+
+impl SessionZone for Utc {
+    fn name(&self) -> &str {
+        "UTC"
+    }
+    fn offset_at_utc(&self, _: i64) -> Option<i32> {
+        Some(0)
+    }
+    fn offset_for_local(&self, _: i64) -> Option<i32> {
+        Some(0)
     }
 }
 
@@ -467,6 +577,127 @@ mod tests {
         assert!(parse_date("2023-01-01x").is_err());
         assert!(parse_date("today").is_err());
         assert!(parse_date("").is_err());
+    }
+
+    /// A zone with standard time +01 and summer time +02 from 2024-03-31 01:00 UTC to
+    /// 2024-10-27 01:00 UTC (Europe/Berlin in 2024), following PostgreSQL's gap/fold rule.
+    struct Berlin2024;
+    const SUMMER_START: i64 = 1_711_846_800; // 2024-03-31 01:00 UTC
+    const SUMMER_END: i64 = 1_729_990_800; // 2024-10-27 01:00 UTC
+    impl SessionZone for Berlin2024 {
+        fn name(&self) -> &str {
+            "Europe/Berlin"
+        }
+        fn offset_at_utc(&self, t: i64) -> Option<i32> {
+            Some(if (SUMMER_START..SUMMER_END).contains(&t) {
+                7200
+            } else {
+                3600
+            })
+        }
+        fn offset_for_local(&self, l: i64) -> Option<i32> {
+            let (as_std, as_dst) = (l - 3600, l - 7200);
+            let std_ok = !(SUMMER_START..SUMMER_END).contains(&as_std);
+            let dst_ok = (SUMMER_START..SUMMER_END).contains(&as_dst);
+            Some(match (std_ok, dst_ok) {
+                (true, false) => 3600,
+                (false, true) => 7200,
+                // fold (both valid): the offset after the transition (standard time)
+                (true, true) => 3600,
+                // gap (neither): the offset before the transition (standard time)
+                (false, false) => 3600,
+            })
+        }
+    }
+
+    struct Fixed(i32);
+    impl SessionZone for Fixed {
+        fn name(&self) -> &str {
+            "fixed"
+        }
+        fn offset_at_utc(&self, _: i64) -> Option<i32> {
+            Some(self.0)
+        }
+        fn offset_for_local(&self, _: i64) -> Option<i32> {
+            Some(self.0)
+        }
+    }
+
+    struct Unknown;
+    impl SessionZone for Unknown {
+        fn name(&self) -> &str {
+            "Mars/Olympus"
+        }
+        fn offset_at_utc(&self, _: i64) -> Option<i32> {
+            None
+        }
+        fn offset_for_local(&self, _: i64) -> Option<i32> {
+            None
+        }
+    }
+
+    fn in_zone(s: &str, z: &dyn SessionZone) -> String {
+        let us = parse_timestamp_in(s, Some(z)).unwrap();
+        let mut out = String::new();
+        format_timestamptz_in(us, z, &mut out).unwrap();
+        out
+    }
+
+    fn utc_of(s: &str, z: &dyn SessionZone) -> String {
+        let mut out = String::new();
+        format_timestamp(parse_timestamp_in(s, Some(z)).unwrap(), true, &mut out);
+        out
+    }
+
+    #[test]
+    fn timestamptz_in_a_session_zone() {
+        let z = Berlin2024;
+        // Input without an offset is local time; output is local time with the offset.
+        assert_eq!(utc_of("2024-01-15 10:00", &z), "2024-01-15 09:00:00+00");
+        assert_eq!(utc_of("2024-07-15 10:00", &z), "2024-07-15 08:00:00+00");
+        assert_eq!(
+            in_zone("2024-07-15 10:00:00.25", &z),
+            "2024-07-15 10:00:00.25+02"
+        );
+        assert_eq!(in_zone("2024-01-15 10:00+00", &z), "2024-01-15 11:00:00+01");
+        // An explicit offset wins over the zone.
+        assert_eq!(utc_of("2024-07-15 10:00-03", &z), "2024-07-15 13:00:00+00");
+        // Gap: 02:30 does not exist on 2024-03-31; PostgreSQL reads it with the offset before
+        // the transition (+01), i.e. 01:30 UTC = 03:30+02.
+        assert_eq!(utc_of("2024-03-31 02:30", &z), "2024-03-31 01:30:00+00");
+        assert_eq!(in_zone("2024-03-31 02:30", &z), "2024-03-31 03:30:00+02");
+        // Fold: 02:30 happens twice on 2024-10-27; PostgreSQL takes the later one (+01).
+        assert_eq!(utc_of("2024-10-27 02:30", &z), "2024-10-27 01:30:00+00");
+        // Offsets with minutes and seconds, negative offsets, BC, infinity.
+        assert_eq!(
+            in_zone("2024-01-01 00:00+00", &Fixed(19_800)),
+            "2024-01-01 05:30:00+05:30"
+        );
+        assert_eq!(
+            in_zone("1850-01-01 00:00+00", &Fixed(3208)),
+            "1850-01-01 00:53:28+00:53:28"
+        );
+        assert_eq!(
+            in_zone("2024-01-01 00:00+00", &Fixed(-12_600)),
+            "2023-12-31 20:30:00-03:30"
+        );
+        assert_eq!(
+            in_zone("0044-03-15 12:00:00+00 BC", &Fixed(3600)),
+            "0044-03-15 13:00:00+01 BC"
+        );
+        assert_eq!(in_zone("infinity", &Unknown), "infinity");
+        // An era right after the time (no offset) is local time too.
+        assert_eq!(in_zone("0044-03-15 12:00 BC", &Fixed(3600)), "0044-03-15 12:00:00+01 BC");
+        assert_eq!(utc_of("0044-03-15 12:00 BC", &Fixed(3600)), "0044-03-15 11:00:00+00 BC");
+        // A zone that cannot be resolved: only input with an explicit offset works.
+        assert_eq!(
+            utc_of("2024-01-01 10:00+01", &Unknown),
+            "2024-01-01 09:00:00+00"
+        );
+        let e = parse_timestamp_in("2024-01-01 10:00", Some(&Unknown)).unwrap_err();
+        assert!(e.to_string().contains("Mars/Olympus"), "{e}");
+        let mut out = String::new();
+        assert!(format_timestamptz_in(0, &Unknown, &mut out).is_err());
     }
 
     #[test]

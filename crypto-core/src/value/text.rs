@@ -1,12 +1,21 @@
 //! PostgreSQL's text wire format for each logical type.
 
-use super::datetime::{format_date, format_timestamp, parse_date, parse_timestamp};
+use super::datetime::{
+    format_date, format_timestamp, format_timestamptz_in, parse_date, parse_timestamp,
+    parse_timestamp_in, SessionZone, Utc,
+};
 use super::{float, Json, LogicalType, Numeric, Value, ValueError};
 
 impl LogicalType {
     /// Parses a literal in PostgreSQL's text format (as in a SQL literal or a text-format Bind
     /// parameter). Malformed input is a typed error.
     pub fn parse_text(self, input: &str) -> Result<Value, ValueError> {
+        self.parse_text_in(input, &Utc)
+    }
+
+    /// [`Self::parse_text`] in a session whose `TimeZone` is `zone` (a `timestamptz` without an
+    /// offset is local time there, as PostgreSQL reads it).
+    pub fn parse_text_in(self, input: &str, zone: &dyn SessionZone) -> Result<Value, ValueError> {
         Ok(match self {
             Self::Text => Value::Text(check_text(self, input)?),
             Self::Varchar => Value::Varchar(check_text(self, input)?),
@@ -24,7 +33,7 @@ impl LogicalType {
             Self::Numeric => Value::Numeric(Numeric::parse(input)?),
             Self::Date => Value::Date(parse_date(input)?),
             Self::Timestamp => Value::Timestamp(parse_timestamp(input, false)?),
-            Self::TimestampTz => Value::TimestampTz(parse_timestamp(input, true)?),
+            Self::TimestampTz => Value::TimestampTz(parse_timestamp_in(input, Some(zone))?),
             Self::Uuid => Value::Uuid(parse_uuid(input)?),
             Self::Jsonb => Value::Jsonb(Json::parse(input)?),
             Self::Bytea => Value::Bytea(parse_bytea(input)?),
@@ -36,9 +45,24 @@ impl Value {
     /// Appends the value in PostgreSQL's text output format (`DateStyle = ISO`,
     /// `bytea_output = hex`, `extra_float_digits = 1`, timestamptz in UTC).
     pub fn write_text(&self, out: &mut Vec<u8>) {
+        // UTC always resolves.
+        let _ = self.write_text_in(out, &Utc);
+    }
+
+    /// [`Self::write_text`] in a session whose `TimeZone` is `zone` (a `timestamptz` is shown
+    /// in local time with its offset, as PostgreSQL shows it). Fails only for a `timestamptz`
+    /// when `zone` cannot be resolved.
+    pub fn write_text_in(
+        &self,
+        out: &mut Vec<u8>,
+        zone: &dyn SessionZone,
+    ) -> Result<(), ValueError> {
         let mut s = String::new();
         match self {
-            Self::Text(v) | Self::Varchar(v) => return out.extend_from_slice(v.as_bytes()),
+            Self::Text(v) | Self::Varchar(v) => {
+                out.extend_from_slice(v.as_bytes());
+                return Ok(());
+            }
             Self::Int2(v) => s = v.to_string(),
             Self::Int4(v) => s = v.to_string(),
             Self::Int8(v) => s = v.to_string(),
@@ -47,7 +71,7 @@ impl Value {
             Self::Numeric(v) => v.write_text(&mut s),
             Self::Date(v) => format_date(*v, &mut s),
             Self::Timestamp(v) => format_timestamp(*v, false, &mut s),
-            Self::TimestampTz(v) => format_timestamp(*v, true, &mut s),
+            Self::TimestampTz(v) => format_timestamptz_in(*v, zone, &mut s)?,
             Self::Uuid(v) => s = format_uuid(v),
             Self::Jsonb(v) => v.write(&mut s, false),
             Self::Bytea(v) => {
@@ -55,10 +79,11 @@ impl Value {
                 for b in v {
                     out.extend_from_slice(&hex_pair(*b));
                 }
-                return;
+                return Ok(());
             }
         }
         out.extend_from_slice(s.as_bytes());
+        Ok(())
     }
 
     /// The text format as a `String` (convenience for tests and tools).

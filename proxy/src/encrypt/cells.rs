@@ -2,6 +2,7 @@
 //! tags, opening a stored cell, and the bytea / bytea[] encodings that carry them. Errors name
 //! the column, never the value.
 
+use pgseal_crypto::value::datetime::SessionZone;
 use pgseal_crypto::value::{LogicalType, Value, ValueError};
 use pgseal_crypto::{BlindIndex, CryptoError, BLIND_INDEX_LEN};
 use zeroize::Zeroize;
@@ -63,8 +64,14 @@ impl CellError {
     }
 }
 
-/// Parses a client value in text (`format == 0`) or binary format for the column's type.
-pub fn parse_value(col: &ProtectedColumn, format: i16, bytes: &[u8]) -> Result<Value, CellError> {
+/// Parses a client value in text (`format == 0`, read in the session's time zone) or binary
+/// format for the column's type.
+pub fn parse_value(
+    col: &ProtectedColumn,
+    format: i16,
+    bytes: &[u8],
+    zone: &dyn SessionZone,
+) -> Result<Value, CellError> {
     if format == 0 {
         let text = std::str::from_utf8(bytes).map_err(|_| {
             CellError::input(
@@ -75,7 +82,7 @@ pub fn parse_value(col: &ProtectedColumn, format: i16, bytes: &[u8]) -> Result<V
                 },
             )
         })?;
-        col.ty.parse_text(text)
+        col.ty.parse_text_in(text, zone)
     } else {
         col.ty.parse_binary(bytes)
     }
@@ -164,12 +171,22 @@ pub fn open(
     value
 }
 
-/// Renders `value` in the client's format (0 text, else binary).
-pub fn render(value: &Value, format: i16, out: &mut Vec<u8>) {
+/// Renders `value` of `col` in the client's format (0 text, in the session's time zone; else
+/// binary).
+pub fn render(
+    col: &ProtectedColumn,
+    value: &Value,
+    format: i16,
+    out: &mut Vec<u8>,
+    zone: &dyn SessionZone,
+) -> Result<(), CellError> {
     if format == 0 {
-        value.write_text(out);
+        value
+            .write_text_in(out, zone)
+            .map_err(|e| CellError::input(col, e))
     } else {
         value.write_binary(out);
+        Ok(())
     }
 }
 

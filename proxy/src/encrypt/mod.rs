@@ -32,8 +32,8 @@
 //!   server saw no error); ReadyForQuery reports what the server says.
 //! - `SET search_path` is recognised at the start of each `;`-separated part of a statement; a
 //!   `SET LOCAL` is followed as if it were `SET` and a rolled-back `SET` is not undone.
-//! - Values are rendered with PostgreSQL 15's defaults (`DateStyle = ISO`, timestamptz in UTC,
-//!   `bytea_output = hex`) whatever the session's settings.
+//! - Values are rendered with `DateStyle = ISO` and `bytea_output = hex` whatever the session's
+//!   settings; `timestamptz` text follows the session's `TimeZone` ([`zone`]).
 //!
 //! # Performance (benches/encrypt.rs, shared 2-core machine, `--measurement-time 1`)
 //! three runs: `encrypt/plan_cache_hit` 0.19–0.31 µs, `encrypt/plan_passthrough` (no
@@ -45,6 +45,7 @@ pub mod rows;
 mod search_path;
 mod session;
 pub mod wire;
+pub mod zone;
 
 use std::sync::Arc;
 
@@ -191,15 +192,15 @@ impl EncryptionFactory {
         self.shared.plan(sql, search_path)
     }
 
-    /// Decrypts one DataRow body described by `rows` into `out` (a complete DataRow message).
-    /// Exposed for benchmarks.
+    /// Decrypts one DataRow body described by `rows` into `out` (a complete DataRow message),
+    /// rendering text in UTC. Exposed for benchmarks.
     pub fn decrypt_data_row(
         &self,
         rows: &rows::RowPlan,
         body: &[u8],
         out: &mut bytes::BytesMut,
     ) -> Result<(), rows::RowError> {
-        rows::decrypt_data_row(&*self.shared.keys, rows, body, out)
+        rows::decrypt_data_row(&*self.shared.keys, rows, body, out, &zone::Zone::utc())
     }
 }
 

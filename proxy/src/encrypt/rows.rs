@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
+use pgseal_crypto::value::datetime::SessionZone;
 
 use super::cells::{self, CellError};
 use super::wire::{self, Field};
@@ -120,6 +121,7 @@ pub fn decrypt_data_row(
     plan: &RowPlan,
     body: &[u8],
     out: &mut BytesMut,
+    zone: &dyn SessionZone,
 ) -> Result<(), RowError> {
     let values = wire::parse_data_row(body).map_err(|_| RowError::Shape)?;
     if values.len() != plan.cols.len() {
@@ -154,7 +156,10 @@ pub fn decrypt_data_row(
         };
         let value = cells::open(&keys_for, col, raw)?;
         let start = scratch.len();
-        cells::render(&value, format, &mut scratch);
+        if let Err(e) = cells::render(col, &value, format, &mut scratch, zone) {
+            zeroize::Zeroize::zeroize(&mut scratch);
+            return Err(e.into());
+        }
         spans.push(Some((start, scratch.len())));
     }
     put_message(out, b'D', |b| {

@@ -10,6 +10,7 @@ use super::cells::{self, CellError};
 use super::rows::{self, RowPlan};
 use super::search_path::{self, Change, Setting};
 use super::wire::{self, BindMsg, ParseMsg};
+use super::zone::Zone;
 use super::{Outcome, Shared};
 use crate::protocol::messages::{error_response, Severity};
 use crate::protocol::ProtocolError;
@@ -49,7 +50,8 @@ const BACKEND_TAGS: TagSet = TagSet::EMPTY
     .with(b'I')
     .with(b'N')
     .with(b'V')
-    .with(b'G');
+    .with(b'G')
+    .with(b'S');
 
 /// An upstream Bind parameter: format code and value (None = NULL).
 type OwnedParam = (i16, Option<Vec<u8>>);
@@ -140,6 +142,8 @@ pub(crate) struct EncryptSession {
     in_copy_in: bool,
     /// Source of statement and portal ids.
     next_id: u64,
+    /// The session's `TimeZone` (ParameterStatus), for timestamptz text.
+    zone: Zone,
 }
 
 fn proto(e: ProtocolError) -> InterceptError {
@@ -175,7 +179,25 @@ impl EncryptSession {
             copy_ends: VecDeque::new(),
             in_copy_in: false,
             next_id: 0,
+            zone: info
+                .server_params
+                .iter()
+                .find(|(k, _)| k == "TimeZone")
+                .map_or_else(Zone::utc, |(_, v)| Zone::from_setting(v)),
         }
+    }
+
+    /// ParameterStatus: follows `TimeZone`; always forwarded.
+    fn on_parameter_status(&mut self, frame: Frame, out: &mut Outbox<'_>) {
+        let mut parts = frame.body().split(|b| *b == 0);
+        if let (Some(b"TimeZone"), Some(value)) = (parts.next(), parts.next()) {
+            if let Ok(v) = std::str::from_utf8(value) {
+                if !self.zone.is(v) {
+                    self.zone = Zone::from_setting(v);
+                }
+            }
+        }
+        out.to_client.extend_from_slice(frame.raw());
     }
 
     fn column(&self, id: &pgseal_crypto::ColumnId) -> Result<&ProtectedColumn, CellError> {
@@ -203,7 +225,7 @@ impl EncryptSession {
                     let col = self.column(column)?;
                     let value = col
                         .ty
-                        .parse_text(literal_text)
+                        .parse_text_in(literal_text, &self.zone)
                         .map_err(|e| CellError::input(col, e))?;
                     let crypto = self.crypto(column)?;
                     let mut stored = Vec::with_capacity(literal_text.len() + 64);
@@ -219,7 +241,10 @@ impl EncryptSession {
                     let crypto = self.crypto(column)?;
                     let mut tags = Vec::new();
                     for t in literal_texts {
-                        let value = col.ty.parse_text(t).map_err(|e| CellError::input(col, e))?;
+                        let value = col
+                            .ty
+                            .parse_text_in(t, &self.zone)
+                            .map_err(|e| CellError::input(col, e))?;
                         cells::lookup_tags(&crypto, col, &value, &mut tags)?;
                     }
                     Ok(cells::tag_array_literal(&tags))
@@ -253,10 +278,10 @@ impl EncryptSession {
                 Some(t) => {
                     let value = t.parse_binary(v).map_err(|e| CellError::input(col, e))?;
                     col.ty
-                        .parse_text(&value.to_text())
+                        .parse_text_in(&value.to_text(), &self.zone)
                         .map_err(|e| CellError::input(col, e))
                 }
-                None => cells::parse_value(col, format, v),
+                None => cells::parse_value(col, format, v, &self.zone),
             }
         };
         // PostgreSQL's own checks, made here because the upstream statement has other
@@ -329,7 +354,7 @@ impl EncryptSession {
                     let crypto = self.crypto(column)?;
                     let mut tags = Vec::new();
                     for e in elements {
-                        let parsed = cells::parse_value(col, format, &e)?;
+                        let parsed = cells::parse_value(col, format, &e, &self.zone)?;
                         cells::lookup_tags(&crypto, col, &parsed, &mut tags)?;
                     }
                     out.push((1, Some(cells::tag_array_binary(&tags))));
@@ -787,9 +812,13 @@ impl EncryptSession {
             return;
         };
         let mark = out.to_client.len();
-        if let Err(e) =
-            rows::decrypt_data_row(&*self.shared.keys, &plan, frame.body(), out.to_client)
-        {
+        if let Err(e) = rows::decrypt_data_row(
+            &*self.shared.keys,
+            &plan,
+            frame.body(),
+            out.to_client,
+            &self.zone,
+        ) {
             out.to_client.truncate(mark);
             warn!(error = %e, "result row could not be decrypted");
             self.fail_results(e.sqlstate(), &e.to_string(), out);
@@ -999,6 +1028,10 @@ impl MessageInterceptor for EncryptSession {
         let tag = frame.tag();
         if tag == b'Z' {
             self.on_ready(frame, out);
+            return Ok(());
+        }
+        if tag == b'S' {
+            self.on_parameter_status(frame, out);
             return Ok(());
         }
         if self.discard_until_ready {

@@ -111,6 +111,7 @@ fn info(db: &str) -> SessionInfo {
         upstream_user: "app".into(),
         database: db.into(),
         params: Vec::new(),
+        server_params: Vec::new(),
     }
 }
 

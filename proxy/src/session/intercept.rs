@@ -120,6 +120,8 @@ pub struct SessionInfo {
     pub database: String,
     /// Startup parameters the client sent (`search_path`, `options`, …).
     pub params: Vec<(String, String)>,
+    /// The server's ParameterStatus values at start-up (`TimeZone`, `DateStyle`, …).
+    pub server_params: Vec<(String, String)>,
 }
 
 /// Per-connection message hook. Frontend messages of interest are Query, Parse, Bind, Describe,

@@ -155,6 +155,7 @@ async fn serve(login_info: client::ClientLogin, peer: SocketAddr, shared: &Share
         return;
     }
     drop(out);
+    let server_params = parameter_statuses(&up.startup_messages);
     drop(up.startup_messages);
     debug!(%peer, %user, %database, "session started");
     let info = SessionInfo {
@@ -162,6 +163,7 @@ async fn serve(login_info: client::ClientLogin, peer: SocketAddr, shared: &Share
         upstream_user: u.upstream_user.clone(),
         database,
         params,
+        server_params,
     };
     let mut interceptor = shared.interceptors.create(&info);
     let end = Relay {
@@ -239,4 +241,33 @@ async fn serve(login_info: client::ClientLogin, peer: SocketAddr, shared: &Share
             let _ = conn.shutdown().await;
         }
     }
+}
+
+/// The `(name, value)` pairs of the ParameterStatus messages in `raw` (whole messages: tag,
+/// length, body); anything else in it is skipped.
+fn parameter_statuses(raw: &[u8]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = raw;
+    while let (Some(&tag), Some(len)) = (
+        rest.first(),
+        rest.get(1..5)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(u32::from_be_bytes),
+    ) {
+        let end = 1 + len as usize;
+        let Some(body) = rest.get(5..end) else {
+            break;
+        };
+        if tag == b'S' {
+            let mut parts = body.split(|b| *b == 0);
+            if let (Some(k), Some(v)) = (parts.next(), parts.next()) {
+                out.push((
+                    String::from_utf8_lossy(k).into_owned(),
+                    String::from_utf8_lossy(v).into_owned(),
+                ));
+            }
+        }
+        rest = rest.get(end..).unwrap_or_default();
+    }
+    out
 }
