@@ -406,7 +406,7 @@ fn parse_offset(c: &mut Cursor<'_>) -> Option<i64> {
                 Some(ABSENT_OFFSET)
             } else {
                 None
-            }
+            };
         }
     };
     c.pos += 1;
@@ -687,8 +687,14 @@ mod tests {
         );
         assert_eq!(in_zone("infinity", &Unknown), "infinity");
         // An era right after the time (no offset) is local time too.
-        assert_eq!(in_zone("0044-03-15 12:00 BC", &Fixed(3600)), "0044-03-15 12:00:00+01 BC");
-        assert_eq!(utc_of("0044-03-15 12:00 BC", &Fixed(3600)), "0044-03-15 11:00:00+00 BC");
+        assert_eq!(
+            in_zone("0044-03-15 12:00 BC", &Fixed(3600)),
+            "0044-03-15 12:00:00+01 BC"
+        );
+        assert_eq!(
+            utc_of("0044-03-15 12:00 BC", &Fixed(3600)),
+            "0044-03-15 11:00:00+00 BC"
+        );
         // A zone that cannot be resolved: only input with an explicit offset works.
         assert_eq!(
             utc_of("2024-01-01 10:00+01", &Unknown),

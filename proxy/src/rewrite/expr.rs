@@ -5,9 +5,9 @@ use sqlparser::ast::{
     BinaryOperator, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, InTarget, UnaryOperator,
 };
 
-use super::ctx::Ctx;
+use super::ctx::{name_parts, Ctx};
 use super::refusal::Refusal;
-use super::scope::Scope;
+use super::scope::{whole_row, Scope};
 
 fn binop_is_comparison(op: &BinaryOperator) -> bool {
     matches!(
@@ -283,6 +283,21 @@ impl Ctx<'_> {
                                     self.general(x, scope)?;
                                 }
                                 FunctionArgExpr::Wildcard => {}
+                                FunctionArgExpr::QualifiedWildcard(name) => {
+                                    let binding = name_parts(name)
+                                        .and_then(|p| p.last().cloned())
+                                        .unwrap_or_default();
+                                    if let Some(p) = scope.protected_binding(&binding) {
+                                        return Err(whole_row(&binding, p));
+                                    }
+                                    if !is_count {
+                                        self.opaque_check(
+                                            &name.to_string(),
+                                            scope,
+                                            &format!("function {fname}"),
+                                        )?;
+                                    }
+                                }
                                 other => {
                                     if !is_count {
                                         self.opaque_check(

@@ -61,8 +61,6 @@
 //!   multi-statement string does not affect the analysis of the statements after it.
 //! - `client_param_types` is None for `= ANY($n)` parameters (the client sees an array type,
 //!   which [`LogicalType`](pgseal_crypto::value::LogicalType) cannot express).
-//! - Whole-row references (`row_to_json(p)`) are not detected; they return ciphertext (never
-//!   plaintext upstream).
 //!
 //! # Performance
 //! Measured with `cargo test --release -- --ignored --nocapture bench_` (tests `bench_rewrite`,

@@ -104,6 +104,14 @@ pub(crate) struct Scope<'a> {
     pub(crate) parent: Option<&'a Scope<'a>>,
 }
 
+/// `SELECT p FROM patients p`, `row_to_json(p)`: the whole row would be ciphertext.
+pub(crate) fn whole_row(binding: &str, p: &ProtectedColumn) -> Refusal {
+    Refusal::unsupported(
+        &p.id,
+        &format!("a whole-row reference to {binding} (name the columns)"),
+    )
+}
+
 fn ambiguous(name: &str) -> Refusal {
     Refusal::new(
         super::refusal::FEATURE_NOT_SUPPORTED,
@@ -170,9 +178,22 @@ impl<'a> Scope<'a> {
         match (protected.as_slice(), plain) {
             ([p], 0) => Ok(ColKind::Protected((*p).clone())),
             ([], 0) => {
+                // No column of that name: PostgreSQL reads it as the whole row of the table
+                // bound to that name.
+                if let Some(p) = self
+                    .sources
+                    .iter()
+                    .find(|s| s.binding == col)
+                    .and_then(|s| s.rel.first_protected())
+                {
+                    return Err(whole_row(col, p));
+                }
                 if opaque {
-                    // An unknown plain column here would shadow an outer protected one.
-                    if self.parent.is_some_and(|p| p.protected_somewhere(col)) {
+                    // An unknown plain column here would shadow an outer protected one (or the
+                    // whole row of an outer protected table).
+                    if self.parent.is_some_and(|p| {
+                        p.protected_somewhere(col) || p.protected_binding(col).is_some()
+                    }) {
                         return Err(ambiguous(col));
                     }
                     Ok(ColKind::Plain)
@@ -206,6 +227,11 @@ impl<'a> Scope<'a> {
                 None => ColKind::Plain,
             },
         }
+    }
+
+    /// The first protected column of the source bound to `rel` (innermost first), if any.
+    pub(crate) fn protected_binding(&self, rel: &str) -> Option<&ProtectedColumn> {
+        self.source(rel).and_then(|s| s.rel.first_protected())
     }
 
     /// The source bound to `rel` (innermost first).

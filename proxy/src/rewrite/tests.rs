@@ -709,6 +709,30 @@ fn constraints_on_plain_columns_pass_and_on_protected_columns_are_refused() {
 }
 
 #[test]
+fn whole_row_references_of_protected_tables_are_refused() {
+    for sql in [
+        "SELECT p FROM patients p",
+        "SELECT row_to_json(p) FROM patients p",
+        "SELECT row_to_json(patients) FROM patients",
+        "SELECT to_jsonb(p.*) FROM patients AS p",
+        "SELECT count(*) FROM patients p WHERE p IS NOT NULL",
+        "SELECT (SELECT 1 FROM doctors d WHERE d.id = 1 AND p IS NULL) FROM patients p",
+        "SELECT x FROM patients p, LATERAL (SELECT row_to_json(p) AS x) s",
+    ] {
+        let r = refused(sql);
+        assert_eq!(r.sqlstate, "0A000", "{sql}: {r:?}");
+        assert!(
+            r.message.contains("whole-row reference") || r.message.contains("ambiguous"),
+            "{sql}: {}",
+            r.message
+        );
+    }
+    // A column named like the binding wins (PostgreSQL's rule), and plain tables are fine.
+    pass("SELECT name FROM patients name");
+    pass("SELECT row_to_json(v) FROM visits v");
+}
+
+#[test]
 fn create_index_becomes_expression_index() {
     let p = plan("CREATE UNIQUE INDEX patients_email_idx ON patients (email)");
     assert_eq!(
