@@ -15,23 +15,29 @@ use pgseal_proxy::rewrite::TableResolver;
 use pgseal_proxy::Config;
 use support::{env, proxy_env, proxy_toml};
 
-/// `[encryption]`, `[keyserver]` (dummy files in `dir`) and `columns` for database `db`.
-fn encryption_block(dir: &Path, db: &str, columns: &str) -> String {
-    for f in ["ca.pem", "proxy.pem", "proxy-key.pem"] {
-        std::fs::write(dir.join(f), "-----BEGIN CERTIFICATE-----\n").unwrap();
-    }
-    let d = dir.display();
+/// `[encryption]`, `[keyserver]` (`keyserver`, or dummy files in `dir`) and `columns` for
+/// database `db`.
+fn encryption_block(dir: &Path, db: &str, columns: &str, keyserver: Option<&str>) -> String {
+    let keyserver = match keyserver {
+        Some(k) => k.to_owned(),
+        None => {
+            for f in ["ca.pem", "proxy.pem", "proxy-key.pem"] {
+                std::fs::write(dir.join(f), "-----BEGIN CERTIFICATE-----\n").unwrap();
+            }
+            let d = dir.display();
+            format!(
+                "[keyserver]\nurl = \"https://127.0.0.1:1\"\nca = \"{d}/ca.pem\"\n\
+                 cert = \"{d}/proxy.pem\"\nkey = \"{d}/proxy-key.pem\"\n"
+            )
+        }
+    };
     format!(
         r#"
 [encryption]
 database = "{db}"
 catalog_user = "app"
 
-[keyserver]
-url = "https://127.0.0.1:1"
-ca = "{d}/ca.pem"
-cert = "{d}/proxy.pem"
-key = "{d}/proxy-key.pem"
+{keyserver}
 {columns}"#
     )
 }
@@ -42,6 +48,17 @@ fn column(dotted: &str, extra: &str) -> String {
 
 /// Proxy TOML reaching the shared cluster over its unix socket (`port` overrides its port).
 fn config_text(dir: &Path, db: &str, columns: &str, port: Option<u16>) -> String {
+    config_text_with(dir, db, columns, port, None)
+}
+
+/// [`config_text`] with a `[keyserver]` block.
+fn config_text_with(
+    dir: &Path,
+    db: &str,
+    columns: &str,
+    port: Option<u16>,
+    keyserver: Option<&str>,
+) -> String {
     let pg = &env().pg;
     proxy_toml(
         &format!(
@@ -49,7 +66,7 @@ fn config_text(dir: &Path, db: &str, columns: &str, port: Option<u16>) -> String
             pg.socket_dir().display(),
             port.unwrap_or(pg.port)
         ),
-        &encryption_block(dir, db, columns),
+        &encryption_block(dir, db, columns, keyserver),
     )
 }
 
@@ -284,8 +301,16 @@ fn check_reports_columns_and_schema_prints_the_fix() {
         + &column("public.people.card", "index = true")
         + &column("public.people.nick", "index = true")
         + &column("public.ghosts.name", "");
+    // `check` fetches the keys too: a real keyserver that granted keyring "k".
+    let ks = support::keyserver::TestKeyserver::start();
+    let identity = ks.provision_proxy("catalog-check", &["k"]);
+    let ks_block = ks.keyserver_toml(&identity);
     let config = dir.path().join("proxy.toml");
-    std::fs::write(&config, config_text(dir.path(), &db, &cols, None)).unwrap();
+    std::fs::write(
+        &config,
+        config_text_with(dir.path(), &db, &cols, None, Some(&ks_block)),
+    )
+    .unwrap();
 
     let out = run("check", &config);
     let stdout = text(&out.stdout);
@@ -399,7 +424,13 @@ fn check_reports_columns_and_schema_prints_the_fix() {
     // Without a reachable upstream, `schema` prints the DDL for every column and says why.
     std::fs::write(
         &config,
-        config_text(dir.path(), &db, &cols, Some(support::pg::free_port())),
+        config_text_with(
+            dir.path(),
+            &db,
+            &cols,
+            Some(support::pg::free_port()),
+            Some(&ks_block),
+        ),
     )
     .unwrap();
     let ddl = support::ok(&run("schema", &config));
@@ -443,7 +474,12 @@ fn catalog_over_tcp_survives_an_upstream_restart_and_stops_when_dropped() {
             "host = \"127.0.0.1\"\nport = {}\nconnect_timeout_ms = 2000",
             pg.port
         ),
-        &encryption_block(dir.path(), "clinic", &column("public.patients.email", "")),
+        &encryption_block(
+            dir.path(),
+            "clinic",
+            &column("public.patients.email", ""),
+            None,
+        ),
     );
     let cat = start_catalog(&text).unwrap();
     let patients: u32 = pg
