@@ -282,3 +282,129 @@ fn check_fetches_keys_from_the_keyserver() {
     let (ok, text) = check(&env);
     assert!(ok, "{text}");
 }
+
+/// Rotation completed: `pgseal-proxy reencrypt` rewrites every old-version cell under the active
+/// version (ciphertext only upstream), reports cells it cannot open, and afterwards the old
+/// version can be disabled with every row still readable and found by equality.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reencrypt_after_rotation_then_disable_the_old_version() {
+    let env = EncEnv::start(&columns());
+    let mut s = Vec::new();
+    let c = env.client().await;
+    c.batch_execute("CREATE TABLE vault (id int4 PRIMARY KEY, secret text, note text); CREATE INDEX ON vault (secret)")
+        .await
+        .unwrap();
+    let mut rows = Vec::new();
+    for i in 0..40 {
+        let v = secret(&mut s, &format!("re{i}"));
+        let note = (i % 3 != 0).then(|| secret(&mut s, &format!("reNote{i}")));
+        c.execute(
+            "INSERT INTO vault (id, secret, note) VALUES ($1, $2, $3)",
+            &[&i, &v, &note],
+        )
+        .await
+        .unwrap();
+        rows.push((i, v, note));
+    }
+    assert_eq!(tokio::task::block_in_place(|| env.ks.rotate(KR)), 2);
+    // Wait (bounded) until the proxy writes under version 2, then write a few more rows.
+    let start = Instant::now();
+    let mut i = 100;
+    loop {
+        let v = secret(&mut s, "reLate");
+        c.execute("INSERT INTO vault (id, secret) VALUES ($1, $2)", &[&i, &v])
+            .await
+            .unwrap();
+        rows.push((i, v, None));
+        let cell = env.direct(&format!(
+            "SELECT encode(secret, 'hex') FROM vault WHERE id = {i}"
+        ));
+        i += 1;
+        if check_cell(&support::hex_decode(cell.trim()), true).unwrap() == 2 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "rotation not noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // One cell that cannot be opened (garbage written straight into PostgreSQL).
+    env.direct("UPDATE vault SET note = '\\x01000000019999'::bytea WHERE id = 1");
+    let versions = |col: &str| -> Vec<u32> {
+        env.stored_cells("public.vault", col)
+            .iter()
+            .filter_map(|c| check_cell(c, col == "secret").ok())
+            .collect()
+    };
+    let old_secrets = versions("secret").iter().filter(|v| **v == 1).count();
+    let old_notes = versions("note").iter().filter(|v| **v == 1).count();
+    assert!(
+        old_secrets >= 40 && old_notes == 25,
+        "{old_secrets} {old_notes}"
+    );
+
+    let run = || {
+        let out = Command::new(cargo_bin("pgseal-proxy", "PGSEAL_PROXY_BIN"))
+            .args(["reencrypt", "--config"])
+            .arg(env.proxy.config_path())
+            .envs(support::proxy_env())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, out, err) = tokio::task::block_in_place(run);
+    eprintln!("reencrypt:\n{out}{err}");
+    assert!(!ok, "an unreadable cell must fail the run: {out}{err}");
+    assert!(
+        out.contains(&format!(
+            "public.vault.secret: {old_secrets} cell(s) rewritten to key version 2\n"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "public.vault.note: 25 cell(s) rewritten to key version 2, 1 could not be opened"
+        ),
+        "{out}"
+    );
+    assert!(err.contains("1 cell(s) could not be opened"), "{err}");
+    // Clear the garbage; a second run has nothing left to do and succeeds.
+    env.direct("UPDATE vault SET note = NULL WHERE id = 1");
+    let (ok, out, err) = tokio::task::block_in_place(run);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("public.vault.secret: 0 cell(s) rewritten"),
+        "{out}"
+    );
+    assert!(versions("secret").iter().all(|v| *v == 2));
+    assert!(versions("note").iter().all(|v| *v == 2));
+
+    // Version 1 can go: every row is still readable and found by equality.
+    tokio::task::block_in_place(|| env.ks.disable(KR, 1));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (id, v, note) in &rows {
+        let note = if *id == 1 { None } else { note.clone() };
+        let got = c
+            .query("SELECT id, note FROM vault WHERE secret = $1", &[v])
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 1, "row {id} not found after re-encryption");
+        assert_eq!(got[0].get::<_, i32>(0), *id);
+        assert_eq!(got[0].get::<_, Option<String>>(1), note);
+    }
+    tokio::task::block_in_place(|| {
+        env.assert_no_leak(
+            &s,
+            &["public.vault"],
+            &[
+                ("public.vault", "secret", true),
+                ("public.vault", "note", false),
+            ],
+        )
+    });
+}

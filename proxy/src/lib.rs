@@ -28,6 +28,7 @@ pub mod keys;
 pub mod metrics;
 pub mod net;
 pub mod protocol;
+pub mod reencrypt;
 pub mod rewrite;
 pub mod server;
 pub mod session;

@@ -12,7 +12,7 @@ use pgseal_proxy::keys::{KeySource, KeyserverKeys};
 use pgseal_proxy::session::InterceptorFactory;
 use pgseal_proxy::{Config, PassThrough, Server};
 
-const USAGE: &str = "usage: pgseal-proxy <serve|check|schema> --config FILE\n\
+const USAGE: &str = "usage: pgseal-proxy <serve|check|schema|reencrypt> --config FILE\n\
 \n\
   serve   Run the proxy. SIGTERM: stop accepting, let in-flight queries finish for\n\
           [shutdown] grace_seconds, then close.\n\
@@ -37,6 +37,12 @@ const USAGE: &str = "usage: pgseal-proxy <serve|check|schema> --config FILE\n\
           missing (comments say why each column is or is not included); otherwise the DDL for\n\
           every configured column. Converting a column discards its existing values (USING\n\
           NULL): re-write them through the proxy.\n\
+  reencrypt  After a key rotation: rewrite every stored cell of the configured columns that\n\
+          is not under its keyring's active version (batches of 500 rows, one transaction\n\
+          each; a row changed concurrently is left alone). Connects as\n\
+          encryption.catalog_user, which then needs UPDATE on the protected tables. Prints one\n\
+          line per column; exit status 1 if a cell could not be opened. Run it, then disable\n\
+          and destroy the old versions on the keyserver.\n\
 \n\
 Options: --config FILE (or -c FILE, --config=FILE); --help; --version.\n\
 Logging: PGSEAL_LOG (or RUST_LOG), e.g. PGSEAL_LOG=debug; logs go to stderr.";
@@ -200,6 +206,40 @@ fn schema(resolved: &Resolved) -> Result<()> {
     Ok(())
 }
 
+/// `reencrypt`: every stored cell not under its keyring's active version is rewritten under it.
+fn reencrypt(resolved: &Resolved) -> Result<()> {
+    let Some(settings) = &resolved.encryption else {
+        bail!("no [[columns]] configured: nothing to re-encrypt");
+    };
+    let keys = KeyserverKeys::start(&settings.keyserver, &settings.schema)
+        .with_context(|| format!("keyserver {}", settings.keyserver.url))?;
+    let connector = CatalogConnector::new(resolved, settings)?;
+    let reports = current_thread()?.block_on(async {
+        let mut client = connector.connect().await?;
+        let r = pgseal_proxy::reencrypt::reencrypt(
+            &mut client,
+            &settings.schema,
+            keys.as_ref(),
+            REENCRYPT_BATCH,
+        )
+        .await;
+        client.close().await;
+        anyhow::Ok(r?)
+    })?;
+    let mut unreadable = 0;
+    for r in &reports {
+        println!("{r}");
+        unreadable += r.unreadable;
+    }
+    if unreadable > 0 {
+        bail!("{unreadable} cell(s) could not be opened and still use old key versions");
+    }
+    Ok(())
+}
+
+/// Rows per `reencrypt` batch (one upstream transaction each).
+const REENCRYPT_BATCH: usize = 500;
+
 /// The interceptor factory `serve` runs with, and what must stay alive as long as it does.
 struct Interceptors {
     factory: Arc<dyn InterceptorFactory>,
@@ -261,6 +301,7 @@ fn main() -> Result<()> {
     match cmd.as_str() {
         "check" => check(&path, resolved),
         "schema" => schema(&resolved),
+        "reencrypt" => reencrypt(&resolved),
         "serve" => {
             let interceptors = interceptors(&resolved)?;
             let server = Server::bind_sync(resolved, interceptors.factory)?;
