@@ -10,6 +10,18 @@
 //! - `cells.rs` seals and opens cells; `rows.rs` maps RowDescriptions to protected columns and
 //!   decrypts DataRows; `wire.rs` parses and builds the messages involved.
 //!
+//! # Lookups and key rotation
+//! A rewritten statement with scalar lookups (`col = $1`) is rendered for the blind-index key
+//! versions live when it is prepared: one `bytea` parameter per version (`= $k` or
+//! `IN ($k, …)`). The session remembers those versions per prepared statement (also for
+//! literal lookups, whose tags are in the SQL). When a Bind finds other versions live (a
+//! rotation, a disabled or re-enabled version), it first re-prepares the statement upstream: a
+//! hidden Close (named statements) and Parse of the re-rendered SQL, whose CloseComplete and
+//! ParseComplete are not forwarded; if that Parse does not complete, the next Bind tries again.
+//! A lookup therefore always searches every version that may be stored. Known limit: the
+//! hidden Close also closes any other portal still open on that statement (a named portal kept
+//! suspended across a rotation).
+//!
 //! Refusals ride the upstream's own error path: instead of the refused message the proxy sends
 //! a decoy that PostgreSQL rejects (`Query`/`Parse` of a syntax error, `Bind` of a statement that
 //! does not exist), and substitutes its own ErrorResponse for the upstream's. The upstream thus

@@ -12,8 +12,10 @@ use super::search_path::{self, Change, Setting};
 use super::wire::{self, BindMsg, ParseMsg};
 use super::zone::Zone;
 use super::{Outcome, Shared};
+use crate::keys::ColumnCrypto;
 use crate::protocol::messages::{error_response, Severity};
 use crate::protocol::ProtocolError;
+use crate::rewrite::plan::LookupWidths;
 use crate::rewrite::{Plan, ProtectedColumn, RewritePlan, Slot, UpstreamParam};
 use crate::session::{Frame, InterceptError, MessageInterceptor, Outbox, SessionInfo, TagSet};
 use pgseal_crypto::value::LogicalType;
@@ -56,6 +58,9 @@ const BACKEND_TAGS: TagSet = TagSet::EMPTY
 /// An upstream Bind parameter: format code and value (None = NULL).
 type OwnedParam = (i16, Option<Vec<u8>>);
 
+/// A refusal: SQLSTATE and message.
+type Refused = (&'static str, String);
+
 /// What a statement does to the session once it completes.
 #[derive(Debug, Clone, Default)]
 struct Effects {
@@ -70,6 +75,37 @@ struct Stmt {
     declared: Vec<u32>,
     rows: Option<Arc<RowPlan>>,
     effects: Effects,
+    /// The blind-index key versions the upstream statement was rendered for; None when unknown
+    /// (keys unavailable at Parse, or a re-prepare that did not complete): the next Bind
+    /// re-prepares it.
+    keys: Option<KeyVersions>,
+}
+
+/// The blind-index key versions a rendering of a rewrite plan depends on: for each scalar lookup
+/// parameter (in upstream order), then each literal lookup slot (in slot order), the versions
+/// of the column that may be stored, newest first. A scalar lookup has one upstream parameter
+/// per version, and a literal lookup's tags are rendered into the SQL, so a statement prepared
+/// for other versions must be re-prepared before it is bound.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct KeyVersions(Vec<Vec<u32>>);
+
+/// A statement's new upstream rendering, to be prepared before a Bind.
+struct Reparse {
+    /// The statement's id.
+    id: u64,
+    text: String,
+    param_oids: Vec<u32>,
+    versions: KeyVersions,
+}
+
+/// What a Bind needs to know about the live keys of a plan's lookups.
+struct LookupKeys {
+    /// Per upstream parameter, the column keys of a scalar lookup (None for other parameters).
+    cryptos: Vec<Option<Arc<ColumnCrypto>>>,
+    /// The widths of the scalar lookups (one tag per key version).
+    widths: LookupWidths,
+    /// The versions the rendering depends on.
+    versions: KeyVersions,
 }
 
 /// A portal.
@@ -94,6 +130,12 @@ enum Pending {
     Parse,
     Bind,
     Close,
+    /// A Close or Parse the proxy sent on its own to re-prepare a statement before a Bind
+    /// (after a key rotation): its completion is not forwarded. For the Parse, the statement
+    /// (name, id) whose upstream rendering is unknown if the Parse does not complete.
+    Hidden {
+        reprepared: Option<(String, u64)>,
+    },
     DescribeStmt {
         name: String,
         id: u64,
@@ -214,9 +256,74 @@ impl EncryptSession {
         self.shared.keys.column(id).map_err(CellError::Key)
     }
 
-    /// The SQL to send for a rewrite plan: slots rendered with fresh ciphertext.
-    fn render(&self, plan: &RewritePlan) -> Result<String, (&'static str, String)> {
-        plan.render(|slot| -> Result<String, CellError> {
+    /// The live keys of a plan's lookups (no key lookups for a plan without any).
+    fn lookup_keys(&self, plan: &RewritePlan) -> Result<LookupKeys, CellError> {
+        let mut cryptos = Vec::with_capacity(plan.upstream_params.len());
+        let mut widths = Vec::new();
+        let mut versions = Vec::new();
+        let list = |c: &ColumnCrypto| -> Vec<u32> {
+            c.lookup_keys().iter().map(|k| k.key_version()).collect()
+        };
+        for u in &plan.upstream_params {
+            match u {
+                UpstreamParam::Lookup { column, .. } => {
+                    let c = self.crypto(column)?;
+                    widths.resize(cryptos.len(), 1);
+                    widths.push(c.lookup_keys().len().max(1));
+                    versions.push(list(&c));
+                    cryptos.push(Some(c));
+                }
+                _ => cryptos.push(None),
+            }
+        }
+        for slot in &plan.slots {
+            if let Slot::Lookup { column, .. } = slot {
+                versions.push(list(&*self.crypto(column)?));
+            }
+        }
+        Ok(LookupKeys {
+            cryptos,
+            widths: LookupWidths(widths),
+            versions: KeyVersions(versions),
+        })
+    }
+
+    /// The upstream Parse of a rewrite plan rendered for `widths`: the SQL (slots rendered with
+    /// fresh ciphertext) and the parameter type OIDs (plain parameters as the client declared).
+    fn upstream_parse(
+        &self,
+        plan: &RewritePlan,
+        declared: &[u32],
+        widths: &LookupWidths,
+    ) -> Result<(String, Vec<u32>), (&'static str, String)> {
+        let text = self.render(plan, widths)?;
+        let oids = plan
+            .upstream_param_oids(widths)
+            .into_iter()
+            .zip(
+                plan.upstream_params
+                    .iter()
+                    .map(Some)
+                    .chain(std::iter::repeat(None)),
+            )
+            .map(|(oid, u)| match u {
+                Some(UpstreamParam::Plain(n)) => {
+                    declared.get(n.saturating_sub(1)).copied().unwrap_or(0)
+                }
+                _ => oid,
+            })
+            .collect();
+        Ok((text, oids))
+    }
+
+    /// The SQL to send for a rewrite plan: slots rendered with fresh ciphertext, scalar lookups
+    /// for `widths`.
+    fn render(
+        &self,
+        plan: &RewritePlan,
+        widths: &LookupWidths,
+    ) -> Result<String, (&'static str, String)> {
+        plan.render(widths, |slot| -> Result<String, CellError> {
             match slot {
                 Slot::Value {
                     column,
@@ -261,11 +368,14 @@ impl EncryptSession {
     }
 
     /// The upstream parameters of a Bind on a rewritten statement.
+    /// Scalar lookups get one parameter per key version, as `keys` says: the first tag at the
+    /// lookup's own position, the others after the plan's parameters.
     fn bind_params(
         &self,
         plan: &RewritePlan,
         declared: &[u32],
         bind: &BindMsg<'_>,
+        keys: &LookupKeys,
     ) -> Result<Vec<OwnedParam>, CellError> {
         // A binary value arrives in the type the client declared, which may differ from the
         // column's (int4 for an int8 column): read it as declared, convert through text.
@@ -305,7 +415,8 @@ impl EncryptSession {
             return Err(CellError::Protocol(format!("unsupported format code: {f}")));
         }
         let mut out = Vec::with_capacity(plan.upstream_params.len());
-        for up in &plan.upstream_params {
+        let mut extra: Vec<OwnedParam> = Vec::with_capacity(plan.extra_param_count(&keys.widths));
+        for (i, up) in plan.upstream_params.iter().enumerate() {
             let n = up.client_param();
             let idx = n.saturating_sub(1);
             let format = bind.param_format(idx);
@@ -325,16 +436,38 @@ impl EncryptSession {
                     out.push((1, Some(stored)));
                 }
                 UpstreamParam::Lookup { column, .. } => {
+                    let width = keys.widths.of(i);
                     let Some(v) = value else {
                         out.push((1, None));
+                        extra.extend((1..width).map(|_| (1, None)));
                         continue;
                     };
                     let col = self.column(column)?;
                     let parsed = parse(col, idx, format, v)?;
-                    let crypto = self.crypto(column)?;
-                    let mut tags = Vec::new();
+                    let crypto = match keys.cryptos.get(i) {
+                        Some(Some(c)) => c.clone(),
+                        _ => self.crypto(column)?,
+                    };
+                    let mut tags = Vec::with_capacity(width);
                     cells::lookup_tags(&crypto, col, &parsed, &mut tags)?;
-                    out.push((1, Some(cells::tag_array_binary(&tags))));
+                    // One tag per version the statement was prepared for: never fewer
+                    // parameters than tags (a version would go unsearched); a repeated tag
+                    // fills a statement prepared for more versions.
+                    let Some(last) = tags.last().copied() else {
+                        return Err(CellError::Key(crate::keys::KeyError::NoActiveVersion {
+                            keyring: crypto.keyring().to_owned(),
+                            column: column.to_string(),
+                        }));
+                    };
+                    if tags.len() > width {
+                        return Err(CellError::Protocol(format!(
+                            "pgseal: the key versions of column {column} changed while binding; retry"
+                        )));
+                    }
+                    tags.resize(width, last);
+                    let mut tags = tags.into_iter().map(|t| (1, Some(t.to_vec())));
+                    out.extend(tags.next());
+                    extra.extend(tags);
                 }
                 UpstreamParam::LookupArray { column, .. } => {
                     let Some(v) = value else {
@@ -361,6 +494,7 @@ impl EncryptSession {
                 }
             }
         }
+        out.append(&mut extra);
         Ok(out)
     }
 
@@ -399,7 +533,7 @@ impl EncryptSession {
                 return Ok(());
             }
             Ok(Plan::PassThrough) => out.to_upstream.extend_from_slice(frame.raw()),
-            Ok(Plan::Rewrite(plan)) => match self.render(plan) {
+            Ok(Plan::Rewrite(plan)) => match self.render(plan, &LookupWidths::ONE) {
                 Ok(text) => wire::write_query(out.to_upstream, &text),
                 Err((code, msg)) => {
                     self.refuse_simple(code, &msg, out);
@@ -421,36 +555,39 @@ impl EncryptSession {
             search_path: search_path::change_in(msg.query),
         };
         let outcome = self.shared.plan(msg.query, &self.search_path);
+        let mut keys = Some(KeyVersions::default());
         let refusal = match &*outcome {
             Err(r) => Some((r.sqlstate, r.message.clone())),
             Ok(Plan::PassThrough) => {
                 out.to_upstream.extend_from_slice(frame.raw());
                 None
             }
-            Ok(Plan::Rewrite(plan)) => match self.render(plan) {
-                Ok(text) => {
-                    let param_oids = plan
-                        .upstream_params
-                        .iter()
-                        .map(|u| match u {
-                            UpstreamParam::Plain(n) => msg
-                                .param_oids
-                                .get(n.saturating_sub(1))
-                                .copied()
-                                .unwrap_or(0),
-                            other => other.type_oid(),
-                        })
-                        .collect();
-                    ParseMsg {
-                        name: msg.name,
-                        query: &text,
-                        param_oids,
+            Ok(Plan::Rewrite(plan)) => {
+                // Keys unavailable now: render for one version, re-prepare at Bind (which
+                // reports the key error if they still are).
+                let widths = match self.lookup_keys(plan) {
+                    Ok(k) => {
+                        keys = Some(k.versions);
+                        k.widths
                     }
-                    .write(out.to_upstream);
-                    None
+                    Err(_) => {
+                        keys = None;
+                        LookupWidths::ONE
+                    }
+                };
+                match self.upstream_parse(plan, &msg.param_oids, &widths) {
+                    Ok((text, param_oids)) => {
+                        ParseMsg {
+                            name: msg.name,
+                            query: &text,
+                            param_oids,
+                        }
+                        .write(out.to_upstream);
+                        None
+                    }
+                    Err(e) => Some(e),
                 }
-                Err(e) => Some(e),
-            },
+            }
         };
         if let Some((code, message)) = refusal {
             self.statements.remove(&name);
@@ -475,6 +612,7 @@ impl EncryptSession {
                 declared,
                 rows: None,
                 effects,
+                keys,
             },
         );
         self.queue.push_back(Pending::Parse);
@@ -484,47 +622,115 @@ impl EncryptSession {
     fn on_bind(&mut self, frame: Frame, out: &mut Outbox<'_>) -> Result<(), InterceptError> {
         let bind = BindMsg::parse(frame.body()).map_err(proto)?;
         let stmt = self.statements.get(bind.statement);
-        let plan = stmt.and_then(|s| match &*s.outcome {
-            Ok(Plan::Rewrite(p)) => Some((p, &s.declared)),
+        let rows = stmt
+            .and_then(|s| s.rows.as_ref())
+            .map(|r| Arc::new(r.with_result_formats(&bind.result_formats)));
+        let effects = stmt.map(|s| s.effects.clone()).unwrap_or_default();
+        let prepared = stmt.and_then(|s| match &*s.outcome {
+            Ok(Plan::Rewrite(plan)) => Some(self.prepare_bind(plan, s, &bind)),
             _ => None,
         });
-        if let Some((plan, declared)) = plan {
-            match self.bind_params(plan, declared, &bind) {
-                Ok(params) => {
-                    let refs: Vec<(i16, Option<&[u8]>)> =
-                        params.iter().map(|(f, v)| (*f, v.as_deref())).collect();
-                    wire::write_bind(
-                        out.to_upstream,
-                        bind.portal,
-                        bind.statement,
-                        &refs,
-                        &bind.result_formats,
-                    );
+        match prepared {
+            None => out.to_upstream.extend_from_slice(frame.raw()),
+            Some(Ok((params, reparse))) => {
+                if let Some(r) = reparse {
+                    self.reprepare(bind.statement, r, out);
                 }
-                Err(e) => {
-                    let portal = bind.portal.to_owned();
-                    self.portals.remove(&portal);
-                    let decoy =
-                        |b: &mut BytesMut| wire::write_bind(b, &portal, DECOY_STATEMENT, &[], &[]);
-                    self.refuse_extended(decoy, e.sqlstate(), &e.to_string(), out);
-                    return Ok(());
-                }
+                let refs: Vec<(i16, Option<&[u8]>)> =
+                    params.iter().map(|(f, v)| (*f, v.as_deref())).collect();
+                wire::write_bind(
+                    out.to_upstream,
+                    bind.portal,
+                    bind.statement,
+                    &refs,
+                    &bind.result_formats,
+                );
             }
-        } else {
-            out.to_upstream.extend_from_slice(frame.raw());
+            Some(Err((code, message))) => {
+                let portal = bind.portal.to_owned();
+                self.portals.remove(&portal);
+                let decoy =
+                    |b: &mut BytesMut| wire::write_bind(b, &portal, DECOY_STATEMENT, &[], &[]);
+                self.refuse_extended(decoy, code, &message, out);
+                return Ok(());
+            }
         }
         self.next_id += 1;
         let portal = Portal {
             id: self.next_id,
-            rows: stmt
-                .and_then(|s| s.rows.as_ref())
-                .map(|r| Arc::new(r.with_result_formats(&bind.result_formats))),
-            effects: stmt.map(|s| s.effects.clone()).unwrap_or_default(),
+            rows,
+            effects,
             describing: false,
         };
         self.portals.insert(bind.portal.to_owned(), portal);
         self.queue.push_back(Pending::Bind);
         Ok(())
+    }
+
+    /// The upstream parameters of a Bind on a rewritten statement, and the statement's new
+    /// rendering when it was prepared for other key versions than the live ones.
+    fn prepare_bind(
+        &self,
+        plan: &RewritePlan,
+        stmt: &Stmt,
+        bind: &BindMsg<'_>,
+    ) -> Result<(Vec<OwnedParam>, Option<Reparse>), Refused> {
+        let cell = |e: CellError| (e.sqlstate(), e.to_string());
+        let keys = self.lookup_keys(plan).map_err(cell)?;
+        let params = self
+            .bind_params(plan, &stmt.declared, bind, &keys)
+            .map_err(cell)?;
+        if stmt.keys.as_ref() == Some(&keys.versions) {
+            return Ok((params, None));
+        }
+        let (text, param_oids) = self.upstream_parse(plan, &stmt.declared, &keys.widths)?;
+        Ok((
+            params,
+            Some(Reparse {
+                id: stmt.id,
+                text,
+                param_oids,
+                versions: keys.versions,
+            }),
+        ))
+    }
+
+    /// Re-prepares statement `name` upstream (hidden Close and Parse, answers swallowed), so
+    /// that the Bind that follows searches every live key version.
+    fn reprepare(&mut self, name: &str, r: Reparse, out: &mut Outbox<'_>) {
+        if !name.is_empty() {
+            wire::write_close(out.to_upstream, b'S', name);
+            self.queue.push_back(Pending::Hidden { reprepared: None });
+        }
+        ParseMsg {
+            name,
+            query: &r.text,
+            param_oids: r.param_oids,
+        }
+        .write(out.to_upstream);
+        self.queue.push_back(Pending::Hidden {
+            reprepared: Some((name.to_owned(), r.id)),
+        });
+        if let Some(s) = self.statements.get_mut(name).filter(|s| s.id == r.id) {
+            s.keys = Some(r.versions);
+        }
+    }
+
+    /// A hidden re-prepare that did not complete (skipped or failed upstream): the statement's
+    /// upstream rendering is unknown, so the next Bind re-prepares it again.
+    fn abandoned(&mut self, p: &Pending) {
+        if let Pending::Hidden {
+            reprepared: Some((name, id)),
+        } = p
+        {
+            if let Some(s) = self
+                .statements
+                .get_mut(name.as_str())
+                .filter(|s| s.id == *id)
+            {
+                s.keys = None;
+            }
+        }
     }
 
     fn on_describe(&mut self, frame: Frame, out: &mut Outbox<'_>) -> Result<(), InterceptError> {
@@ -630,7 +836,9 @@ impl EncryptSession {
             if matches!(front, Pending::Sync(_) | Pending::Query(_)) {
                 break;
             }
-            self.queue.pop_front();
+            if let Some(p) = self.queue.pop_front() {
+                self.abandoned(&p);
+            }
         }
     }
 
@@ -879,6 +1087,7 @@ impl EncryptSession {
             ) {
                 break;
             }
+            self.abandoned(&p);
         }
         self.discard_until_ready = false;
         out.to_client.extend_from_slice(frame.raw());
@@ -921,6 +1130,11 @@ impl EncryptSession {
             }
             Some(Pending::Query(_)) => {}
             Some(Pending::Sync(_)) | None => {}
+            Some(Pending::Hidden { .. }) => {
+                // The answer to a hidden re-prepare: the client did not ask for it.
+                self.queue.pop_front();
+                return;
+            }
             Some(_) => {
                 self.queue.pop_front();
             }

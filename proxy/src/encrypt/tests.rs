@@ -58,14 +58,41 @@ struct Harness {
     session: Box<dyn MessageInterceptor>,
 }
 
-fn harness() -> Harness {
-    let schema = Arc::new(schema());
+/// Static keys of the `patients` keyring with the given versions (material `[version; 32]`,
+/// except version 1: `[7; 32]`, the default harness's).
+fn keys_with_versions(schema: &ProtectedSchema, versions: &[u32]) -> Arc<StaticKeys> {
     let mut keyrings = HashMap::new();
+    let material = |v: u32| SecretKey::from_bytes([if v == 1 { 7 } else { v as u8 }; 32]);
     keyrings.insert(
         "patients".to_owned(),
-        vec![(1, SecretKey::from_bytes([7; 32]))],
+        versions.iter().map(|v| (*v, material(*v))).collect(),
     );
-    let keys = Arc::new(StaticKeys::new(&schema, &keyrings).unwrap());
+    Arc::new(StaticKeys::new(schema, &keyrings).unwrap())
+}
+
+/// A key source whose keys the test replaces (a rotation as the keyserver source follows it).
+struct SwapKeys(std::sync::Mutex<Arc<StaticKeys>>);
+
+impl KeySource for SwapKeys {
+    fn column(
+        &self,
+        column: &ColumnId,
+    ) -> Result<Arc<crate::keys::ColumnCrypto>, crate::keys::KeyError> {
+        self.0.lock().unwrap().column(column)
+    }
+}
+
+fn harness() -> Harness {
+    let schema = Arc::new(schema());
+    let keys = keys_with_versions(&schema, &[1]);
+    harness_with(schema, keys.clone(), keys)
+}
+
+fn harness_with(
+    schema: Arc<ProtectedSchema>,
+    keys: Arc<StaticKeys>,
+    source: Arc<dyn KeySource>,
+) -> Harness {
     let typed_cols: Vec<(i16, String)> = LogicalType::ALL
         .iter()
         .enumerate()
@@ -95,7 +122,7 @@ fn harness() -> Harness {
         &schema,
     );
     let catalog = Arc::new(StaticCatalog(Arc::new(snapshot)));
-    let factory = EncryptionFactory::new(schema.clone(), "app".into(), keys.clone(), catalog);
+    let factory = EncryptionFactory::new(schema.clone(), "app".into(), source, catalog);
     let session = factory.create(&info("app"));
     Harness {
         factory,
@@ -547,9 +574,9 @@ fn describe_statement_and_binary_results() {
         &simple(b'S'),
     ]));
     let f = frames(&up);
-    assert_eq!(ParseMsg::parse(&f[0].1).unwrap().param_oids, vec![1001]);
+    assert_eq!(ParseMsg::parse(&f[0].1).unwrap().param_oids, vec![17]);
     let mut pd = BytesMut::new();
-    wire::write_parameter_description(&mut pd, &[1001]);
+    wire::write_parameter_description(&mut pd, &[17]);
     let cl = h.server(&cat(&[
         &simple(b'1'),
         &pd,
@@ -570,7 +597,7 @@ fn describe_statement_and_binary_results() {
         25
     );
 
-    // Bind with binary results: no extra Describe, the tag array is binary bytea[].
+    // Bind with binary results: no extra Describe, the tag is a binary bytea (one key version).
     let (up, _) = h.client(&cat(&[
         &bind("", "s1", &[], &[Some(b"alice")], &[1]),
         &execute("", 0),
@@ -580,8 +607,7 @@ fn describe_statement_and_binary_results() {
     let f = frames(&up);
     let b = BindMsg::parse(&f[0].1).unwrap();
     assert_eq!(b.param_formats, vec![1]);
-    let els = cells::array_elements(1, b.params[0].unwrap()).unwrap();
-    assert_eq!(els, vec![h.tag("email", "alice")]);
+    assert_eq!(b.params, vec![Some(&h.tag("email", "alice")[..])]);
     assert!(!contains(&up, b"alice"));
     let stored = h.seal("patients", "email", "alice");
     let cl = h.server(&cat(&[
@@ -1252,19 +1278,10 @@ fn parameter_used_as_value_and_lookup_becomes_two_upstream_parameters() {
     let p = ParseMsg::parse(&f[0].1).unwrap();
     let b = BindMsg::parse(&f[2].1).unwrap();
     assert_eq!(b.params.len(), p.param_oids.len());
-    assert_eq!(
-        p.param_oids.iter().filter(|o| **o == 17).count(),
-        1,
-        "{:?}",
-        p.param_oids
-    );
-    assert_eq!(
-        p.param_oids.iter().filter(|o| **o == 1001).count(),
-        2,
-        "{:?}",
-        p.param_oids
-    );
-    let value_at = p.param_oids.iter().position(|o| *o == 17).unwrap();
+    // $1 as a value, $1 and $2 as lookups: three bytea parameters
+    assert_eq!(p.param_oids, vec![17, 17, 17]);
+    assert!(p.query.contains("SET email = $1::bytea"), "{}", p.query);
+    let value_at = 0;
     assert_eq!(
         h.open("patients", "email", b.params[value_at].unwrap()),
         Value::Text("a@b".into())
@@ -1353,4 +1370,170 @@ fn statement_described_late_does_not_leak_into_a_newer_one_of_the_same_name() {
     // The second statement's bytea is not decrypted with the first one's description.
     assert_eq!(tags(&cl), "1tT12DCZ");
     assert!(contains(&cl, &hex_text(&stored)));
+}
+
+/// The blind-index tags of `text` in `column` under `keys` (newest version first).
+fn tags_under(keys: &StaticKeys, h: &Harness, column: &str, text: &str) -> Vec<Vec<u8>> {
+    let c = h.column("patients", column);
+    let mut tags = Vec::new();
+    cells::lookup_tags(
+        &keys.column(&c.id).unwrap(),
+        &c,
+        &c.ty.parse_text(text).unwrap(),
+        &mut tags,
+    )
+    .unwrap();
+    tags.into_iter().map(|t| t.to_vec()).collect()
+}
+
+#[test]
+fn scalar_lookup_is_re_prepared_when_the_key_versions_change() {
+    let schema = Arc::new(schema());
+    let v1 = keys_with_versions(&schema, &[1]);
+    let v12 = keys_with_versions(&schema, &[1, 2]);
+    let v2 = keys_with_versions(&schema, &[2]);
+    let source = Arc::new(SwapKeys(std::sync::Mutex::new(v1.clone())));
+    let mut h = harness_with(schema, v1.clone(), source.clone());
+    let sql = "SELECT id FROM patients WHERE email = $1 AND id <> $2";
+
+    // Prepared under one version: a scalar `= $1::bytea`.
+    let (up, _) = h.client(&cat(&[&parse("s", sql, &[]), &simple(b'S')]));
+    let f = frames(&up);
+    let p = ParseMsg::parse(&f[0].1).unwrap();
+    assert_eq!(
+        p.query,
+        "SELECT id FROM patients WHERE SUBSTRING(email FROM 1 FOR 16) = $1::bytea AND id <> $2"
+    );
+    assert_eq!(p.param_oids, vec![17, 0]);
+    assert_eq!(tags(&h.server(&cat(&[&simple(b'1'), &ready(b'I')]))), "1Z");
+    let bind_s = |h: &mut Harness| {
+        h.client(&cat(&[
+            &bind("", "s", &[], &[Some(b"alice"), Some(b"3")], &[]),
+            &simple(b'S'),
+        ]))
+        .0
+    };
+    let up = bind_s(&mut h);
+    assert_eq!(tags(&up), "BS");
+    let f = frames(&up);
+    let b = BindMsg::parse(&f[0].1).unwrap();
+    let t1 = tags_under(&v1, &h, "email", "alice");
+    assert_eq!(b.params, vec![Some(&t1[0][..]), Some(&b"3"[..])]);
+    assert_eq!(tags(&h.server(&cat(&[&simple(b'2'), &ready(b'I')]))), "2Z");
+
+    // Rotation: version 2 added. The next Bind re-prepares (hidden Close + Parse) for two
+    // versions and sends both tags; the client sees only its BindComplete.
+    *source.0.lock().unwrap() = v12.clone();
+    let up = bind_s(&mut h);
+    assert_eq!(tags(&up), "CPBS");
+    let f = frames(&up);
+    assert_eq!(f[0].1, b"Ss\0");
+    let p = ParseMsg::parse(&f[1].1).unwrap();
+    assert_eq!(p.name, "s");
+    assert_eq!(
+        p.query,
+        "SELECT id FROM patients WHERE SUBSTRING(email FROM 1 FOR 16) IN ($1::bytea, $3::bytea) AND id <> $2"
+    );
+    assert_eq!(p.param_oids, vec![17, 0, 17]);
+    let b = BindMsg::parse(&f[2].1).unwrap();
+    let t12 = tags_under(&v12, &h, "email", "alice");
+    assert_eq!(t12.len(), 2);
+    assert_eq!(t12[1], t1[0], "version 1's tag is still searched");
+    assert_eq!(
+        b.params,
+        vec![Some(&t12[0][..]), Some(&b"3"[..]), Some(&t12[1][..])]
+    );
+    let cl = h.server(&cat(&[
+        &simple(b'3'),
+        &simple(b'1'),
+        &simple(b'2'),
+        &ready(b'I'),
+    ]));
+    assert_eq!(tags(&cl), "2Z");
+
+    // Same versions: no re-prepare.
+    let up = bind_s(&mut h);
+    assert_eq!(tags(&up), "BS");
+    assert_eq!(BindMsg::parse(&frames(&up)[0].1).unwrap().params.len(), 3);
+    assert_eq!(tags(&h.server(&cat(&[&simple(b'2'), &ready(b'I')]))), "2Z");
+
+    // Version 1 retired: re-prepared for one version again.
+    *source.0.lock().unwrap() = v2.clone();
+    let up = bind_s(&mut h);
+    assert_eq!(tags(&up), "CPBS");
+    let f = frames(&up);
+    let p = ParseMsg::parse(&f[1].1).unwrap();
+    assert!(p.query.contains("= $1::bytea AND"), "{}", p.query);
+    let b = BindMsg::parse(&f[2].1).unwrap();
+    let t2 = tags_under(&v2, &h, "email", "alice");
+    assert_eq!(b.params, vec![Some(&t2[0][..]), Some(&b"3"[..])]);
+
+    // The hidden Parse fails upstream: the client gets the error for its Bind, and the next
+    // Bind re-prepares again (the upstream statement is gone).
+    let cl = h.server(&cat(&[&simple(b'3'), &error("42P01"), &ready(b'I')]));
+    assert_eq!(tags(&cl), "EZ");
+    let up = bind_s(&mut h);
+    assert_eq!(tags(&up), "CPBS");
+    let cl = h.server(&cat(&[
+        &simple(b'3'),
+        &simple(b'1'),
+        &simple(b'2'),
+        &ready(b'I'),
+    ]));
+    assert_eq!(tags(&cl), "2Z");
+    let up = bind_s(&mut h);
+    assert_eq!(tags(&up), "BS");
+}
+
+#[test]
+fn unnamed_statement_and_literal_lookup_follow_rotation() {
+    let schema = Arc::new(schema());
+    let v1 = keys_with_versions(&schema, &[1]);
+    let v12 = keys_with_versions(&schema, &[1, 2]);
+    let source = Arc::new(SwapKeys(std::sync::Mutex::new(v1.clone())));
+    let mut h = harness_with(schema, v1.clone(), source.clone());
+
+    // Unnamed statement: re-prepared by a Parse alone (it replaces the unnamed statement).
+    let (up, _) = h.client(&parse("", "SELECT id FROM patients WHERE ssn = $1", &[]));
+    assert_eq!(tags(&up), "P");
+    *source.0.lock().unwrap() = v12.clone();
+    let (up, _) = h.client(&cat(&[
+        &bind("", "", &[], &[Some(b"42")], &[]),
+        &simple(b'S'),
+    ]));
+    assert_eq!(tags(&up), "PBS");
+    let f = frames(&up);
+    let p = ParseMsg::parse(&f[0].1).unwrap();
+    assert!(
+        p.query.ends_with("IN ($1::bytea, $2::bytea)"),
+        "{}",
+        p.query
+    );
+    let cl = h.server(&cat(&[
+        &simple(b'1'),
+        &simple(b'1'),
+        &simple(b'2'),
+        &ready(b'I'),
+    ]));
+    assert_eq!(tags(&cl), "12Z");
+
+    // A literal lookup prepared before the rotation renders the old versions' tags into the
+    // SQL: re-prepared so that the new version's tag is searched too.
+    *source.0.lock().unwrap() = v1.clone();
+    let (up, _) = h.client(&parse(
+        "lit",
+        "SELECT id FROM patients WHERE email = 'bob'",
+        &[],
+    ));
+    assert!(!contains(&up, b"bob"));
+    *source.0.lock().unwrap() = v12.clone();
+    let (up, _) = h.client(&cat(&[&bind("", "lit", &[], &[], &[]), &simple(b'S')]));
+    assert_eq!(tags(&up), "CPBS");
+    let f = frames(&up);
+    let p = ParseMsg::parse(&f[1].1).unwrap();
+    let hex = |t: &[u8]| t.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    for t in tags_under(&v12, &h, "email", "bob") {
+        assert!(p.query.contains(&hex(&t)), "{}", p.query);
+    }
+    assert!(!contains(&up, b"bob"));
 }

@@ -179,6 +179,14 @@ pub fn write_describe(out: &mut BytesMut, kind: u8, name: &str) {
     });
 }
 
+/// Appends a Close message.
+pub fn write_close(out: &mut BytesMut, kind: u8, name: &str) {
+    put_message(out, b'C', |b| {
+        b.put_u8(kind);
+        put_cstr(b, name);
+    });
+}
+
 /// The portal name of an Execute message.
 pub fn parse_execute(body: &[u8]) -> Result<&str, ProtocolError> {
     BodyReader::new(body, "Execute").cstr()

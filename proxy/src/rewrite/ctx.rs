@@ -7,7 +7,7 @@ use super::plan::{Slot, UpstreamParam};
 use super::refusal::Refusal;
 use super::schema::{fold, ProtectedColumn, ProtectedSchema, TableResolver};
 use super::scope::{ColKind, Scope};
-use super::template::Sentinels;
+use super::template::{ParamUse, Sentinels};
 
 /// Analysis state of one `rewrite` call.
 pub(crate) struct Ctx<'a> {
@@ -16,7 +16,7 @@ pub(crate) struct Ctx<'a> {
     search_path: &'a [String],
     pub(crate) sentinels: Sentinels,
     pub(crate) slots: Vec<Slot>,
-    pub(crate) params: Vec<UpstreamParam>,
+    pub(crate) params: Vec<ParamUse>,
     pub(crate) raws: Vec<String>,
     /// Set when the AST was changed (the statement must be re-printed).
     pub(crate) modified: bool,
@@ -123,8 +123,24 @@ impl<'a> Ctx<'a> {
 
     /// Adds a protected parameter use; returns the expression standing for it.
     pub(crate) fn param(&mut self, p: UpstreamParam) -> Expr {
+        self.param_use(ParamUse {
+            param: p,
+            lookup: None,
+        })
+    }
+
+    /// Adds a scalar lookup comparison `<prefix> = <tags of p>` (`<>` when `negated`); returns
+    /// the expression standing for the whole comparison (a [`super::plan::Piece::Lookup`]).
+    pub(crate) fn lookup_param(&mut self, p: UpstreamParam, prefix: &Expr, negated: bool) -> Expr {
+        self.param_use(ParamUse {
+            param: p,
+            lookup: Some((prefix.to_string(), negated)),
+        })
+    }
+
+    fn param_use(&mut self, u: ParamUse) -> Expr {
         let i = self.params.len();
-        self.params.push(p);
+        self.params.push(u);
         self.modified = true;
         Expr::Identifier(self.sentinels.param(i))
     }

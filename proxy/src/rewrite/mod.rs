@@ -18,11 +18,19 @@
 //! # Rewrites
 //! - Literals stored into protected columns become [`Slot::Value`]; `$n` become
 //!   [`UpstreamParam::Value`] (`$k::bytea`).
-//! - `col = x`, `col IN (…)`, `col = ANY(ARRAY[…])` become
+//! - `col = x`, `col IN (…)`, `col = ANY(ARRAY[…])` with literals become
 //!   `SUBSTRING(col FROM 1 FOR 16) = ANY(<lookup>)`; `<>`, `NOT IN` and `<> ALL(…)` become
-//!   `… <> ALL(<lookup>)`. A lookup is a [`Slot::Lookup`] (literals) or an upstream parameter
-//!   `$k::bytea[]` ([`UpstreamParam::Lookup`], or [`UpstreamParam::LookupArray`] for
-//!   `= ANY($n)`). A `$n` used in several roles gets one upstream parameter per role.
+//!   `… <> ALL(<lookup>)`, where the lookup is a [`Slot::Lookup`] (a `bytea[]` literal of the
+//!   tags under every live key version). `col = ANY($n)` becomes `… = ANY($k::bytea[])`
+//!   ([`UpstreamParam::LookupArray`]). A scalar parameter (`col = $n`, `col <> $n`, `$n` in an
+//!   IN list) becomes a [`Piece::Lookup`] with an [`UpstreamParam::Lookup`]: rendered with
+//!   [`plan::LookupWidths`] as `… = $k::bytea` for one key version and
+//!   `… IN ($k::bytea, $e::bytea, …)` for several (extra tag parameters numbered after the
+//!   plan's own), so PostgreSQL's plan cache can settle on a generic plan (its generic estimate
+//!   for an array parameter is 10 rows against 1, so it re-planned every execution). The plan
+//!   itself stays independent of keys; the integration renders it for the versions live when
+//!   it prepares the statement and re-prepares when they change. A `$n` used in several roles
+//!   gets one upstream parameter per role.
 //! - Equality joins of two columns of one index group compare the two prefixes.
 //! - `ON CONFLICT (col)` on a unique indexed column targets `((substring(col from 1 for 16)))`.
 //! - DDL: protected columns become `BYTEA`, indexes on them the prefix expression.

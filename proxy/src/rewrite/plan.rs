@@ -52,19 +52,71 @@ pub struct RewritePlan {
 
 impl RewritePlan {
     /// The type OID to declare in the upstream Parse for each upstream parameter
-    /// (17 bytea, 1001 bytea[], 0 = as the client declared / let the server infer).
-    pub fn upstream_param_oids(&self) -> Vec<u32> {
-        self.upstream_params
+    /// (17 bytea, 1001 bytea[], 0 = as the client declared / let the server infer), for the
+    /// rendering with lookup widths `widths` (see [`RewritePlan::render`]): the plan's own
+    /// parameters, then the extra tag parameters (bytea).
+    pub fn upstream_param_oids(&self, widths: &LookupWidths) -> Vec<u32> {
+        let mut oids: Vec<u32> = self
+            .upstream_params
             .iter()
             .map(UpstreamParam::type_oid)
-            .collect()
+            .collect();
+        oids.extend(std::iter::repeat_n(
+            BYTEA_OID,
+            self.extra_param_count(widths),
+        ));
+        oids
+    }
+
+    /// Whether the plan has scalar lookup parameters ([`UpstreamParam::Lookup`]), whose
+    /// rendering depends on the number of live blind-index key versions.
+    pub fn has_scalar_lookups(&self) -> bool {
+        self.upstream_params
+            .iter()
+            .any(|u| matches!(u, UpstreamParam::Lookup { .. }))
+    }
+
+    /// How many upstream parameters the rendering with `widths` has beyond
+    /// [`RewritePlan::upstream_params`] (the second and later tags of each scalar lookup).
+    pub fn extra_param_count(&self, widths: &LookupWidths) -> usize {
+        (0..self.upstream_params.len())
+            .map(|i| self.width(i, widths).saturating_sub(1))
+            .sum()
+    }
+
+    /// The number of tags upstream parameter `i` carries: its width if it is a scalar lookup,
+    /// else 1.
+    fn width(&self, i: usize, widths: &LookupWidths) -> usize {
+        match self.upstream_params.get(i) {
+            Some(UpstreamParam::Lookup { .. }) => widths.of(i),
+            _ => 1,
+        }
+    }
+
+    /// The upstream parameter numbers (1-based) carrying the tags of upstream parameter `i`
+    /// (0-based) in the rendering with `widths`: `i + 1` first, then its extra parameters, which
+    /// follow the plan's own parameters in order of `i`.
+    pub fn lookup_numbers(&self, i: usize, widths: &LookupWidths) -> Vec<usize> {
+        let base = self.upstream_params.len();
+        let before: usize = (0..i)
+            .map(|j| self.width(j, widths).saturating_sub(1))
+            .sum();
+        let w = self.width(i, widths);
+        let mut v = Vec::with_capacity(w);
+        v.push(i + 1);
+        v.extend((1..w).map(|j| base + before + j));
+        v
     }
 
     /// Renders the SQL to send: `render_slot` produces the SQL text of each slot (for a
     /// [`Slot::Value`] an encrypted `'\\x…'::bytea` literal, for a [`Slot::Lookup`] a `bytea[]`
-    /// expression). A slot index outside `slots` is reported as `Err(None)`.
+    /// expression); each [`Piece::Lookup`] becomes `<prefix> = $k::bytea` when its parameter's
+    /// width is 1, else `<prefix> IN ($k::bytea, $e1::bytea, …)` (`<>` / `NOT IN` when negated),
+    /// numbered by [`RewritePlan::lookup_numbers`]. A slot index outside `slots` is reported as
+    /// `Err(None)`.
     pub fn render<E>(
         &self,
+        widths: &LookupWidths,
         mut render_slot: impl FnMut(&Slot) -> Result<String, E>,
     ) -> Result<String, Option<E>> {
         let mut out = String::new();
@@ -75,21 +127,80 @@ impl RewritePlan {
                     let slot = self.slots.get(*i).ok_or(None)?;
                     out.push_str(&render_slot(slot).map_err(Some)?);
                 }
+                Piece::Lookup {
+                    prefix,
+                    param,
+                    negated,
+                } => {
+                    if *param >= self.upstream_params.len() {
+                        return Err(None);
+                    }
+                    self.render_lookup(&mut out, prefix, *param, *negated, widths);
+                }
             }
         }
         Ok(out)
     }
 
-    /// The template with slots shown as `{slot N}` (tests, logs: it contains no literal).
+    fn render_lookup(
+        &self,
+        out: &mut String,
+        prefix: &str,
+        param: usize,
+        negated: bool,
+        widths: &LookupWidths,
+    ) {
+        use std::fmt::Write;
+        let numbers = self.lookup_numbers(param, widths);
+        out.push_str(prefix);
+        if let [k] = numbers.as_slice() {
+            let op = if negated { "<>" } else { "=" };
+            let _ = write!(out, " {op} ${k}::bytea");
+            return;
+        }
+        out.push_str(if negated { " NOT IN (" } else { " IN (" });
+        for (j, k) in numbers.iter().enumerate() {
+            if j > 0 {
+                out.push_str(", ");
+            }
+            let _ = write!(out, "${k}::bytea");
+        }
+        out.push(')');
+    }
+
+    /// The template with slots shown as `{slot N}` (tests, logs: it contains no literal) and
+    /// lookups rendered for one key version.
     pub fn debug_sql(&self) -> String {
         let mut s = String::new();
         for p in &self.template {
             match p {
                 Piece::Sql(t) => s.push_str(t),
                 Piece::Slot(i) => s.push_str(&format!("{{slot {i}}}")),
+                Piece::Lookup {
+                    prefix,
+                    param,
+                    negated,
+                } => self.render_lookup(&mut s, prefix, *param, *negated, &LookupWidths::ONE),
             }
         }
         s
+    }
+}
+
+/// The number of blind-index tags each scalar lookup parameter carries in one rendering of a
+/// plan: one per key version of the column that may be stored, fixed when the statement is
+/// prepared upstream. Indexed like [`RewritePlan::upstream_params`]; a missing entry, a
+/// parameter that is not a scalar lookup, and 0 all count as 1.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LookupWidths(pub Vec<usize>);
+
+impl LookupWidths {
+    /// Every lookup with one tag.
+    pub const ONE: LookupWidths = LookupWidths(Vec::new());
+
+    /// The width of upstream parameter `i` (at least 1).
+    pub fn of(&self, i: usize) -> usize {
+        self.0.get(i).copied().unwrap_or(1).max(1)
     }
 }
 
@@ -100,6 +211,18 @@ pub enum Piece {
     Sql(String),
     /// The rendering of `slots[i]`.
     Slot(usize),
+    /// A blind-index comparison with a scalar lookup parameter (client `col = $n`, `col <> $n`,
+    /// `col [NOT] IN (…, $n, …)`), rendered for the number of live key versions: see
+    /// [`RewritePlan::render`].
+    Lookup {
+        /// The compared expression, `SUBSTRING(col FROM 1 FOR 16)`.
+        prefix: String,
+        /// The upstream parameter (0-based index into [`RewritePlan::upstream_params`]), an
+        /// [`UpstreamParam::Lookup`].
+        param: usize,
+        /// `<>` / `NOT IN` instead of `=` / `IN`.
+        negated: bool,
+    },
 }
 
 /// A literal of the client's SQL that must be replaced by crypto output at execution time.
@@ -139,7 +262,9 @@ pub enum UpstreamParam {
         /// The target column.
         column: ColumnId,
     },
-    /// Client parameter `$n`, compared with `column`: its tags under all key versions, `bytea[]`.
+    /// Client parameter `$n`, compared with `column`: its tag under each live key version
+    /// (newest first), one `bytea` parameter per version (see [`Piece::Lookup`]; the first tag is
+    /// this parameter, the others are extra parameters after the plan's own).
     Lookup {
         /// Client parameter number (1-based).
         param: usize,
@@ -177,12 +302,13 @@ impl UpstreamParam {
         }
     }
 
-    /// The type OID to declare upstream: 17 (bytea), 1001 (bytea[]) or 0 (unchanged).
+    /// The type OID to declare upstream: 17 (bytea), 1001 (bytea[]) or 0 (unchanged). For a
+    /// scalar lookup, every extra tag parameter is bytea too.
     pub fn type_oid(&self) -> u32 {
         match self {
             Self::Plain(_) => 0,
-            Self::Value { .. } => BYTEA_OID,
-            Self::Lookup { .. } | Self::LookupArray { .. } => BYTEA_ARRAY_OID,
+            Self::Value { .. } | Self::Lookup { .. } => BYTEA_OID,
+            Self::LookupArray { .. } => BYTEA_ARRAY_OID,
         }
     }
 }

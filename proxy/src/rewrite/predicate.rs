@@ -1,5 +1,7 @@
 //! Boolean positions (WHERE, ON, HAVING, CASE WHEN): the supported comparisons on protected
-//! columns are rewritten to blind-index comparisons on `substring(col from 1 for 16)`.
+//! columns are rewritten to blind-index comparisons on `substring(col from 1 for 16)`: with
+//! literals `= ANY(<tag array>)`, with a parameter `$n` one scalar comparison sized to the live
+//! key versions ([`super::plan::Piece::Lookup`]), with an array parameter `= ANY($k::bytea[])`.
 
 use sqlparser::ast::{BinaryOperator, Expr, InTarget, Value};
 
@@ -239,11 +241,14 @@ impl Ctx<'_> {
             terms.push(term(s));
         }
         for n in params {
-            let p = self.param(UpstreamParam::Lookup {
+            // A scalar comparison per key version (`= $k` or `IN ($k, …)`), not an array:
+            // PostgreSQL's generic plan then estimates it like the custom plan does, so a
+            // prepared lookup is planned once.
+            let p = UpstreamParam::Lookup {
                 param: n,
                 column: col.id.clone(),
-            });
-            terms.push(term(p));
+            };
+            terms.push(self.lookup_param(p, &prefix, negated));
         }
         if has_null {
             terms.push(Expr::BinaryOp {

@@ -122,6 +122,15 @@ impl<'t> Cursor<'t> {
     }
 }
 
+/// A protected parameter use: the upstream parameter, and for a scalar lookup comparison the
+/// compared prefix expression's text and whether it is negated (the sentinel then stands for
+/// the whole comparison, rendered as a [`Piece::Lookup`]).
+#[derive(Debug, Clone)]
+pub(crate) struct ParamUse {
+    pub(crate) param: UpstreamParam,
+    pub(crate) lookup: Option<(String, bool)>,
+}
+
 /// The template and the upstream parameter list.
 pub(crate) struct Built {
     pub(crate) template: Vec<Piece>,
@@ -136,7 +145,7 @@ pub(crate) fn build(
     text: &str,
     sentinels: &Sentinels,
     slot_count: usize,
-    param_uses: &[UpstreamParam],
+    param_uses: &[ParamUse],
     raws: &[String],
 ) -> Result<Built, Refusal> {
     let dialect = PostgreSqlDialect {};
@@ -211,16 +220,28 @@ pub(crate) fn build(
                 *seen_params
                     .get_mut(i)
                     .ok_or_else(|| internal("unknown parameter"))? += 1;
-                let p = param_uses
+                let u = param_uses
                     .get(i)
                     .ok_or_else(|| internal("unknown parameter"))?;
+                let p = &u.param;
                 max_client_param = max_client_param.max(p.client_param());
+                let k = number(p.clone(), &mut upstream);
+                if let Some((prefix, negated)) = &u.lookup {
+                    if !sql.is_empty() {
+                        template.push(Piece::Sql(std::mem::take(&mut sql)));
+                    }
+                    template.push(Piece::Lookup {
+                        prefix: prefix.clone(),
+                        param: k.saturating_sub(1),
+                        negated: *negated,
+                    });
+                    continue;
+                }
                 let cast = if p.type_oid() == super::plan::BYTEA_OID {
                     "bytea"
                 } else {
                     "bytea[]"
                 };
-                let k = number(p.clone(), &mut upstream);
                 sql.push_str(&format!("${k}::{cast}"));
             }
             Kind::Raw(i) => {
@@ -261,9 +282,12 @@ mod tests {
             s.param(0),
             s.raw(0)
         );
-        let uses = vec![UpstreamParam::Lookup {
-            param: 1,
-            column: col.clone(),
+        let uses = vec![ParamUse {
+            param: UpstreamParam::LookupArray {
+                param: 1,
+                column: col.clone(),
+            },
+            lookup: None,
         }];
         let b = build(&text, &s, 1, &uses, &["(raw)".to_owned()]).unwrap();
         assert_eq!(
@@ -278,13 +302,55 @@ mod tests {
             b.upstream,
             vec![
                 UpstreamParam::Plain(2),
-                UpstreamParam::Lookup {
+                UpstreamParam::LookupArray {
                     param: 1,
                     column: col
                 }
             ]
         );
         assert_eq!(b.max_client_param, 2);
+    }
+
+    #[test]
+    fn scalar_lookup_use_becomes_a_lookup_piece() {
+        let s = Sentinels::new("x");
+        let col = ColumnId::new("public", "t", "c").unwrap();
+        let lookup = UpstreamParam::Lookup {
+            param: 2,
+            column: col.clone(),
+        };
+        let text = format!(
+            "SELECT 1 FROM t WHERE {} AND b = $1 OR {}",
+            s.param(0),
+            s.param(1)
+        );
+        let uses = vec![
+            ParamUse {
+                param: lookup.clone(),
+                lookup: Some(("SUBSTRING(c FROM 1 FOR 16)".into(), false)),
+            },
+            ParamUse {
+                param: lookup.clone(),
+                lookup: Some(("SUBSTRING(c FROM 1 FOR 16)".into(), true)),
+            },
+        ];
+        let b = build(&text, &s, 0, &uses, &[]).unwrap();
+        let piece = |negated| Piece::Lookup {
+            prefix: "SUBSTRING(c FROM 1 FOR 16)".into(),
+            param: 0,
+            negated,
+        };
+        assert_eq!(
+            b.template,
+            vec![
+                Piece::Sql("SELECT 1 FROM t WHERE ".into()),
+                piece(false),
+                Piece::Sql(" AND b = $2 OR ".into()),
+                piece(true),
+            ]
+        );
+        // one upstream parameter for both uses of $2
+        assert_eq!(b.upstream, vec![lookup, UpstreamParam::Plain(1)]);
     }
 
     #[test]

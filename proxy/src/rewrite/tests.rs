@@ -3,6 +3,7 @@
 use pgseal_crypto::value::{LogicalType, Normalisation};
 use pgseal_crypto::{ColumnId, IndexGroup};
 
+use super::plan::LookupWidths;
 use super::*;
 
 fn col(table: &str, column: &str, ty: LogicalType, index: Option<(&str, bool)>) -> ProtectedColumn {
@@ -75,12 +76,30 @@ fn plan(sql: &str) -> RewritePlan {
 }
 
 /// Every plan renders (with dummy crypto output) to SQL that parses again, and its placeholders
-/// are exactly `$1..=$k` for the k upstream parameters.
+/// are exactly `$1..=$k` for the k upstream parameters: with one key version, and with three
+/// (every scalar lookup then has two extra parameters).
 fn check_rendered(p: &RewritePlan) {
+    check_rendered_with(p, &LookupWidths::ONE);
+    let three = LookupWidths(
+        p.upstream_params
+            .iter()
+            .map(|u| {
+                if matches!(u, UpstreamParam::Lookup { .. }) {
+                    3
+                } else {
+                    1
+                }
+            })
+            .collect(),
+    );
+    check_rendered_with(p, &three);
+}
+
+fn check_rendered_with(p: &RewritePlan, widths: &LookupWidths) {
     use sqlparser::dialect::PostgreSqlDialect;
     use sqlparser::tokenizer::{Token, Tokenizer};
     let sql = p
-        .render(|s| -> Result<String, ()> {
+        .render(widths, |s| -> Result<String, ()> {
             Ok(match s {
                 Slot::Value { .. } => "'\\x00'::bytea".to_owned(),
                 Slot::Lookup { .. } => "'{}'::bytea[]".to_owned(),
@@ -104,11 +123,9 @@ fn check_rendered(p: &RewritePlan) {
         .collect();
     seen.sort_unstable();
     seen.dedup();
-    assert_eq!(
-        seen,
-        (1..=p.upstream_params.len()).collect::<Vec<_>>(),
-        "{sql}"
-    );
+    let total = p.upstream_params.len() + p.extra_param_count(widths);
+    assert_eq!(seen, (1..=total).collect::<Vec<_>>(), "{sql}");
+    assert_eq!(p.upstream_param_oids(widths).len(), total);
 }
 
 fn refused(sql: &str) -> Refusal {
@@ -263,7 +280,7 @@ fn select_not_equal_param() {
     let p = plan("SELECT id FROM patients WHERE email <> $1 AND id = $2");
     assert_eq!(
         p.debug_sql(),
-        "SELECT id FROM patients WHERE SUBSTRING(email FROM 1 FOR 16) <> ALL($1::bytea[]) AND id = $2"
+        "SELECT id FROM patients WHERE SUBSTRING(email FROM 1 FOR 16) <> $1::bytea AND id = $2"
     );
     assert_eq!(
         p.upstream_params,
@@ -275,9 +292,55 @@ fn select_not_equal_param() {
             UpstreamParam::Plain(2)
         ]
     );
-    assert_eq!(p.upstream_param_oids(), vec![1001, 0]);
+    assert_eq!(p.upstream_param_oids(&LookupWidths::ONE), vec![17, 0]);
     assert_eq!(p.client_param_count, 2);
     assert_eq!(p.client_param_types, vec![Some(LogicalType::Text), None]);
+}
+
+/// Renders `p` for `widths` with placeholder crypto output.
+fn rendered(p: &RewritePlan, widths: &LookupWidths) -> String {
+    p.render(widths, |_| -> Result<String, ()> {
+        Ok("{slot}".to_owned())
+    })
+    .unwrap()
+}
+
+#[test]
+fn scalar_lookups_are_sized_to_the_key_versions() {
+    // one version: a plain `=` (PostgreSQL's generic plan estimates it like a custom plan)
+    let p = plan("SELECT id FROM patients WHERE email = $1 AND id = $2 AND name <> $3");
+    let one = "SELECT id FROM patients WHERE SUBSTRING(email FROM 1 FOR 16) = $1::bytea AND id = $2 AND SUBSTRING(name FROM 1 FOR 16) <> $3::bytea";
+    assert_eq!(rendered(&p, &LookupWidths::ONE), one);
+    assert_eq!(rendered(&p, &LookupWidths(vec![1, 1, 1])), one);
+    assert_eq!(p.upstream_param_oids(&LookupWidths::ONE), vec![17, 0, 17]);
+    // two versions of email's keyring, three of name's: the extra tags follow the plan's own
+    // parameters, in the order of the lookups
+    let w = LookupWidths(vec![2, 1, 3]);
+    assert_eq!(
+        rendered(&p, &w),
+        "SELECT id FROM patients WHERE SUBSTRING(email FROM 1 FOR 16) IN ($1::bytea, $4::bytea) AND id = $2 AND SUBSTRING(name FROM 1 FOR 16) NOT IN ($3::bytea, $5::bytea, $6::bytea)"
+    );
+    assert_eq!(p.extra_param_count(&w), 3);
+    assert_eq!(p.lookup_numbers(0, &w), vec![1, 4]);
+    assert_eq!(p.lookup_numbers(2, &w), vec![3, 5, 6]);
+    assert_eq!(p.upstream_param_oids(&w), vec![17, 0, 17, 17, 17, 17]);
+    // a width on a parameter that is not a scalar lookup is ignored; 0 counts as 1
+    assert_eq!(rendered(&p, &LookupWidths(vec![0, 4, 0])), one);
+    assert_eq!(p.upstream_param_oids(&LookupWidths(vec![0, 4, 0])).len(), 3);
+    // the same $n compared twice: one set of parameters
+    let p = plan("SELECT id FROM patients WHERE email = $1 OR email IN ('x', $1)");
+    assert_eq!(p.upstream_params.len(), 1);
+    assert_eq!(
+        rendered(&p, &LookupWidths(vec![2])),
+        "SELECT id FROM patients WHERE SUBSTRING(email FROM 1 FOR 16) IN ($1::bytea, $2::bytea) OR (SUBSTRING(email FROM 1 FOR 16) = ANY({slot}) OR SUBSTRING(email FROM 1 FOR 16) IN ($1::bytea, $2::bytea))"
+    );
+    // literal lookups and `= ANY($n)` keep the array form
+    let p = plan("SELECT id FROM patients WHERE email = ANY($1) AND name = 'a'");
+    assert_eq!(
+        rendered(&p, &LookupWidths(vec![3])),
+        "SELECT id FROM patients WHERE SUBSTRING(email FROM 1 FOR 16) = ANY($1::bytea[]) AND SUBSTRING(name FROM 1 FOR 16) = ANY({slot})"
+    );
+    assert!(!p.has_scalar_lookups());
 }
 
 #[test]
@@ -285,7 +348,7 @@ fn select_in_and_not_in_lists() {
     let p = plan("SELECT id FROM patients WHERE name IN ('a', 'b', $1)");
     assert_eq!(
         p.debug_sql(),
-        "SELECT id FROM patients WHERE (SUBSTRING(name FROM 1 FOR 16) = ANY({slot 0}) OR SUBSTRING(name FROM 1 FOR 16) = ANY($1::bytea[]))"
+        "SELECT id FROM patients WHERE (SUBSTRING(name FROM 1 FOR 16) = ANY({slot 0}) OR SUBSTRING(name FROM 1 FOR 16) = $1::bytea)"
     );
     assert_eq!(
         p.slots,
@@ -439,7 +502,7 @@ fn insert_literals_params_default_null_multirow_returning() {
             },
         ]
     );
-    assert_eq!(p.upstream_param_oids(), vec![17, 17]);
+    assert_eq!(p.upstream_param_oids(&LookupWidths::ONE), vec![17, 17]);
     assert_eq!(
         p.client_param_types,
         vec![Some(LogicalType::Text), Some(LogicalType::Text)]
@@ -541,7 +604,7 @@ fn same_param_as_value_and_lookup_gets_two_upstream_params() {
     let p = plan("UPDATE patients SET email = $1 WHERE email = $1 OR id = $2");
     assert_eq!(
         p.debug_sql(),
-        "UPDATE patients SET email = $1::bytea WHERE SUBSTRING(email FROM 1 FOR 16) = ANY($2::bytea[]) OR id = $3"
+        "UPDATE patients SET email = $1::bytea WHERE SUBSTRING(email FROM 1 FOR 16) = $2::bytea OR id = $3"
     );
     assert_eq!(
         p.upstream_params,
@@ -997,7 +1060,7 @@ fn limit_params_are_renumbered_as_plain() {
     let p = plan("SELECT id FROM patients WHERE name = $2 LIMIT $1");
     assert_eq!(
         p.debug_sql(),
-        "SELECT id FROM patients WHERE SUBSTRING(name FROM 1 FOR 16) = ANY($1::bytea[]) LIMIT $2"
+        "SELECT id FROM patients WHERE SUBSTRING(name FROM 1 FOR 16) = $1::bytea LIMIT $2"
     );
     assert_eq!(
         p.upstream_params,
@@ -1064,6 +1127,7 @@ fn template_text(p: &RewritePlan) -> String {
         .iter()
         .map(|x| match x {
             Piece::Sql(s) => s.clone(),
+            Piece::Lookup { prefix, .. } => prefix.clone(),
             Piece::Slot(_) => String::new(),
         })
         .collect()
@@ -1240,7 +1304,7 @@ fn cte_column_alias_list_renames_protected_output() {
 fn render_fills_slots_in_order() {
     let p = plan("UPDATE patients SET name = 'a' WHERE email IN ('b', 'c')");
     let sql = p
-        .render(|s| -> Result<String, ()> {
+        .render(&LookupWidths::ONE, |s| -> Result<String, ()> {
             Ok(match s {
                 Slot::Value { .. } => "'\\x00'::bytea".to_owned(),
                 Slot::Lookup { literal_texts, .. } => {
@@ -1358,7 +1422,7 @@ fn print_rendered_for_postgres() {
             continue;
         };
         let out = p
-            .render(|s| -> Result<String, ()> {
+            .render(&LookupWidths::ONE, |s| -> Result<String, ()> {
                 Ok(match s {
                     Slot::Value { .. } => format!("'\\\\x{:032x}'::bytea", 0u8),
                     Slot::Lookup { .. } => format!("'{{\\\\\\\\x{:032x}}}'::bytea[]", 0u8),
