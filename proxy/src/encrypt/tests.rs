@@ -1177,21 +1177,26 @@ fn unknown_table_oid_refreshes_the_catalog_once() {
         ]));
         assert!(contains(&cl, b"x@y"));
     }
+    // One refresh for the words the catalog does not know as relations ("plain" may be a
+    // partition created since the last load), one for the unknown table OID 777; neither is
+    // repeated at the same generation.
     assert_eq!(
         catalog.refreshes.load(std::sync::atomic::Ordering::SeqCst),
-        1
+        2
     );
-    // Another session does not refresh again for the unprotected table 777.
+    // Another session does not refresh again for the unprotected table 777 nor for the words.
     let mut s = h2.factory.create(&info("app"));
     std::mem::swap(&mut s, &mut h2.session);
-    h2.client(&query("SELECT data FROM plain"));
-    h2.server(&cat(&[
-        &row_description(&[field("data", 777, 1, 17, 0)]),
-        &ready(b'I'),
-    ]));
+    for _ in 0..2 {
+        h2.client(&query("SELECT data FROM plain"));
+        h2.server(&cat(&[
+            &row_description(&[field("data", 777, 1, 17, 0)]),
+            &ready(b'I'),
+        ]));
+    }
     assert_eq!(
         catalog.refreshes.load(std::sync::atomic::Ordering::SeqCst),
-        1
+        2
     );
 }
 
@@ -1352,4 +1357,135 @@ fn statement_described_late_does_not_leak_into_a_newer_one_of_the_same_name() {
     // The second statement's bytea is not decrypted with the first one's description.
     assert_eq!(tags(&cl), "1tT12DCZ");
     assert!(contains(&cl, &hex_text(&stored)));
+}
+
+/// `before`: the catalog knows patients only; `after` (what a refresh finds): a partition
+/// `patients_new` (OID 16401, email at attnum 3) created directly upstream, and a view `v_pat`
+/// (OID 16402) over patients.
+fn grown_catalog(h: &Harness) -> Arc<LearningCatalog> {
+    use crate::catalog::{DependentRelation, Descendant};
+    let p = |s: &str, t: &str| (s.to_owned(), t.to_owned());
+    let patients = || {
+        [(
+            PATIENTS,
+            "public".to_owned(),
+            "patients".to_owned(),
+            vec![(1i16, "id".to_owned()), (2, "email".to_owned())],
+        )]
+    };
+    let before = Arc::new(CatalogSnapshot::new(
+        1,
+        [p("public", "patients")],
+        patients(),
+        &h.schema,
+    ));
+    let after = Arc::new(
+        CatalogSnapshot::new(
+            2,
+            [
+                p("public", "patients"),
+                p("public", "patients_new"),
+                p("public", "v_pat"),
+            ],
+            patients(),
+            &h.schema,
+        )
+        .with_dependents(
+            &h.schema,
+            [Descendant {
+                oid: 16401,
+                schema: "public".into(),
+                table: "patients_new".into(),
+                temporary: false,
+                roots: vec![p("public", "patients")],
+                columns: vec![(1, "id".into()), (3, "email".into())],
+            }],
+            [DependentRelation {
+                oid: 16402,
+                schema: "public".into(),
+                name: "v_pat".into(),
+                relkind: 'v',
+                over: p("public", "patients"),
+            }],
+        ),
+    );
+    Arc::new(LearningCatalog {
+        before,
+        after,
+        refreshes: Default::default(),
+    })
+}
+
+fn harness_with(catalog: Arc<LearningCatalog>) -> Harness {
+    let h = harness();
+    let factory = EncryptionFactory::new(h.schema.clone(), "app".into(), h.keys.clone(), catalog);
+    Harness {
+        session: factory.create(&info("app")),
+        factory,
+        keys: h.keys.clone(),
+        schema: h.schema.clone(),
+    }
+}
+
+#[test]
+fn a_write_naming_a_partition_the_snapshot_lacks_refreshes_and_encrypts() {
+    let catalog = grown_catalog(&harness());
+    let mut h = harness_with(catalog.clone());
+    let (up, cl) = h.client(&query(
+        "INSERT INTO patients_new (id, email) VALUES (1, 'secret@example.org')",
+    ));
+    assert!(cl.is_empty(), "{}", tags(&cl));
+    assert!(contains(&up, b"INSERT"), "{up:?}");
+    assert!(
+        !contains(&up, b"secret@example.org"),
+        "plaintext went upstream"
+    );
+    assert_eq!(
+        catalog.refreshes.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    // The stored cell is sealed under the root's identity: it opens as patients.email.
+    let sql = String::from_utf8_lossy(&up).into_owned();
+    let cells = literals(&sql);
+    assert_eq!(cells.len(), 1, "{sql}");
+    let c = h.column("patients", "email");
+    let crypto = h.keys.column(&c.id).unwrap();
+    let v = cells::open(&crypto, &c, &cells[0]).unwrap();
+    assert_eq!(v, Value::Text("secret@example.org".into()));
+}
+
+#[test]
+fn reads_through_a_partition_decrypt_and_views_are_never_handed_over() {
+    let catalog = grown_catalog(&harness());
+    let mut h = harness_with(catalog.clone());
+    let stored = h.seal("patients", "email", "x@y.example");
+    // A partition's RowDescription (email at attnum 3 there) decrypts with the root's column.
+    h.client(&query("SELECT id, email FROM patients_new"));
+    let cl = h.server(&cat(&[
+        &row_description(&[
+            field("id", 16401, 1, 23, 0),
+            field("email", 16401, 3, 17, 0),
+        ]),
+        &data_row(&[Some(b"1"), Some(&hex_text(&stored))]),
+        &complete("SELECT 1"),
+        &ready(b'I'),
+    ]));
+    assert!(contains(&cl, b"x@y.example"), "{}", tags(&cl));
+    // A result from a tainted view: an error, and neither ciphertext nor any row.
+    let mut s = h.factory.create(&info("app"));
+    std::mem::swap(&mut s, &mut h.session);
+    h.client(&query("SELECT id, e FROM some_function_over_a_view()"));
+    let cl = h.server(&cat(&[
+        &row_description(&[field("id", 16402, 1, 23, 0), field("e", 16402, 2, 17, 0)]),
+        &data_row(&[Some(b"1"), Some(&hex_text(&stored))]),
+        &complete("SELECT 1"),
+        &ready(b'I'),
+    ]));
+    assert_eq!(tags(&cl), "EZ", "{cl:?}");
+    assert!(contains(&cl, b"0A000") && contains(&cl, b"public.v_pat"));
+    assert!(!contains(&cl, &hex_text(&stored)));
+    // Naming the view is refused before anything reaches the upstream's data.
+    let (up, cl) = h.client(&query("SELECT * FROM v_pat"));
+    assert!(!contains(&up, b"v_pat"));
+    assert!(contains(&cl, b"0A000") || cl.is_empty());
 }

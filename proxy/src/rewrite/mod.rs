@@ -101,6 +101,7 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 pub use ddl::schema_ddl;
+pub use mention::for_each_word;
 pub use plan::{Piece, Plan, PlanKind, RewritePlan, Slot, UpstreamParam};
 pub use refusal::Refusal;
 pub use schema::{InMemoryResolver, IndexSpec, ProtectedColumn, ProtectedSchema, TableResolver};
@@ -127,7 +128,7 @@ pub fn rewrite(
         Err(_) => {
             let lower = sql.to_lowercase();
             let table = schema
-                .tables()
+                .all_tables()
                 .find(|(_, t)| lower.contains(&t.to_lowercase()))
                 .map(|(s, t)| format!("{s}.{t}"))
                 .unwrap_or_default();
@@ -137,6 +138,16 @@ pub fn rewrite(
             ));
         }
     };
+    if schema.has_tainted() {
+        for st in &statements {
+            if matches!(st, sqlparser::ast::Statement::Drop { .. }) {
+                continue;
+            }
+            if let Some(r) = mention::tainted_refusal(&st.to_string(), schema) {
+                return Err(r);
+            }
+        }
+    }
     let mut ctx = Ctx::new(sql, schema, resolver, search_path);
     let mut dml = false;
     for st in statements.iter_mut() {
