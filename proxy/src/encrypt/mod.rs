@@ -111,10 +111,10 @@ impl Shared {
         };
         let current = noted.0 == snapshot.generation();
         crate::rewrite::for_each_word(sql, |w| {
-            if !snapshot.has_relation_named(w)
-                && !(current && noted.1.contains(w))
-                && !words.iter().any(|x: &String| x == w)
-            {
+            let known = snapshot.has_relation_named(w)
+                || (current && noted.1.contains(w))
+                || words.iter().any(|x: &String| x == w);
+            if !known {
                 words.push(w.to_owned());
             }
         });
