@@ -78,6 +78,32 @@ pub(crate) struct Shared {
 /// Entries kept in each "known not to be there" set before it stops growing.
 const NOTED_CAP: usize = 100_000;
 
+/// First words of statements that name no relation (transaction control, savepoints, session
+/// settings, cursors, notifications): their other words (savepoint, cursor and channel names,
+/// often unique per use) do not trigger catalog refreshes.
+const NAMES_NO_RELATION: &[&str] = &[
+    "abort",
+    "begin",
+    "checkpoint",
+    "close",
+    "commit",
+    "deallocate",
+    "discard",
+    "end",
+    "fetch",
+    "listen",
+    "move",
+    "notify",
+    "release",
+    "reset",
+    "rollback",
+    "savepoint",
+    "set",
+    "show",
+    "start",
+    "unlisten",
+];
+
 impl Shared {
     /// Whether `sql` may name a protected table, a descendant of one or a tainted relation
     /// (the rewriter's own textual pre-check, without allocating for ASCII text).
@@ -110,7 +136,16 @@ impl Shared {
             return words;
         };
         let current = noted.0 == snapshot.generation();
+        // Whether the current statement can name a relation (decided by its first word).
+        let mut skip: Option<bool> = None;
         crate::rewrite::for_each_word(sql, |w| {
+            if w == ";" {
+                skip = None;
+                return;
+            }
+            if *skip.get_or_insert_with(|| NAMES_NO_RELATION.contains(&w)) {
+                return;
+            }
             let known = snapshot.has_relation_named(w)
                 || (current && noted.1.contains(w))
                 || words.iter().any(|x: &String| x == w);
@@ -121,16 +156,15 @@ impl Shared {
         words
     }
 
-    /// Records words a refresh at `generation` did not know as relation names.
+    /// Records words a refresh at `generation` did not know as relation names (a full set
+    /// starts over, so new words never refresh on every statement).
     fn note_non_relations(&self, generation: u64, words: Vec<String>) {
         if let Ok(mut g) = self.non_relation_words.lock() {
-            if g.0 != generation {
+            if g.0 != generation || g.1.len() >= NOTED_CAP {
                 g.0 = generation;
                 g.1.clear();
             }
-            if g.1.len() < NOTED_CAP {
-                g.1.extend(words);
-            }
+            g.1.extend(words);
         }
     }
 

@@ -1488,3 +1488,36 @@ fn reads_through_a_partition_decrypt_and_views_are_never_handed_over() {
     let (up, _) = h.client(&query("SELECT * FROM v_pat"));
     assert!(!up.is_empty() && !contains(&up, b"v_pat"), "{up:?}");
 }
+
+#[test]
+fn savepoint_and_cursor_names_do_not_refresh_but_later_statements_do() {
+    let catalog = grown_catalog(&harness());
+    let h = harness_with(catalog.clone());
+    let path = vec!["public".to_owned()];
+    for i in 0..5 {
+        let o = h.factory.plan(
+            &format!("SAVEPOINT sp_{i}; RELEASE SAVEPOINT sp_{i}"),
+            &path,
+        );
+        assert!(matches!(*o, Ok(crate::rewrite::Plan::PassThrough)));
+        h.factory.plan(&format!("FETCH 10 FROM cur_{i}"), &path);
+    }
+    assert_eq!(
+        catalog.refreshes.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    let o = h.factory.plan(
+        "SAVEPOINT sp_x; INSERT INTO patients_new (id, email) VALUES (1, 'a@b.example')",
+        &path,
+    );
+    assert_eq!(
+        catalog.refreshes.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    match &*o {
+        Ok(crate::rewrite::Plan::Rewrite(p)) => {
+            assert!(!p.debug_sql().contains("a@b.example"), "{}", p.debug_sql())
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -20,8 +20,8 @@ pub(crate) fn text_mentions_protected_table(sql: &str, schema: &ProtectedSchema)
 /// Calls `f` with every word of `sql` (identifiers and keywords; unquoted ones ASCII-lowercased
 /// as PostgreSQL folds them, quoted ones as written), skipping string literals (standard,
 /// `E'…'` and dollar-quoted), comments and numbers. A hand-written scanner: it runs on every
-/// statement that names no protected table, and allocates only for quoted identifiers with
-/// `""` escapes and for unquoted words with upper-case letters.
+/// statement, and allocates only for quoted identifiers with `""` escapes and for unquoted
+/// words with upper-case letters. A `;` between statements is passed as the word `";"`.
 pub fn for_each_word(sql: &str, mut f: impl FnMut(&str)) {
     let b = sql.as_bytes();
     let n = b.len();
@@ -105,6 +105,9 @@ pub fn for_each_word(sql: &str, mut f: impl FnMut(&str)) {
                 .get(body..)
                 .and_then(|rest| rest.windows(tag.len()).position(|w| w == tag))
                 .map_or(n, |p| body + p + tag.len());
+        } else if c == b';' {
+            f(";");
+            i += 1;
         } else if c.is_ascii_digit() {
             while i < n && (is_cont(at(i)) || at(i) == b'.') {
                 i += 1;
@@ -219,6 +222,10 @@ mod tests {
         assert_eq!(
             words("INSERT INTO Part_1 (id) VALUES (12e3, 'a''b', E'x\\'y', $$ in $$) -- c\n/* d /* e */ */ RETURNING \"Q\"\"x\""),
             ["insert", "into", "part_1", "id", "values", "e", "returning", "Q\"x"]
+        );
+        assert_eq!(
+            words("SAVEPOINT s1; INSERT INTO t VALUES (';')"),
+            ["savepoint", "s1", ";", "insert", "into", "t", "values"]
         );
         assert_eq!(
             words("SELECT $1, $tag$ t $tag$, x$y FROM s.t"),
