@@ -16,10 +16,21 @@
 //! aborts the transaction, skips to Sync and reports the transaction status exactly as if it had
 //! refused the statement itself, and no plaintext is ever forwarded.
 //!
+//! # Statements and the catalog
+//! Statements are analysed with the catalog snapshot's schema: partitions and inheritance
+//! children of a protected table are analysed as that table, statements naming a view over one
+//! are refused. A statement containing a word the snapshot does not know as a relation name
+//! (nor noted as none at its generation) first triggers one catalog refresh, so a partition
+//! created directly upstream is known before the first statement naming it; statements whose
+//! first word names no relation (`SAVEPOINT`, `FETCH`, `SET`, …) are exempt. The scan is a
+//! hand-written lexer over the text (no parse).
+//!
 //! # Results
 //! A RowDescription field is decrypted when its type is `bytea` and `(table OID, attnum)` is a
-//! protected column in the catalog snapshot; an unknown table OID triggers one catalog refresh
-//! (OIDs still unknown afterwards are remembered per catalog generation, for all sessions).
+//! protected column in the catalog snapshot (descendants map to their root's columns by name);
+//! an unknown table OID triggers one catalog refresh (OIDs still unknown afterwards are
+//! remembered per catalog generation, for all sessions). A field from a tainted relation (a
+//! view over a protected table) fails the statement with `0A000`.
 //! Values arrive as the client asked (text `\x…` or escape format, or binary) and leave in the
 //! same format, rendered from the logical type. An Execute on a portal whose columns are not
 //! known yet (its statement was never described) is preceded by a Describe of the portal,
@@ -223,6 +234,15 @@ impl Shared {
     /// The rewrite outcome of `sql` under `search_path` (cached). Analysed with the snapshot's
     /// schema: descendants of protected tables as their roots, tainted relations refused.
     pub(crate) fn plan(&self, sql: &str, search_path: &[String]) -> Outcome {
+        // A plan cached at the current generation was made after this text's words were
+        // resolved against this very snapshot (known relations, or noted as none after a
+        // refresh to it): nothing to look up again.
+        if !self.lower_names.is_empty() {
+            let generation = self.catalog.snapshot().generation();
+            if let Some(o) = self.cache.get(sql, search_path, generation) {
+                return o;
+            }
+        }
         let snapshot = match self.snapshot_for(sql) {
             Ok((_, false)) => return self.pass.clone(),
             Ok((s, true)) => s,

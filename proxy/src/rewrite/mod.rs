@@ -3,7 +3,11 @@
 //!
 //! # Pipeline (fail closed)
 //! 1. If the text names no protected table (case-insensitive substring), [`Plan::PassThrough`]
-//!    without parsing.
+//!    without parsing. "Protected tables" are those of the [`ProtectedSchema`] given, which the
+//!    encryption layer takes from the catalog snapshot: the configured tables, their
+//!    descendants (partitions, inheritance children) as aliases carrying the root's columns,
+//!    and tainted relations (views over protected tables). A statement (other than `DROP`)
+//!    naming a tainted relation is refused (`0A000`).
 //! 2. Parse with sqlparser's `PostgreSqlDialect`; a parse failure is refused (`42601`), since the
 //!    text mentions a protected table.
 //! 3. Analyse each statement with explicit scopes (aliases, joins, derived tables,
@@ -42,7 +46,8 @@
 //! or of a query on one; column constraints other than NULL / NOT NULL on a protected column
 //! (an ORM's `UNIQUE` must become a `CREATE UNIQUE INDEX`); indexes with an operator class or an
 //! expression over a protected column; views, PREPARE, and every other statement kind that names
-//! a protected table; unparseable text naming a protected table (`42601`); ambiguous unqualified
+//! a protected table; statements naming a tainted relation (a view, materialized view or other
+//! relation whose rules depend on a protected table); unparseable text naming a protected table (`42601`); ambiguous unqualified
 //! references that may be protected.
 //!
 //! # Design notes (deviations from the brief, and why)
