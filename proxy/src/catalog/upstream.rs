@@ -10,7 +10,9 @@
 //! The thread also reloads every [`PERIODIC_REFRESH`], so relations created directly upstream
 //! (a new partition of a protected table, a view over one) are known within that interval even
 //! when no statement names them. A load that finds the catalog unchanged keeps the current
-//! snapshot and its generation (cached plans stay valid).
+//! snapshot and its generation (cached plans stay valid). Cost of one load with ~5 600
+//! relations (`cargo test --test proxy_catalog bench_refresh -- --ignored --nocapture`, shared
+//! 2-core machine under load): median 52 ms, max 106 ms.
 
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, RwLock};
