@@ -6,7 +6,19 @@
 //! The encryption layer sees only [`CatalogSource`]. A [`CatalogSnapshot`] is immutable; a
 //! source swaps in a new one after a refresh. Refreshes happen at start-up, after DDL passes
 //! through the proxy, and when a RowDescription names a table OID the snapshot does not know
-//! (a dropped and recreated table).
+//! (a dropped and recreated table), and periodically (see [`upstream`]).
+//!
+//! # Descendants and dependent relations
+//! Partitions and inheritance children (recursively) of a configured table are *descendants*:
+//! their OIDs map to the root configured table's protected columns, matched by column name
+//! (attnums differ after dropped columns or `ATTACH PARTITION`), with the root's column
+//! identity (rows PostgreSQL routes into a partition were sealed under the root's identity).
+//! The analyser sees them through [`CatalogSnapshot::schema`], where each descendant is an
+//! alias of its root. Views, materialized views and other relations whose rewrite rules
+//! depend (directly or through other views) on a protected table or a descendant are
+//! *tainted*: statements naming them are refused and result columns from them are never
+//! handed over. Descendants that are ambiguous (children of two protected roots, configured
+//! tables that are also descendants, temporary children) are tainted too.
 //!
 //! [`UpstreamCatalog`] is the source the proxy runs with (its own thread and upstream
 //! connection); [`StaticCatalog`] serves a fixed snapshot for tests. [`verify`] inspects the
@@ -20,7 +32,7 @@ pub mod verify;
 pub use connection::CatalogConnector;
 pub use upstream::UpstreamCatalog;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::rewrite::{ProtectedColumn, ProtectedSchema, TableResolver};
@@ -41,17 +53,58 @@ pub struct TableInfo {
     pub protected: HashMap<i16, ProtectedColumn>,
 }
 
+/// A partition or inheritance child of configured tables, as the catalog describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Descendant {
+    /// The descendant's OID.
+    pub oid: u32,
+    /// Its schema.
+    pub schema: String,
+    /// Its name.
+    pub table: String,
+    /// Whether it is a temporary table.
+    pub temporary: bool,
+    /// The configured tables it descends from (normally exactly one).
+    pub roots: Vec<(String, String)>,
+    /// Its non-dropped columns `(attnum, name)`.
+    pub columns: Vec<(i16, String)>,
+}
+
+/// A relation whose rewrite rules depend on a protected table (a view, a materialized view).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DependentRelation {
+    /// Its OID.
+    pub oid: u32,
+    /// Its schema.
+    pub schema: String,
+    /// Its name.
+    pub name: String,
+    /// `pg_class.relkind` (`v`, `m`, …).
+    pub relkind: char,
+    /// A configured table it depends on.
+    pub over: (String, String),
+}
+
 /// An immutable view of the catalog.
 #[derive(Debug, Clone, Default)]
 pub struct CatalogSnapshot {
     /// Every (schema, table) that exists (relations of any kind a query can name).
     tables: BTreeSet<(String, String)>,
+    /// The names of those relations, in any schema.
+    names: HashSet<String>,
     /// Tables by OID (at least every table holding a protected column).
     by_oid: HashMap<u32, TableInfo>,
     /// Monotonic generation, bumped by every refresh.
     generation: u64,
     /// Every schema that exists, when known (None: assume any schema exists).
     schemas: Option<BTreeSet<String>>,
+    /// Tainted relations by OID: why a result column from them is not handed over.
+    tainted: HashMap<u32, String>,
+    /// The protected schema the analyser uses: the configured columns, descendants as aliases
+    /// of their roots, tainted relations.
+    effective: Arc<ProtectedSchema>,
+    /// Lower-cased names of descendants and tainted relations (the pre-check's extra names).
+    extra_lower_names: Vec<String>,
 }
 
 impl CatalogSnapshot {
@@ -81,12 +134,128 @@ impl CatalogSnapshot {
                 },
             );
         }
+        let tables: BTreeSet<(String, String)> = relations.into_iter().collect();
+        let names = tables.iter().map(|(_, t)| t.clone()).collect();
         Self {
-            tables: relations.into_iter().collect(),
+            tables,
+            names,
             by_oid,
             generation,
             schemas: None,
+            tainted: HashMap::new(),
+            effective: Arc::new(schema.clone()),
+            extra_lower_names: Vec::new(),
         }
+    }
+
+    /// The same snapshot, knowing the descendants of the configured tables and the relations
+    /// that depend on them. `schema` is the configured schema.
+    pub fn with_dependents(
+        mut self,
+        schema: &ProtectedSchema,
+        descendants: impl IntoIterator<Item = Descendant>,
+        dependents: impl IntoIterator<Item = DependentRelation>,
+    ) -> Self {
+        let mut effective = schema.clone();
+        for d in descendants {
+            let why = match d.roots.as_slice() {
+                [] => continue,
+                [_, _, ..] => Some(format!(
+                    "an inheritance child of more than one protected table ({})",
+                    d.roots
+                        .iter()
+                        .map(|(s, t)| format!("{s}.{t}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+                [(rs, rt)] if d.temporary => Some(format!(
+                    "a temporary inheritance child of protected table {rs}.{rt}"
+                )),
+                [(rs, rt)] if schema.table(&d.schema, &d.table).is_some() => Some(format!(
+                    "configured as a protected table and also a partition or inheritance child of protected table {rs}.{rt} (configure the root table only)"
+                )),
+                [(rs, rt)] => {
+                    let protected = d
+                        .columns
+                        .iter()
+                        .filter_map(|(attnum, name)| {
+                            schema.column(rs, rt, name).map(|c| (*attnum, c.clone()))
+                        })
+                        .collect();
+                    effective.insert_alias(&d.schema, &d.table, rs, rt);
+                    self.by_oid.insert(
+                        d.oid,
+                        TableInfo {
+                            schema: d.schema.clone(),
+                            table: d.table.clone(),
+                            protected,
+                        },
+                    );
+                    None
+                }
+            };
+            if let Some(why) = why {
+                self.taint(&mut effective, d.oid, &d.schema, &d.table, why);
+            }
+        }
+        for v in dependents {
+            let (os, ot) = &v.over;
+            let kind = match v.relkind {
+                'v' => "a view",
+                'm' => "a materialized view",
+                _ => "a relation with rewrite rules",
+            };
+            let why = format!("{kind} over protected table {os}.{ot}");
+            self.taint(&mut effective, v.oid, &v.schema, &v.name, why);
+        }
+        let configured = schema.lower_table_names();
+        self.extra_lower_names = effective
+            .lower_table_names()
+            .iter()
+            .filter(|n| !configured.contains(*n))
+            .cloned()
+            .collect();
+        self.effective = Arc::new(effective);
+        self
+    }
+
+    fn taint(
+        &mut self,
+        effective: &mut ProtectedSchema,
+        oid: u32,
+        schema: &str,
+        name: &str,
+        why: String,
+    ) {
+        self.tainted.insert(
+            oid,
+            format!("pgseal: a result column comes from relation {schema}.{name}, which is {why}; pgseal does not hand its values over (query the protected table through the proxy instead)"),
+        );
+        effective.insert_tainted(schema, name, why);
+    }
+
+    /// The protected schema statements are analysed with: the configured columns, descendants
+    /// as aliases of their root tables, tainted relations.
+    pub fn schema(&self) -> &Arc<ProtectedSchema> {
+        &self.effective
+    }
+
+    /// Lower-cased names of descendants and tainted relations (beyond the configured tables).
+    pub fn extra_lower_names(&self) -> &[String] {
+        &self.extra_lower_names
+    }
+
+    /// Why result columns of `table_oid` must not be handed over, when it is tainted.
+    pub fn tainted(&self, table_oid: u32) -> Option<&str> {
+        self.tainted.get(&table_oid).map(String::as_str)
+    }
+
+    /// Whether `other` describes the same catalog (generation aside).
+    pub fn same_content(&self, other: &CatalogSnapshot) -> bool {
+        self.tables == other.tables
+            && self.by_oid == other.by_oid
+            && self.schemas == other.schemas
+            && self.tainted == other.tainted
     }
 
     /// The same snapshot, knowing which schemas exist.
@@ -100,9 +269,9 @@ impl CatalogSnapshot {
         self.by_oid.get(&table_oid)?.protected.get(&attnum)
     }
 
-    /// Whether the snapshot knows `table_oid`.
+    /// Whether the snapshot knows `table_oid` (a protected table, a descendant, or tainted).
     pub fn knows_oid(&self, table_oid: u32) -> bool {
-        self.by_oid.contains_key(&table_oid)
+        self.by_oid.contains_key(&table_oid) || self.tainted.contains_key(&table_oid)
     }
 
     /// The table with `table_oid`, if known.
@@ -113,6 +282,11 @@ impl CatalogSnapshot {
     /// The refresh generation.
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// Whether a relation named `name` exists in some schema.
+    pub fn has_relation_named(&self, name: &str) -> bool {
+        self.names.contains(name)
     }
 
     /// Whether `(schema, table)` exists.

@@ -6,6 +6,13 @@
 //! lock read; `refresh()` queues a request and blocks the caller until the new snapshot (or
 //! [`REFRESH_TIMEOUT`]). Requests queued while a load runs are answered together by the next
 //! load. A dropped connection is reopened on the next load (one retry on a fresh connection).
+//!
+//! The thread also reloads every [`PERIODIC_REFRESH`], so relations created directly upstream
+//! (a new partition of a protected table, a view over one) are known within that interval even
+//! when no statement names them. A load that finds the catalog unchanged keeps the current
+//! snapshot and its generation (cached plans stay valid). Cost of one load with ~5 600
+//! relations (`cargo test --test proxy_catalog bench_refresh -- --ignored --nocapture`, shared
+//! 2-core machine under load): median 52 ms, max 106 ms.
 
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, RwLock};
@@ -23,6 +30,8 @@ use crate::upstream::simple_query::SimpleClient;
 
 /// How long `refresh()` waits for the catalog thread.
 pub const REFRESH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the catalog is reloaded without being asked.
+pub const PERIODIC_REFRESH: Duration = Duration::from_secs(2);
 /// How long one load's queries may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -137,6 +146,13 @@ impl Loader {
             match r {
                 Ok(snap) => {
                     self.client = Some(client);
+                    let current = match self.current.read() {
+                        Ok(g) => g.clone(),
+                        Err(poisoned) => poisoned.into_inner().clone(),
+                    };
+                    if self.generation > 0 && current.same_content(&snap) {
+                        return Ok(current);
+                    }
                     self.generation = next;
                     let snap = Arc::new(snap);
                     match self.current.write() {
@@ -185,14 +201,28 @@ async fn run(
         }
     }
     drop(ready);
-    while let Some(first) = requests.recv().await {
-        let mut waiters = vec![first];
+    let mut tick = tokio::time::interval(PERIODIC_REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        let first = tokio::select! {
+            r = requests.recv() => match r {
+                Some(w) => Some(w),
+                None => break,
+            },
+            _ = tick.tick() => None,
+        };
+        let mut waiters: Vec<SyncSender<Answer>> = first.into_iter().collect();
         while let Ok(w) = requests.try_recv() {
             waiters.push(w);
         }
         let answer = loader.load().await;
         if let Err(e) = &answer {
-            warn!(error = %e, "catalog refresh failed");
+            if waiters.is_empty() {
+                debug!(error = %e, "periodic catalog refresh failed");
+            } else {
+                warn!(error = %e, "catalog refresh failed");
+            }
         }
         for w in waiters {
             let _ = w.try_send(answer.clone());

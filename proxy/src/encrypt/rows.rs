@@ -75,26 +75,50 @@ impl RowPlan {
     }
 }
 
-/// The protected column behind each field, per `snapshot` (bytea fields of known tables only).
-/// Returns the OIDs of bytea fields whose table the snapshot does not know.
-pub fn map_fields(
-    fields: &[Field],
-    snapshot: &CatalogSnapshot,
-) -> (Vec<Option<ProtectedColumn>>, Vec<u32>) {
+/// How the fields of a RowDescription map onto the catalog.
+#[derive(Debug, Clone, Default)]
+pub struct FieldMap {
+    /// The protected column behind each field (bytea fields of protected tables and their
+    /// descendants).
+    pub cols: Vec<Option<ProtectedColumn>>,
+    /// Table OIDs of fields the snapshot does not know (a refresh may reveal a new partition or
+    /// view).
+    pub unknown: Vec<u32>,
+    /// Why the result must not be handed over, when a field comes from a tainted relation (a
+    /// view over a protected table).
+    pub tainted: Option<String>,
+}
+
+/// The protected column behind each field, per `snapshot` (bytea fields of known tables only),
+/// the OIDs of fields whose table the snapshot does not know, and whether a field comes from
+/// a tainted relation.
+pub fn map_fields(fields: &[Field], snapshot: &CatalogSnapshot) -> FieldMap {
     let mut unknown = Vec::new();
+    let mut tainted = None;
     let cols = fields
         .iter()
         .map(|f| {
-            if f.table_oid == 0 || f.type_oid != BYTEA_OID {
+            if f.table_oid == 0 {
+                return None;
+            }
+            if let Some(why) = snapshot.tainted(f.table_oid) {
+                tainted.get_or_insert_with(|| why.to_owned());
                 return None;
             }
             if !snapshot.knows_oid(f.table_oid) && !unknown.contains(&f.table_oid) {
                 unknown.push(f.table_oid);
             }
+            if f.type_oid != BYTEA_OID {
+                return None;
+            }
             snapshot.protected_at(f.table_oid, f.attnum).cloned()
         })
         .collect();
-    (cols, unknown)
+    FieldMap {
+        cols,
+        unknown,
+        tainted,
+    }
 }
 
 /// Appends the RowDescription the client sees: protected columns with their logical types.

@@ -843,21 +843,30 @@ impl EncryptSession {
     }
 
     /// The result plan of a RowDescription (refreshing the catalog once for unknown tables).
-    fn row_plan(&mut self, fields: &[wire::Field]) -> Result<RowPlan, String> {
+    /// Fails with `0A000` when a field comes from a tainted relation (a view over a protected
+    /// table), `58000` when the catalog cannot be refreshed.
+    fn row_plan(&mut self, fields: &[wire::Field]) -> Result<RowPlan, (&'static str, String)> {
         let snapshot = self.shared.catalog.snapshot();
-        let (mut cols, unknown) = rows::map_fields(fields, &snapshot);
-        if !unknown.is_empty()
+        let mut map = rows::map_fields(fields, &snapshot);
+        if !map.unknown.is_empty()
             && !self
                 .shared
-                .known_unprotected(snapshot.generation(), &unknown)
+                .known_unprotected(snapshot.generation(), &map.unknown)
         {
-            let fresh = self.shared.catalog.refresh().map_err(|e| e.to_string())?;
-            let (c, still) = rows::map_fields(fields, &fresh);
-            cols = c;
-            self.shared.note_unprotected(fresh.generation(), still);
+            let fresh = self
+                .shared
+                .catalog
+                .refresh()
+                .map_err(|e| ("58000", e.to_string()))?;
+            map = rows::map_fields(fields, &fresh);
+            self.shared
+                .note_unprotected(fresh.generation(), std::mem::take(&mut map.unknown));
+        }
+        if let Some(why) = map.tainted {
+            return Err((crate::rewrite::refusal::FEATURE_NOT_SUPPORTED, why));
         }
         let formats = fields.iter().map(|f| f.format).collect();
-        Ok(RowPlan::new(cols, formats))
+        Ok(RowPlan::new(map.cols, formats))
     }
 
     fn on_row_description(
@@ -868,8 +877,8 @@ impl EncryptSession {
         let fields = wire::parse_row_description(frame.body()).map_err(proto)?;
         let plan = match self.row_plan(&fields) {
             Ok(p) => Arc::new(p),
-            Err(e) => {
-                self.fail_results("58000", &e, out);
+            Err((code, e)) => {
+                self.fail_results(code, &e, out);
                 return Ok(());
             }
         };

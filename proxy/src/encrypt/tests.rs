@@ -1204,21 +1204,26 @@ fn unknown_table_oid_refreshes_the_catalog_once() {
         ]));
         assert!(contains(&cl, b"x@y"));
     }
+    // One refresh for the words the catalog does not know as relations ("plain" may be a
+    // partition created since the last load), one for the unknown table OID 777; neither is
+    // repeated at the same generation.
     assert_eq!(
         catalog.refreshes.load(std::sync::atomic::Ordering::SeqCst),
-        1
+        2
     );
-    // Another session does not refresh again for the unprotected table 777.
+    // Another session does not refresh again for the unprotected table 777 nor for the words.
     let mut s = h2.factory.create(&info("app"));
     std::mem::swap(&mut s, &mut h2.session);
-    h2.client(&query("SELECT data FROM plain"));
-    h2.server(&cat(&[
-        &row_description(&[field("data", 777, 1, 17, 0)]),
-        &ready(b'I'),
-    ]));
+    for _ in 0..2 {
+        h2.client(&query("SELECT data FROM plain"));
+        h2.server(&cat(&[
+            &row_description(&[field("data", 777, 1, 17, 0)]),
+            &ready(b'I'),
+        ]));
+    }
     assert_eq!(
         catalog.refreshes.load(std::sync::atomic::Ordering::SeqCst),
-        1
+        2
     );
 }
 
@@ -1536,4 +1541,167 @@ fn unnamed_statement_and_literal_lookup_follow_rotation() {
         assert!(p.query.contains(&hex(&t)), "{}", p.query);
     }
     assert!(!contains(&up, b"bob"));
+}
+
+/// `before`: the catalog knows patients only; `after` (what a refresh finds): a partition
+/// `patients_new` (OID 16401, email at attnum 3) created directly upstream, and a view `v_pat`
+/// (OID 16402) over patients.
+fn grown_catalog(h: &Harness) -> Arc<LearningCatalog> {
+    use crate::catalog::{DependentRelation, Descendant};
+    let p = |s: &str, t: &str| (s.to_owned(), t.to_owned());
+    let patients = || {
+        [(
+            PATIENTS,
+            "public".to_owned(),
+            "patients".to_owned(),
+            vec![(1i16, "id".to_owned()), (2, "email".to_owned())],
+        )]
+    };
+    let before = Arc::new(CatalogSnapshot::new(
+        1,
+        [p("public", "patients")],
+        patients(),
+        &h.schema,
+    ));
+    let after = Arc::new(
+        CatalogSnapshot::new(
+            2,
+            [
+                p("public", "patients"),
+                p("public", "patients_new"),
+                p("public", "v_pat"),
+            ],
+            patients(),
+            &h.schema,
+        )
+        .with_dependents(
+            &h.schema,
+            [Descendant {
+                oid: 16401,
+                schema: "public".into(),
+                table: "patients_new".into(),
+                temporary: false,
+                roots: vec![p("public", "patients")],
+                columns: vec![(1, "id".into()), (3, "email".into())],
+            }],
+            [DependentRelation {
+                oid: 16402,
+                schema: "public".into(),
+                name: "v_pat".into(),
+                relkind: 'v',
+                over: p("public", "patients"),
+            }],
+        ),
+    );
+    Arc::new(LearningCatalog {
+        before,
+        after,
+        refreshes: Default::default(),
+    })
+}
+
+fn harness_with_catalog(catalog: Arc<LearningCatalog>) -> Harness {
+    let h = harness();
+    let factory = EncryptionFactory::new(h.schema.clone(), "app".into(), h.keys.clone(), catalog);
+    Harness {
+        session: factory.create(&info("app")),
+        factory,
+        keys: h.keys.clone(),
+        schema: h.schema.clone(),
+    }
+}
+
+#[test]
+fn a_write_naming_a_partition_the_snapshot_lacks_refreshes_and_encrypts() {
+    let catalog = grown_catalog(&harness());
+    let mut h = harness_with_catalog(catalog.clone());
+    let (up, cl) = h.client(&query(
+        "INSERT INTO patients_new (id, email) VALUES (1, 'secret@example.org')",
+    ));
+    assert!(cl.is_empty(), "{}", tags(&cl));
+    assert!(contains(&up, b"INSERT"), "{up:?}");
+    assert!(
+        !contains(&up, b"secret@example.org"),
+        "plaintext went upstream"
+    );
+    assert_eq!(
+        catalog.refreshes.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    // The stored cell is sealed under the root's identity: it opens as patients.email.
+    let sql = String::from_utf8_lossy(&up).into_owned();
+    let cells = literals(&sql);
+    assert_eq!(cells.len(), 1, "{sql}");
+    let c = h.column("patients", "email");
+    let crypto = h.keys.column(&c.id).unwrap();
+    let v = cells::open(&crypto, &c, &cells[0]).unwrap();
+    assert_eq!(v, Value::Text("secret@example.org".into()));
+}
+
+#[test]
+fn reads_through_a_partition_decrypt_and_views_are_never_handed_over() {
+    let catalog = grown_catalog(&harness());
+    let mut h = harness_with_catalog(catalog.clone());
+    let stored = h.seal("patients", "email", "x@y.example");
+    // A partition's RowDescription (email at attnum 3 there) decrypts with the root's column.
+    h.client(&query("SELECT id, email FROM patients_new"));
+    let cl = h.server(&cat(&[
+        &row_description(&[
+            field("id", 16401, 1, 23, 0),
+            field("email", 16401, 3, 17, 0),
+        ]),
+        &data_row(&[Some(b"1"), Some(&hex_text(&stored))]),
+        &complete("SELECT 1"),
+        &ready(b'I'),
+    ]));
+    assert!(contains(&cl, b"x@y.example"), "{}", tags(&cl));
+    // A result from a tainted view: an error, and neither ciphertext nor any row.
+    let mut s = h.factory.create(&info("app"));
+    std::mem::swap(&mut s, &mut h.session);
+    h.client(&query("SELECT id, e FROM some_function_over_a_view()"));
+    let cl = h.server(&cat(&[
+        &row_description(&[field("id", 16402, 1, 23, 0), field("e", 16402, 2, 17, 0)]),
+        &data_row(&[Some(b"1"), Some(&hex_text(&stored))]),
+        &complete("SELECT 1"),
+        &ready(b'I'),
+    ]));
+    assert_eq!(tags(&cl), "EZ", "{cl:?}");
+    assert!(contains(&cl, b"0A000") && contains(&cl, b"public.v_pat"));
+    assert!(!contains(&cl, &hex_text(&stored)));
+    // Naming the view is refused: only the decoy reaches the upstream.
+    let (up, _) = h.client(&query("SELECT * FROM v_pat"));
+    assert!(!up.is_empty() && !contains(&up, b"v_pat"), "{up:?}");
+}
+
+#[test]
+fn savepoint_and_cursor_names_do_not_refresh_but_later_statements_do() {
+    let catalog = grown_catalog(&harness());
+    let h = harness_with_catalog(catalog.clone());
+    let path = vec!["public".to_owned()];
+    for i in 0..5 {
+        let o = h.factory.plan(
+            &format!("SAVEPOINT sp_{i}; RELEASE SAVEPOINT sp_{i}"),
+            &path,
+        );
+        assert!(matches!(*o, Ok(crate::rewrite::Plan::PassThrough)));
+        h.factory.plan(&format!("FETCH 10 FROM cur_{i}"), &path);
+    }
+    assert_eq!(
+        catalog.refreshes.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    let o = h.factory.plan(
+        "SAVEPOINT sp_x; INSERT INTO patients_new (id, email) VALUES (1, 'a@b.example')",
+        &path,
+    );
+    assert_eq!(
+        catalog.refreshes.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    match &*o {
+        Ok(crate::rewrite::Plan::Rewrite(p)) => {
+            assert!(!p.debug_sql().contains("a@b.example"), "{}", p.debug_sql())
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -96,7 +96,7 @@ impl Ctx<'_> {
 
 fn first_table(ctx: &Ctx<'_>, text: &str) -> String {
     ctx.schema
-        .tables()
+        .all_tables()
         .find(|(_, t)| mention::any_word(text, |w| w == *t))
         .map(|(s, t)| format!("{s}.{t}"))
         .unwrap_or_default()

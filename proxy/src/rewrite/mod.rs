@@ -3,7 +3,11 @@
 //!
 //! # Pipeline (fail closed)
 //! 1. If the text names no protected table (case-insensitive substring), [`Plan::PassThrough`]
-//!    without parsing.
+//!    without parsing. "Protected tables" are those of the [`ProtectedSchema`] given, which the
+//!    encryption layer takes from the catalog snapshot: the configured tables, their
+//!    descendants (partitions, inheritance children) as aliases carrying the root's columns,
+//!    and tainted relations (views over protected tables). A statement (other than `DROP`)
+//!    naming a tainted relation is refused (`0A000`).
 //! 2. Parse with sqlparser's `PostgreSqlDialect`; a parse failure is refused (`42601`), since the
 //!    text mentions a protected table.
 //! 3. Analyse each statement with explicit scopes (aliases, joins, derived tables,
@@ -50,7 +54,8 @@
 //! or of a query on one; column constraints other than NULL / NOT NULL on a protected column
 //! (an ORM's `UNIQUE` must become a `CREATE UNIQUE INDEX`); indexes with an operator class or an
 //! expression over a protected column; views, PREPARE, and every other statement kind that names
-//! a protected table; unparseable text naming a protected table (`42601`); ambiguous unqualified
+//! a protected table; statements naming a tainted relation (a view, materialized view or other
+//! relation whose rules depend on a protected table); unparseable text naming a protected table (`42601`); ambiguous unqualified
 //! references that may be protected.
 //!
 //! # Design notes (deviations from the brief, and why)
@@ -107,6 +112,7 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 pub use ddl::schema_ddl;
+pub use mention::for_each_word;
 pub use plan::{Piece, Plan, PlanKind, RewritePlan, Slot, UpstreamParam};
 pub use refusal::Refusal;
 pub use schema::{InMemoryResolver, IndexSpec, ProtectedColumn, ProtectedSchema, TableResolver};
@@ -133,7 +139,7 @@ pub fn rewrite(
         Err(_) => {
             let lower = sql.to_lowercase();
             let table = schema
-                .tables()
+                .all_tables()
                 .find(|(_, t)| lower.contains(&t.to_lowercase()))
                 .map(|(s, t)| format!("{s}.{t}"))
                 .unwrap_or_default();
@@ -143,6 +149,16 @@ pub fn rewrite(
             ));
         }
     };
+    if schema.has_tainted() {
+        for st in &statements {
+            if matches!(st, sqlparser::ast::Statement::Drop { .. }) {
+                continue;
+            }
+            if let Some(r) = mention::tainted_refusal(&st.to_string(), schema) {
+                return Err(r);
+            }
+        }
+    }
     let mut ctx = Ctx::new(sql, schema, resolver, search_path);
     let mut dml = false;
     for st in statements.iter_mut() {

@@ -34,8 +34,17 @@ pub struct ProtectedColumn {
 pub struct ProtectedSchema {
     /// schema → table → column → description.
     tables: BTreeMap<String, BTreeMap<String, BTreeMap<String, ProtectedColumn>>>,
-    /// Lower-cased table names, for the cheap textual pre-check.
+    /// Lower-cased table names, for the cheap textual pre-check (configured tables, their
+    /// descendants and tainted relations).
     lower_table_names: BTreeSet<String>,
+    /// Descendants (partitions, inheritance children) that stand for a configured table:
+    /// `(schema, child)` → `(schema, root)`. Their entries in `tables` are the root's columns.
+    aliases: BTreeMap<(String, String), (String, String)>,
+    /// Relations that must not be named at all: `(schema, name)` → why (names the protected
+    /// table). Views and materialized views over protected tables, ambiguous descendants.
+    tainted: BTreeMap<(String, String), String>,
+    /// Folded names of the tainted relations (any schema), for the token-level check.
+    tainted_names: BTreeSet<String>,
 }
 
 impl ProtectedSchema {
@@ -65,6 +74,64 @@ impl ProtectedSchema {
             .insert(column.id.column().to_owned(), column);
     }
 
+    /// Makes `(schema, child)` stand for the configured table `(root_schema, root)`: statements
+    /// naming the child are analysed with the root's protected columns (and their column
+    /// identities, so values are sealed and indexed exactly as through the root). Does nothing
+    /// when the root has no protected columns.
+    pub fn insert_alias(&mut self, schema: &str, child: &str, root_schema: &str, root: &str) {
+        let Some(cols) = self.table(root_schema, root).cloned() else {
+            return;
+        };
+        self.lower_table_names.insert(child.to_lowercase());
+        self.tables
+            .entry(schema.to_owned())
+            .or_default()
+            .insert(child.to_owned(), cols);
+        self.aliases.insert(
+            (schema.to_owned(), child.to_owned()),
+            (root_schema.to_owned(), root.to_owned()),
+        );
+    }
+
+    /// Marks `(schema, name)` as a relation no statement may name; `why` completes the refusal
+    /// message ("is a view over protected table public.patients").
+    pub fn insert_tainted(&mut self, schema: &str, name: &str, why: String) {
+        self.lower_table_names.insert(name.to_lowercase());
+        self.tainted_names.insert(name.to_owned());
+        self.tainted
+            .insert((schema.to_owned(), name.to_owned()), why);
+    }
+
+    /// The configured table `(schema, table)` stands for, when it is a descendant alias.
+    pub fn alias_of(&self, schema: &str, table: &str) -> Option<(&str, &str)> {
+        self.aliases
+            .get(&(schema.to_owned(), table.to_owned()))
+            .map(|(s, t)| (s.as_str(), t.as_str()))
+    }
+
+    /// Why `(schema, name)` must not be named, when it is tainted.
+    pub fn tainted(&self, schema: &str, name: &str) -> Option<&str> {
+        self.tainted
+            .get(&(schema.to_owned(), name.to_owned()))
+            .map(String::as_str)
+    }
+
+    /// Whether any relation is tainted.
+    pub(crate) fn has_tainted(&self) -> bool {
+        !self.tainted.is_empty()
+    }
+
+    /// The tainted relation named `name` (folded) in any schema, with why.
+    pub(crate) fn tainted_by_name(&self, name: &str) -> Option<(&str, &str, &str)> {
+        if !self.tainted_names.contains(name) {
+            return None;
+        }
+        self.tainted
+            .iter()
+            .find(|((_, n), _)| n == name)
+            .map(|((s, n), why)| (s.as_str(), n.as_str(), why.as_str()))
+    }
+
     /// The protected column `schema.table.column`, if configured.
     pub fn column(&self, schema: &str, table: &str, column: &str) -> Option<&ProtectedColumn> {
         self.table(schema, table).and_then(|t| t.get(column))
@@ -75,16 +142,26 @@ impl ProtectedSchema {
         self.tables.get(schema).and_then(|s| s.get(table))
     }
 
-    /// Every protected column, ordered by schema, table, column.
+    /// Every protected column, ordered by schema, table, column (configured tables only, not
+    /// descendant aliases).
     pub fn columns(&self) -> impl Iterator<Item = &ProtectedColumn> {
-        self.tables
-            .values()
-            .flat_map(|s| s.values())
+        self.tables()
+            .filter_map(|(s, t)| self.table(s, t))
             .flat_map(|t| t.values())
     }
 
-    /// Every (schema, table) with at least one protected column.
+    /// Every configured (schema, table) with at least one protected column (not descendant
+    /// aliases).
     pub fn tables(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.all_tables().filter(|(s, t)| {
+            !self
+                .aliases
+                .contains_key(&((*s).to_owned(), (*t).to_owned()))
+        })
+    }
+
+    /// Every (schema, table) analysed as protected: configured tables and descendant aliases.
+    pub(crate) fn all_tables(&self) -> impl Iterator<Item = (&str, &str)> {
         self.tables
             .iter()
             .flat_map(|(s, ts)| ts.keys().map(move |t| (s.as_str(), t.as_str())))
@@ -100,9 +177,10 @@ impl ProtectedSchema {
         &self.lower_table_names
     }
 
-    /// Whether `name` (already folded) is the name of a protected table in any schema.
+    /// Whether `name` (already folded) is the name of a protected table (configured or a
+    /// descendant) or of a tainted relation in any schema.
     pub(crate) fn is_table_name(&self, name: &str) -> bool {
-        self.tables.values().any(|ts| ts.contains_key(name))
+        self.tables.values().any(|ts| ts.contains_key(name)) || self.tainted_names.contains(name)
     }
 
     /// Whether `name` (already folded) is the name of a protected column in any table.
