@@ -1,14 +1,23 @@
 //! The relay loop: both directions of one connection on one task.
 //!
-//! Each read is scanned for message boundaries with the proxy's own framing; messages nobody
-//! intercepts are moved to the output buffer without copying (`split_to`/`unsplit` share the read
-//! buffer's allocation), a large message is streamed through as its bytes arrive, and everything
-//! gathered from one read goes out in one write. Like PostgreSQL, the relay stops reading a side
-//! while a write to the other side blocks.
+//! Each read is scanned for message boundaries with the proxy's own framing. In a direction where
+//! the interceptor asks for no message (always, in pass-through), the scanned bytes are written
+//! straight from the read buffer, one write per read, and the buffer then skips past them: no
+//! copy, no allocation, no reference counting. Where the interceptor wants messages, those are cut
+//! out as [`Frame`]s and the others are moved to the output buffer without copying
+//! (`split_to`/`unsplit` share the read buffer's allocation); everything gathered from one read
+//! goes out in one write. Either way a large message is streamed through as its bytes arrive.
+//! Like PostgreSQL, the relay stops reading a side while a write to the other side blocks.
+//!
+//! The loop polls, on each wake-up: shutdown (one atomic load once the task's waker is
+//! registered), the grace deadline while draining, the client, then the upstream.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::intercept::{Frame, InterceptError, MessageInterceptor, Outbox, TagSet};
@@ -63,11 +72,36 @@ impl Pump {
     }
 
     #[inline]
-    fn prepare_read(&mut self) {
+    fn prepare_read(&mut self, direct: bool) {
         if self.buf.capacity() - self.buf.len() < MIN_READ {
-            self.buf.reserve(READ_CHUNK);
+            if direct {
+                // Forwarded bytes were `advance`d past: asking for no more than the allocation
+                // holds lets `reserve` move the unsent rest to the front instead of growing.
+                self.buf
+                    .reserve(READ_CHUNK.saturating_sub(self.buf.len()).max(MIN_READ));
+            } else {
+                self.buf.reserve(READ_CHUNK);
+            }
         }
     }
+}
+
+/// What woke the relay.
+enum Event {
+    Shutdown,
+    Deadline,
+    Client(std::io::Result<usize>),
+    Upstream(std::io::Result<usize>),
+}
+
+/// One non-blocking attempt to read from `conn` into the spare capacity of `buf`.
+#[inline]
+fn poll_read(
+    conn: &mut Conn,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<std::io::Result<usize>> {
+    std::pin::pin!(conn.read_buf(buf)).poll(cx)
 }
 
 /// Moves `chunk` to the end of `out`, without copying when they are adjacent.
@@ -135,57 +169,143 @@ impl Relay<'_> {
             terminated: false,
             local: LocalMetrics::default(),
         };
-        let mut draining = self.shutdown.is_started();
-        let mut deadline = draining.then(|| tokio::time::Instant::now() + self.grace);
-        if draining {
+        // A direction nobody intercepts is forwarded straight from its read buffer: one write of
+        // the bytes that form whole (or streaming) messages, then the buffer skips past them.
+        let fe_direct = fe_tags.is_empty();
+        let be_direct = be_tags.is_empty();
+        if self.shutdown.is_started() {
             return RelayEnd::Shutdown;
         }
+        let mut draining = false;
+        let mut grace: Option<Pin<Box<tokio::time::Sleep>>> = None;
         loop {
-            fe.prepare_read();
-            be.prepare_read();
-            tokio::select! {
-                biased;
-                _ = self.shutdown.started(), if !draining => {
+            fe.prepare_read(fe_direct);
+            be.prepare_read(be_direct);
+            // Polled in this order: shutdown, grace deadline, client, upstream.
+            let event = {
+                let client = &mut *self.client;
+                let upstream = &mut *self.upstream;
+                let shutdown = &mut self.shutdown;
+                let (fe_buf, be_buf) = (&mut fe.buf, &mut be.buf);
+                let grace = &mut grace;
+                std::future::poll_fn(|cx| {
+                    if !draining && shutdown.poll_started(cx).is_ready() {
+                        return Poll::Ready(Event::Shutdown);
+                    }
+                    if let Some(sleep) = grace.as_mut() {
+                        if sleep.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Event::Deadline);
+                        }
+                    }
+                    if let Poll::Ready(r) = poll_read(client, cx, fe_buf) {
+                        return Poll::Ready(Event::Client(r));
+                    }
+                    if let Poll::Ready(r) = poll_read(upstream, cx, be_buf) {
+                        return Poll::Ready(Event::Upstream(r));
+                    }
+                    Poll::Pending
+                })
+                .await
+            };
+            match event {
+                Event::Shutdown => {
                     draining = true;
-                    deadline = Some(tokio::time::Instant::now() + self.grace);
+                    grace = Some(Box::pin(tokio::time::sleep(self.grace)));
                     if flow.outstanding == 0 && fe.buf.is_empty() && fe.pending == 0 {
                         return RelayEnd::Shutdown;
                     }
                 }
-                _ = sleep_until(deadline), if deadline.is_some() => {
-                    return RelayEnd::Shutdown;
-                }
-                r = self.client.read_buf(&mut fe.buf) => {
+                Event::Deadline => return RelayEnd::Shutdown,
+                Event::Client(r) => {
                     match r {
                         Ok(0) => return RelayEnd::ClientClosed,
                         Ok(n) => flow.local.add_bytes_from_client(n),
                         Err(e) => return RelayEnd::ClientIo(e),
                     }
-                    let mut out = Outbox { to_upstream: &mut to_upstream, to_client: &mut to_client };
-                    if let Err(e) = frontend(&mut fe, &mut out, fe_tags, &fe_limits, self.interceptor, &mut flow) {
-                        return e;
-                    }
-                    if let Some(end) = self.flush(&mut to_client, &mut to_upstream).await {
-                        return end;
+                    if fe_direct {
+                        let n = match scan_frontend(&mut fe, &fe_limits, &mut flow) {
+                            Ok(n) => n,
+                            Err(e) => return e,
+                        };
+                        // Nothing is queued here (every branch flushes), but keep the order.
+                        if let Some(end) = self.flush(&mut to_client, &mut to_upstream).await {
+                            return end;
+                        }
+                        if let Err(e) = forward(self.upstream, &mut fe.buf, n).await {
+                            return RelayEnd::UpstreamIo(e);
+                        }
+                    } else {
+                        let mut out = Outbox {
+                            to_upstream: &mut to_upstream,
+                            to_client: &mut to_client,
+                        };
+                        if let Err(e) = frontend(
+                            &mut fe,
+                            &mut out,
+                            fe_tags,
+                            &fe_limits,
+                            self.interceptor,
+                            &mut flow,
+                        ) {
+                            return e;
+                        }
+                        if let Some(end) = self.flush(&mut to_client, &mut to_upstream).await {
+                            return end;
+                        }
                     }
                     if flow.terminated {
                         return RelayEnd::ClientClosed;
                     }
                 }
-                r = self.upstream.read_buf(&mut be.buf) => {
+                Event::Upstream(r) => {
                     match r {
                         Ok(0) => {
-                            return RelayEnd::UpstreamClosed { reported: flow.last_backend_tag == b'E' }
+                            return RelayEnd::UpstreamClosed {
+                                reported: flow.last_backend_tag == b'E',
+                            }
                         }
                         Ok(n) => flow.local.add_bytes_from_upstream(n),
                         Err(e) => return RelayEnd::UpstreamIo(e),
                     }
-                    let mut out = Outbox { to_upstream: &mut to_upstream, to_client: &mut to_client };
-                    if let Err(e) = backend(&mut be, &mut out, be_tags, be_whole, &be_limits, self.interceptor, &mut flow, self.metrics, pid_map) {
-                        return e;
-                    }
-                    if let Some(end) = self.flush(&mut to_client, &mut to_upstream).await {
-                        return end;
+                    if be_direct {
+                        let n = match scan_backend(
+                            &mut be,
+                            be_whole,
+                            &be_limits,
+                            &mut flow,
+                            self.metrics,
+                            pid_map,
+                        ) {
+                            Ok(n) => n,
+                            Err(e) => return e,
+                        };
+                        if let Some(end) = self.flush(&mut to_client, &mut to_upstream).await {
+                            return end;
+                        }
+                        if let Err(e) = forward(self.client, &mut be.buf, n).await {
+                            return RelayEnd::ClientIo(e);
+                        }
+                    } else {
+                        let mut out = Outbox {
+                            to_upstream: &mut to_upstream,
+                            to_client: &mut to_client,
+                        };
+                        if let Err(e) = backend(
+                            &mut be,
+                            &mut out,
+                            be_tags,
+                            be_whole,
+                            &be_limits,
+                            self.interceptor,
+                            &mut flow,
+                            self.metrics,
+                            pid_map,
+                        ) {
+                            return e;
+                        }
+                        if let Some(end) = self.flush(&mut to_client, &mut to_upstream).await {
+                            return end;
+                        }
                     }
                     if draining && flow.outstanding == 0 && fe.buf.is_empty() && fe.pending == 0 {
                         return RelayEnd::Shutdown;
@@ -214,11 +334,19 @@ impl Relay<'_> {
     }
 }
 
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
+/// Writes the first `n` bytes of `buf` to `conn` and skips past them (no copy, no allocation).
+#[inline]
+async fn forward(conn: &mut Conn, buf: &mut BytesMut, n: usize) -> std::io::Result<()> {
+    let n = n.min(buf.len());
+    if n == 0 {
+        return Ok(());
     }
+    if let Some(bytes) = buf.get(..n) {
+        conn.write_all(bytes).await?;
+        conn.flush().await?;
+    }
+    buf.advance(n);
+    Ok(())
 }
 
 /// Writes and flushes `buf`, then releases it so the read buffer it came from can be reused.
@@ -228,6 +356,126 @@ async fn write_out(conn: &mut Conn, buf: &mut BytesMut) -> std::io::Result<()> {
     conn.flush().await?;
     *buf = BytesMut::new();
     Ok(())
+}
+
+/// Bookkeeping for one frontend message of type `tag`: busy periods and Terminate.
+#[inline]
+fn account_frontend(tag: u8, flow: &mut Flow<'_>) {
+    match tag {
+        b'Q' | b'S' | b'F' => {
+            if flow.outstanding == 0 {
+                flow.busy_since = Some(Instant::now());
+            }
+            flow.outstanding += 1;
+        }
+        b'X' => flow.terminated = true,
+        _ => {}
+    }
+}
+
+/// Bookkeeping for one backend message of type `tag` starting at `msg[0]`: ReadyForQuery ends a
+/// busy period, ErrorResponse counts, and a NotificationResponse (whole in `msg`) gets the pid the
+/// client knows.
+#[inline]
+fn account_backend(
+    tag: u8,
+    msg: &mut [u8],
+    flow: &mut Flow<'_>,
+    metrics: &Metrics,
+    pid_map: Option<(i32, i32)>,
+) {
+    flow.last_backend_tag = tag;
+    match tag {
+        b'Z' => {
+            flow.outstanding = flow.outstanding.saturating_sub(1);
+            if flow.outstanding == 0 {
+                if let Some(t) = flow.busy_since.take() {
+                    let now = Instant::now();
+                    flow.local
+                        .observe_query(now.duration_since(t), now, metrics);
+                }
+            } else {
+                flow.local.observe_query_count();
+            }
+        }
+        b'E' => flow.local.add_error(),
+        b'A' => {
+            if let (Some((upstream_pid, client_pid)), Some(slot)) = (pid_map, msg.get_mut(5..9)) {
+                if slot == upstream_pid.to_be_bytes() {
+                    slot.copy_from_slice(&client_pid.to_be_bytes());
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Direct path of the frontend (no message intercepted): scans the read buffer from its start,
+/// does the bookkeeping, and returns how many leading bytes can go upstream now — every complete
+/// message plus the part of a message that has arrived (large messages stream through; the
+/// rest of one is remembered in `pending`). A partial header stays in the buffer.
+fn scan_frontend(pump: &mut Pump, limits: &Limits, flow: &mut Flow<'_>) -> Result<usize, RelayEnd> {
+    let mut at = 0usize;
+    loop {
+        let Some(rest) = pump.buf.get(at..) else {
+            return Ok(at);
+        };
+        if pump.pending > 0 {
+            let n = pump.pending.min(rest.len());
+            at += n;
+            pump.pending -= n;
+            if pump.pending > 0 {
+                return Ok(at);
+            }
+            continue;
+        }
+        let (tag, total) = match peek_header(rest, |t| limits.for_frontend_tag(t)) {
+            Ok(Some(h)) => h,
+            Ok(None) => return Ok(at),
+            Err(e) => return Err(RelayEnd::ClientProtocol(e)),
+        };
+        account_frontend(tag, flow);
+        pump.pending = total;
+    }
+}
+
+/// Direct path of the backend (no message intercepted): like [`scan_frontend`], but messages in
+/// `whole` (ReadyForQuery, and NotificationResponse when pids are mapped) wait until complete.
+fn scan_backend(
+    pump: &mut Pump,
+    whole: TagSet,
+    limits: &Limits,
+    flow: &mut Flow<'_>,
+    metrics: &Metrics,
+    pid_map: Option<(i32, i32)>,
+) -> Result<usize, RelayEnd> {
+    let mut at = 0usize;
+    loop {
+        let Some(rest) = pump.buf.get_mut(at..) else {
+            return Ok(at);
+        };
+        if pump.pending > 0 {
+            let n = pump.pending.min(rest.len());
+            at += n;
+            pump.pending -= n;
+            if pump.pending > 0 {
+                return Ok(at);
+            }
+            continue;
+        }
+        let (tag, total) = match peek_header(rest, |_| limits.large) {
+            Ok(Some(h)) => h,
+            Ok(None) => return Ok(at),
+            Err(e) => return Err(RelayEnd::UpstreamProtocol(e)),
+        };
+        if whole.contains(tag) && rest.len() < total {
+            let missing = total - rest.len();
+            pump.buf.reserve(missing);
+            return Ok(at);
+        }
+        account_backend(tag, rest, flow, metrics, pid_map);
+        pump.pending = total;
+    }
 }
 
 fn frontend(
@@ -253,16 +501,7 @@ fn frontend(
             Ok(None) => return Ok(()),
             Err(e) => return Err(RelayEnd::ClientProtocol(e)),
         };
-        match tag {
-            b'Q' | b'S' | b'F' => {
-                if flow.outstanding == 0 {
-                    flow.busy_since = Some(Instant::now());
-                }
-                flow.outstanding += 1;
-            }
-            b'X' => flow.terminated = true,
-            _ => {}
-        }
+        account_frontend(tag, flow);
         if tags.contains(tag) {
             if pump.buf.len() < total {
                 pump.buf.reserve(total - pump.buf.len());
@@ -311,32 +550,7 @@ fn backend(
             pump.buf.reserve(total - pump.buf.len());
             return Ok(());
         }
-        flow.last_backend_tag = tag;
-        match tag {
-            b'Z' => {
-                flow.outstanding = flow.outstanding.saturating_sub(1);
-                if flow.outstanding == 0 {
-                    if let Some(t) = flow.busy_since.take() {
-                        let now = Instant::now();
-                        flow.local
-                            .observe_query(now.duration_since(t), now, metrics);
-                    }
-                } else {
-                    flow.local.observe_query_count();
-                }
-            }
-            b'E' => flow.local.add_error(),
-            b'A' => {
-                if let (Some((upstream_pid, client_pid)), Some(slot)) =
-                    (pid_map, pump.buf.get_mut(5..9))
-                {
-                    if slot == upstream_pid.to_be_bytes() {
-                        slot.copy_from_slice(&client_pid.to_be_bytes());
-                    }
-                }
-            }
-            _ => {}
-        }
+        account_backend(tag, &mut pump.buf, flow, metrics, pid_map);
         if tags.contains(tag) {
             let frame = Frame::new(pump.buf.split_to(total).freeze());
             interceptor
