@@ -10,11 +10,16 @@
 //! Like PostgreSQL, the relay stops reading a side while a write to the other side blocks.
 //!
 //! The loop polls, on each wake-up: shutdown (one atomic load once the task's waker is
-//! registered), the grace deadline while draining, the client, then the upstream.
+//! registered), the grace deadline while draining, the client, then the upstream. Each side's
+//! reads register their own waker ([`SideWake`]), which notes that the side fired before waking
+//! the task, so a side that is waiting for data and has not fired is not polled (and its waker
+//! not re-registered) when the other side wakes the task.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
@@ -92,6 +97,75 @@ enum Event {
     Deadline,
     Client(std::io::Result<usize>),
     Upstream(std::io::Result<usize>),
+}
+
+/// The waker one side's reads register: it records that this side's I/O fired, then wakes the
+/// relay task. A wake-up then polls only the sides that fired (and those not yet waiting), instead
+/// of re-registering both on every wake-up.
+#[derive(Default)]
+struct SideWake {
+    fired: AtomicBool,
+    task: Mutex<Option<Waker>>,
+}
+
+impl Wake for SideWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        let task = match self.task.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(w) = task.as_ref() {
+            w.wake_by_ref();
+        }
+    }
+}
+
+/// One side's read readiness as the relay tracks it.
+struct Side {
+    state: Arc<SideWake>,
+    waker: Waker,
+    /// A read returned Pending with `waker` registered, and it has not fired since.
+    waiting: bool,
+}
+
+impl Side {
+    fn new() -> Self {
+        let state = Arc::new(SideWake::default());
+        Side {
+            waker: Waker::from(state.clone()),
+            state,
+            waiting: false,
+        }
+    }
+
+    fn set_task(&self, task: &Waker) {
+        let mut slot = match self.state.task.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *slot = Some(task.clone());
+    }
+
+    /// Polls a read into `buf` unless this side is waiting and has not fired.
+    #[inline]
+    fn poll_read(&mut self, conn: &mut Conn, buf: &mut BytesMut) -> Poll<std::io::Result<usize>> {
+        if self.waiting {
+            if !self.state.fired.load(Ordering::Acquire) {
+                return Poll::Pending;
+            }
+            self.waiting = false;
+        }
+        self.state.fired.store(false, Ordering::Release);
+        let mut cx = Context::from_waker(&self.waker);
+        let r = poll_read(conn, &mut cx, buf);
+        self.waiting = r.is_pending();
+        r
+    }
 }
 
 /// One non-blocking attempt to read from `conn` into the spare capacity of `buf`.
@@ -178,6 +252,9 @@ impl Relay<'_> {
         }
         let mut draining = false;
         let mut grace: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        let mut client_side = Side::new();
+        let mut upstream_side = Side::new();
+        let mut task_waker: Option<Waker> = None;
         loop {
             fe.prepare_read(fe_direct);
             be.prepare_read(be_direct);
@@ -188,7 +265,14 @@ impl Relay<'_> {
                 let shutdown = &mut self.shutdown;
                 let (fe_buf, be_buf) = (&mut fe.buf, &mut be.buf);
                 let grace = &mut grace;
+                let (client_side, upstream_side) = (&mut client_side, &mut upstream_side);
+                let task_waker = &mut task_waker;
                 std::future::poll_fn(|cx| {
+                    if !task_waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        client_side.set_task(cx.waker());
+                        upstream_side.set_task(cx.waker());
+                        *task_waker = Some(cx.waker().clone());
+                    }
                     if !draining && shutdown.poll_started(cx).is_ready() {
                         return Poll::Ready(Event::Shutdown);
                     }
@@ -197,10 +281,10 @@ impl Relay<'_> {
                             return Poll::Ready(Event::Deadline);
                         }
                     }
-                    if let Poll::Ready(r) = poll_read(client, cx, fe_buf) {
+                    if let Poll::Ready(r) = client_side.poll_read(client, fe_buf) {
                         return Poll::Ready(Event::Client(r));
                     }
-                    if let Poll::Ready(r) = poll_read(upstream, cx, be_buf) {
+                    if let Poll::Ready(r) = upstream_side.poll_read(upstream, be_buf) {
                         return Poll::Ready(Event::Upstream(r));
                     }
                     Poll::Pending
@@ -335,6 +419,8 @@ impl Relay<'_> {
 }
 
 /// Writes the first `n` bytes of `buf` to `conn` and skips past them (no copy, no allocation).
+/// A plain socket is first tried with one non-blocking write; whatever it did not take (and
+/// everything on TLS) goes through the async write, which waits for the socket.
 #[inline]
 async fn forward(conn: &mut Conn, buf: &mut BytesMut, n: usize) -> std::io::Result<()> {
     let n = n.min(buf.len());
@@ -342,8 +428,17 @@ async fn forward(conn: &mut Conn, buf: &mut BytesMut, n: usize) -> std::io::Resu
         return Ok(());
     }
     if let Some(bytes) = buf.get(..n) {
-        conn.write_all(bytes).await?;
-        conn.flush().await?;
+        let written = match conn.try_write(bytes) {
+            Ok(w) => w,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(e),
+        };
+        if let Some(rest) = bytes.get(written..).filter(|r| !r.is_empty()) {
+            conn.write_all(rest).await?;
+        }
+        if conn.is_tls() {
+            conn.flush().await?;
+        }
     }
     buf.advance(n);
     Ok(())
@@ -391,8 +486,7 @@ fn account_backend(
             if flow.outstanding == 0 {
                 if let Some(t) = flow.busy_since.take() {
                     let now = Instant::now();
-                    flow.local
-                        .observe_query(now.duration_since(t), now, metrics);
+                    flow.local.observe_query(t, now, metrics);
                 }
             } else {
                 flow.local.observe_query_count();
