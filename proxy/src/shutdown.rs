@@ -64,7 +64,6 @@ impl ShutdownRegistry {
             registry: self.clone(),
             id,
             waker,
-            registered: None,
         }
     }
 }
@@ -75,8 +74,6 @@ pub struct ShutdownListener {
     registry: Arc<ShutdownRegistry>,
     id: u64,
     waker: Arc<AtomicWaker>,
-    /// The task waker last registered by [`ShutdownListener::poll_started`].
-    registered: Option<std::task::Waker>,
 }
 
 impl ShutdownListener {
@@ -90,27 +87,11 @@ impl ShutdownListener {
         Started(self)
     }
 
-    /// Polls for the start of shutdown, for a loop that polls this on every wake-up of the same
-    /// task (the relay): the task's waker is registered once, and again only when it changes, so
-    /// the usual poll is one atomic load.
-    pub fn poll_started(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.is_started() {
-            return Poll::Ready(());
-        }
-        if self
-            .registered
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()))
-        {
-            return Poll::Pending;
-        }
-        self.waker.register(cx.waker());
-        self.registered = Some(cx.waker().clone());
-        if self.is_started() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
+    /// Registers `waker` to be woken when shutdown starts, for a task that polls
+    /// [`ShutdownListener::is_started`] itself on every wake-up and registers again only when its
+    /// waker changes (the relay). Check `is_started` after registering.
+    pub fn register(&self, waker: &std::task::Waker) {
+        self.waker.register(waker);
     }
 }
 

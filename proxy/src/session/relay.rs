@@ -9,8 +9,8 @@
 //! goes out in one write. Either way a large message is streamed through as its bytes arrive.
 //! Like PostgreSQL, the relay stops reading a side while a write to the other side blocks.
 //!
-//! The loop polls, on each wake-up: shutdown (one atomic load once the task's waker is
-//! registered), the grace deadline while draining, the client, then the upstream. Each side's
+//! The loop polls, on each wake-up: shutdown (one atomic load; the task's waker is registered
+//! with it once), the grace deadline while draining, the client, then the upstream. Each side's
 //! reads register their own waker ([`SideWake`]), which notes that the side fired before waking
 //! the task, so a side that is waiting for data and has not fired is not polled (and its waker
 //! not re-registered) when the other side wakes the task.
@@ -271,9 +271,10 @@ impl Relay<'_> {
                     if !task_waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                         client_side.set_task(cx.waker());
                         upstream_side.set_task(cx.waker());
+                        shutdown.register(cx.waker());
                         *task_waker = Some(cx.waker().clone());
                     }
-                    if !draining && shutdown.poll_started(cx).is_ready() {
+                    if !draining && shutdown.is_started() {
                         return Poll::Ready(Event::Shutdown);
                     }
                     if let Some(sleep) = grace.as_mut() {
@@ -509,28 +510,26 @@ fn account_backend(
 /// message plus the part of a message that has arrived (large messages stream through; the
 /// rest of one is remembered in `pending`). A partial header stays in the buffer.
 fn scan_frontend(pump: &mut Pump, limits: &Limits, flow: &mut Flow<'_>) -> Result<usize, RelayEnd> {
-    let mut at = 0usize;
-    loop {
-        let Some(rest) = pump.buf.get(at..) else {
-            return Ok(at);
-        };
-        if pump.pending > 0 {
-            let n = pump.pending.min(rest.len());
-            at += n;
-            pump.pending -= n;
-            if pump.pending > 0 {
-                return Ok(at);
-            }
-            continue;
-        }
+    let len = pump.buf.len();
+    let mut at = pump.pending.min(len);
+    pump.pending -= at;
+    if pump.pending > 0 {
+        return Ok(at);
+    }
+    while let Some(rest) = pump.buf.get(at..) {
         let (tag, total) = match peek_header(rest, |t| limits.for_frontend_tag(t)) {
             Ok(Some(h)) => h,
-            Ok(None) => return Ok(at),
+            Ok(None) => break,
             Err(e) => return Err(RelayEnd::ClientProtocol(e)),
         };
         account_frontend(tag, flow);
-        pump.pending = total;
+        if total > rest.len() {
+            pump.pending = total - rest.len();
+            return Ok(len);
+        }
+        at += total;
     }
+    Ok(at)
 }
 
 /// Direct path of the backend (no message intercepted): like [`scan_frontend`], but messages in
@@ -543,33 +542,31 @@ fn scan_backend(
     metrics: &Metrics,
     pid_map: Option<(i32, i32)>,
 ) -> Result<usize, RelayEnd> {
-    let mut at = 0usize;
-    loop {
-        let Some(rest) = pump.buf.get_mut(at..) else {
-            return Ok(at);
-        };
-        if pump.pending > 0 {
-            let n = pump.pending.min(rest.len());
-            at += n;
-            pump.pending -= n;
-            if pump.pending > 0 {
-                return Ok(at);
-            }
-            continue;
-        }
+    let len = pump.buf.len();
+    let mut at = pump.pending.min(len);
+    pump.pending -= at;
+    if pump.pending > 0 {
+        return Ok(at);
+    }
+    while let Some(rest) = pump.buf.get_mut(at..) {
         let (tag, total) = match peek_header(rest, |_| limits.large) {
             Ok(Some(h)) => h,
-            Ok(None) => return Ok(at),
+            Ok(None) => break,
             Err(e) => return Err(RelayEnd::UpstreamProtocol(e)),
         };
-        if whole.contains(tag) && rest.len() < total {
-            let missing = total - rest.len();
-            pump.buf.reserve(missing);
-            return Ok(at);
+        let have = rest.len();
+        if total > have && whole.contains(tag) {
+            pump.buf.reserve(total - have);
+            break;
         }
         account_backend(tag, rest, flow, metrics, pid_map);
-        pump.pending = total;
+        if total > have {
+            pump.pending = total - have;
+            return Ok(len);
+        }
+        at += total;
     }
+    Ok(at)
 }
 
 fn frontend(
@@ -655,5 +652,195 @@ fn backend(
             append(out.to_client, pump.buf.split_to(n));
             pump.pending = total - n;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    fn flow(metrics: &Metrics) -> Flow<'_> {
+        Flow {
+            metrics,
+            outstanding: 0,
+            busy_since: None,
+            last_backend_tag: 0,
+            terminated: false,
+            local: LocalMetrics::default(),
+        }
+    }
+
+    fn pump(bytes: &[u8]) -> Pump {
+        let mut p = Pump::new();
+        p.buf.extend_from_slice(bytes);
+        p
+    }
+
+    #[test]
+    fn frontend_forwards_whole_messages_and_keeps_a_partial_header() {
+        let metrics = Metrics::default();
+        let mut f = flow(&metrics);
+        let limits = Limits::frontend(1 << 20);
+        let mut input = msg(b'P', b"\0select 1\0\0\0");
+        input.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
+        input.extend(msg(b'S', b""));
+        let whole = input.len();
+        input.extend_from_slice(b"Q\0\0"); // three bytes of the next header
+        let mut p = pump(&input);
+        assert_eq!(scan_frontend(&mut p, &limits, &mut f).unwrap(), whole);
+        assert_eq!(p.pending, 0);
+        assert_eq!(f.outstanding, 1, "Sync starts a busy period");
+        assert!(f.busy_since.is_some());
+        // Forwarding leaves the partial header at the front.
+        p.buf.advance(whole);
+        assert_eq!(&p.buf[..], b"Q\0\0");
+        p.buf.extend_from_slice(b"\0\x05x");
+        assert_eq!(scan_frontend(&mut p, &limits, &mut f).unwrap(), 6);
+        assert_eq!(f.outstanding, 2);
+    }
+
+    #[test]
+    fn frontend_streams_a_large_message_as_it_arrives() {
+        let metrics = Metrics::default();
+        let mut f = flow(&metrics);
+        let limits = Limits::frontend(1 << 20);
+        let body = vec![b'x'; 10_000];
+        let m = msg(b'd', &body);
+        let mut p = pump(&m[..3000]);
+        assert_eq!(scan_frontend(&mut p, &limits, &mut f).unwrap(), 3000);
+        assert_eq!(p.pending, m.len() - 3000);
+        p.buf.advance(3000);
+        // The rest of the message and the start of a Terminate.
+        p.buf.extend_from_slice(&m[3000..]);
+        p.buf.extend_from_slice(&msg(b'X', b""));
+        let n = scan_frontend(&mut p, &limits, &mut f).unwrap();
+        assert_eq!(n, m.len() - 3000 + 5);
+        assert_eq!(p.pending, 0);
+        assert!(f.terminated);
+    }
+
+    #[test]
+    fn frontend_rejects_an_oversized_small_message() {
+        let metrics = Metrics::default();
+        let mut f = flow(&metrics);
+        let limits = Limits::frontend(1 << 20);
+        // A Sync claiming 20,000 bytes: over PostgreSQL's limit for small messages.
+        let mut p = pump(b"S\0\0\x4e\x20");
+        assert!(matches!(
+            scan_frontend(&mut p, &limits, &mut f),
+            Err(RelayEnd::ClientProtocol(ProtocolError::BadLength { .. }))
+        ));
+    }
+
+    #[test]
+    fn backend_waits_for_whole_ready_for_query_and_counts_it() {
+        let metrics = Metrics::default();
+        let mut f = flow(&metrics);
+        f.outstanding = 1;
+        f.busy_since = Some(Instant::now());
+        let limits = Limits::backend(1 << 20);
+        let whole = TagSet::EMPTY.with(b'Z');
+        let mut input = msg(b'2', b"");
+        input.extend(msg(b'D', b"\0\x01\0\0\0\x011"));
+        input.extend(msg(b'C', b"SELECT 1\0"));
+        let before_z = input.len();
+        let z = msg(b'Z', b"I");
+        input.extend_from_slice(&z[..3]);
+        let mut p = pump(&input);
+        assert_eq!(
+            scan_backend(&mut p, whole, &limits, &mut f, &metrics, None).unwrap(),
+            before_z,
+            "a partial ReadyForQuery is held back"
+        );
+        assert_eq!(f.outstanding, 1);
+        p.buf.advance(before_z);
+        p.buf.extend_from_slice(&z[3..]);
+        assert_eq!(
+            scan_backend(&mut p, whole, &limits, &mut f, &metrics, None).unwrap(),
+            z.len()
+        );
+        assert_eq!(f.outstanding, 0);
+        assert!(f.busy_since.is_none());
+        assert_eq!(f.last_backend_tag, b'Z');
+    }
+
+    #[test]
+    fn backend_streams_big_data_rows_and_maps_notification_pids() {
+        let metrics = Metrics::default();
+        let mut f = flow(&metrics);
+        let limits = Limits::backend(1 << 20);
+        let whole = TagSet::EMPTY.with(b'Z').with(b'A');
+        // A big DataRow streams through partially.
+        let row = msg(b'D', &vec![7u8; 50_000]);
+        let mut p = pump(&row[..1000]);
+        assert_eq!(
+            scan_backend(&mut p, whole, &limits, &mut f, &metrics, Some((111, 222))).unwrap(),
+            1000
+        );
+        p.buf.advance(1000);
+        p.buf.extend_from_slice(&row[1000..]);
+        let mut note = 111i32.to_be_bytes().to_vec();
+        note.extend_from_slice(b"chan\0payload\0");
+        let n = msg(b'A', &note);
+        p.buf.extend_from_slice(&n);
+        let got = scan_backend(&mut p, whole, &limits, &mut f, &metrics, Some((111, 222))).unwrap();
+        assert_eq!(got, row.len() - 1000 + n.len());
+        let forwarded = &p.buf[row.len() - 1000..];
+        assert_eq!(
+            &forwarded[5..9],
+            &222i32.to_be_bytes(),
+            "pid translated in place"
+        );
+        assert_eq!(&forwarded[9..], b"chan\0payload\0");
+    }
+
+    #[test]
+    fn backend_rejects_a_bad_length() {
+        let metrics = Metrics::default();
+        let mut f = flow(&metrics);
+        let limits = Limits::backend(1 << 20);
+        let mut p = pump(b"D\0\0\0\x02");
+        assert!(matches!(
+            scan_backend(&mut p, TagSet::EMPTY, &limits, &mut f, &metrics, None),
+            Err(RelayEnd::UpstreamProtocol(ProtocolError::BadLength { .. }))
+        ));
+    }
+
+    #[test]
+    fn direct_read_buffer_is_reused_not_grown() {
+        let mut p = Pump::new();
+        for _ in 0..100 {
+            p.prepare_read(true);
+            assert!(p.buf.capacity() - p.buf.len() >= MIN_READ);
+            // A read of 3,000 bytes, all forwarded but the last 7 (a partial message).
+            p.buf.extend_from_slice(&[0u8; 3000]);
+            let n = p.buf.len() - 7;
+            p.buf.advance(n);
+            assert!(p.buf.capacity() <= READ_CHUNK, "{}", p.buf.capacity());
+        }
+    }
+
+    #[test]
+    fn side_waker_records_the_side_and_wakes_the_task() {
+        struct Count(std::sync::atomic::AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let task = Arc::new(Count(Default::default()));
+        let side = Side::new();
+        side.set_task(&Waker::from(task.clone()));
+        assert!(!side.state.fired.load(Ordering::SeqCst));
+        side.waker.wake_by_ref();
+        assert!(side.state.fired.load(Ordering::SeqCst));
+        assert_eq!(task.0.load(Ordering::SeqCst), 1);
     }
 }
