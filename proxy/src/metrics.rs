@@ -40,7 +40,8 @@ pub struct LocalMetrics {
     latency_buckets: [u64; BUCKETS.len()],
     latency_sum_us: u64,
     latency_count: u64,
-    last_flush: std::time::Instant,
+    /// When a busy session next merges its counters.
+    next_flush: std::time::Instant,
 }
 
 impl Default for LocalMetrics {
@@ -53,13 +54,17 @@ impl Default for LocalMetrics {
             latency_buckets: [0; BUCKETS.len()],
             latency_sum_us: 0,
             latency_count: 0,
-            last_flush: std::time::Instant::now(),
+            next_flush: flush_after(std::time::Instant::now()),
         }
     }
 }
 
 /// How often a busy session merges its counters.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+fn flush_after(now: std::time::Instant) -> std::time::Instant {
+    now.checked_add(FLUSH_EVERY).unwrap_or(now)
+}
 
 impl LocalMetrics {
     #[inline]
@@ -79,14 +84,15 @@ impl LocalMetrics {
     pub(crate) fn observe_query_count(&mut self) {
         self.queries += 1;
     }
-    /// A ReadyForQuery that ends a busy period of `elapsed`; `now` is the current time.
+    /// A ReadyForQuery that ends the busy period begun at `started`; `now` is the current time.
     #[inline]
     pub(crate) fn observe_query(
         &mut self,
-        elapsed: Duration,
+        started: std::time::Instant,
         now: std::time::Instant,
         global: &Metrics,
     ) {
+        let elapsed = now.saturating_duration_since(started);
         self.queries += 1;
         let secs = elapsed.as_secs_f64();
         if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
@@ -96,9 +102,9 @@ impl LocalMetrics {
         }
         self.latency_sum_us += u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         self.latency_count += 1;
-        if now.duration_since(self.last_flush) >= FLUSH_EVERY {
+        if now >= self.next_flush {
             global.merge(self);
-            self.last_flush = now;
+            self.next_flush = flush_after(now);
         }
     }
 }

@@ -24,6 +24,18 @@ impl Conn {
     pub fn is_tls(&self) -> bool {
         matches!(self, Conn::ServerTls(_) | Conn::ClientTls(_))
     }
+
+    /// One non-blocking write of `buf` without registering for wake-ups: the bytes written, or
+    /// `WouldBlock` when the socket is not known to be writable. TLS streams always answer
+    /// `WouldBlock` (their writes go through the async path, which also flushes the TLS layer).
+    #[inline]
+    pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => s.try_write(buf),
+            Conn::Unix(s) => s.try_write(buf),
+            Conn::ServerTls(_) | Conn::ClientTls(_) => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
 }
 
 impl std::fmt::Debug for Conn {

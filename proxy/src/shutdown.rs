@@ -86,6 +86,13 @@ impl ShutdownListener {
     pub fn started(&self) -> Started<'_> {
         Started(self)
     }
+
+    /// Registers `waker` to be woken when shutdown starts, for a task that polls
+    /// [`ShutdownListener::is_started`] itself on every wake-up and registers again only when its
+    /// waker changes (the relay). Check `is_started` after registering.
+    pub fn register(&self, waker: &std::task::Waker) {
+        self.waker.register(waker);
+    }
 }
 
 impl Drop for ShutdownListener {
