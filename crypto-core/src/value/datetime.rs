@@ -207,11 +207,34 @@ pub fn parse_date(input: &str) -> Result<i32, ValueError> {
 }
 
 fn write_ymd(days: i64, out: &mut String) -> bool {
-    use std::fmt::Write;
     let (y, m, d) = civil_from_days(days + PG_EPOCH_DAYS);
     let (year, bc) = if y <= 0 { (1 - y, true) } else { (y, false) };
-    let _ = write!(out, "{year:04}-{m:02}-{d:02}");
+    push_padded(out, year.unsigned_abs(), 4);
+    out.push('-');
+    push_padded(out, u64::from(m), 2);
+    out.push('-');
+    push_padded(out, u64::from(d), 2);
     bc
+}
+
+/// Appends `n` in decimal, zero-padded to at least `width` digits (what `{n:0width$}` does,
+/// without the formatting machinery: this runs for every date and timestamp cell rendered).
+fn push_padded(out: &mut String, n: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut len = 0;
+    let mut v = n;
+    while let Some(slot) = digits.get_mut(len) {
+        *slot = b'0' + (v % 10) as u8;
+        len += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for _ in len..width {
+        out.push('0');
+    }
+    out.extend(digits.iter().take(len).rev().map(|d| char::from(*d)));
 }
 
 /// Renders a date as PostgreSQL does with `DateStyle = ISO`.
@@ -473,7 +496,6 @@ pub fn format_timestamptz_in(
 
 /// Local date and time, then the UTC offset if any, then ` BC`.
 fn format_local(us: i64, offset: Option<i32>, out: &mut String) {
-    use std::fmt::Write;
     match us {
         TS_POS_INFINITY => return out.push_str("infinity"),
         TS_NEG_INFINITY => return out.push_str("-infinity"),
@@ -484,25 +506,32 @@ fn format_local(us: i64, offset: Option<i32>, out: &mut String) {
     let bc = write_ymd(days, out);
     let secs = tod / 1_000_000;
     let frac = tod % 1_000_000;
-    let _ = write!(
-        out,
-        " {:02}:{:02}:{:02}",
-        secs / 3600,
-        (secs / 60) % 60,
-        secs % 60
-    );
+    out.push(' ');
+    push_padded(out, (secs / 3600).unsigned_abs(), 2);
+    out.push(':');
+    push_padded(out, ((secs / 60) % 60).unsigned_abs(), 2);
+    out.push(':');
+    push_padded(out, (secs % 60).unsigned_abs(), 2);
     if frac != 0 {
-        let digits = format!("{frac:06}");
+        // Six digits of microseconds without the trailing zeros.
+        let (mut f, mut width) = (frac.unsigned_abs(), 6);
+        while f % 10 == 0 {
+            f /= 10;
+            width -= 1;
+        }
         out.push('.');
-        out.push_str(digits.trim_end_matches('0'));
+        push_padded(out, f, width);
     }
     if let Some(off) = offset {
         let a = off.unsigned_abs();
-        let _ = write!(out, "{}{:02}", if off < 0 { '-' } else { '+' }, a / 3600);
+        out.push(if off < 0 { '-' } else { '+' });
+        push_padded(out, u64::from(a / 3600), 2);
         if a % 3600 != 0 {
-            let _ = write!(out, ":{:02}", (a / 60) % 60);
+            out.push(':');
+            push_padded(out, u64::from((a / 60) % 60), 2);
             if a % 60 != 0 {
-                let _ = write!(out, ":{:02}", a % 60);
+                out.push(':');
+                push_padded(out, u64::from(a % 60), 2);
             }
         }
     }
@@ -557,6 +586,17 @@ mod tests {
         let mut out = String::new();
         format_timestamp(parse_timestamp(s, tz).unwrap(), tz, &mut out);
         out
+    }
+
+    #[test]
+    fn push_padded_matches_the_format_machinery() {
+        for n in [0u64, 1, 9, 10, 99, 100, 2024, 12345, 5_874_897, u64::MAX] {
+            for width in [0usize, 2, 4, 6] {
+                let mut out = String::from("x");
+                push_padded(&mut out, n, width);
+                assert_eq!(out, format!("x{n:0width$}"), "{n} width {width}");
+            }
+        }
     }
 
     #[test]

@@ -202,14 +202,29 @@ pub fn push_hex(bytes: &[u8], out: &mut String) {
     }
 }
 
-fn nibble(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
+/// The value of a hex digit; 0xff for any other byte.
+fn hex_value(c: u8) -> u8 {
+    HEX_VALUE.get(usize::from(c)).copied().unwrap_or(0xff)
 }
+
+/// The value of each ASCII hex digit; 0xff for every other byte.
+// Evaluated at compile time: an index out of range would fail the build, not panic at run time.
+#[allow(clippy::indexing_slicing)]
+const HEX_VALUE: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
 
 /// Decodes a bytea in text output format (`\x` hex, or the escape format when the session set
 /// `bytea_output = escape`) into `out`. None when malformed.
@@ -221,12 +236,17 @@ pub fn decode_bytea_text(text: &[u8], out: &mut Vec<u8>) -> Option<()> {
         return None;
     }
     out.reserve(hex.len() / 2);
-    for pair in hex.chunks_exact(2) {
-        let hi = nibble(*pair.first()?)?;
-        let lo = nibble(*pair.get(1)?)?;
-        out.push(hi << 4 | lo);
-    }
-    Some(())
+    let mut bad = 0u8;
+    out.extend(hex.chunks_exact(2).map(|pair| {
+        let (hi, lo) = match pair {
+            [h, l] => (hex_value(*h), hex_value(*l)),
+            _ => (0xff, 0xff),
+        };
+        bad |= hi | lo;
+        hi << 4 | lo
+    }));
+    // Every valid digit is < 16: any invalid one sets the high bits.
+    (bad < 16).then_some(())
 }
 
 /// The escape output format: `\\` is a backslash, `\ooo` an octal byte, anything else itself.
@@ -471,5 +491,32 @@ mod tests {
         assert!(decode_bytea_text(b"\\9", &mut Vec::new()).is_none());
         assert!(decode_bytea_text(b"\\01", &mut Vec::new()).is_none());
         assert_eq!(bytea_literal(&[0xab]), "E'\\\\xab'::bytea");
+    }
+
+    #[test]
+    fn hex_decoding_covers_every_byte_and_rejects_non_digits() {
+        let all: Vec<u8> = (0..=255u8).collect();
+        let mut s = String::from("\\x");
+        push_hex(&all, &mut s);
+        let mut out = Vec::new();
+        decode_bytea_text(s.as_bytes(), &mut out).unwrap();
+        assert_eq!(out, all);
+        let mut upper = Vec::new();
+        decode_bytea_text(b"\\xABcD09", &mut upper).unwrap();
+        assert_eq!(upper, vec![0xab, 0xcd, 0x09]);
+        for bad in [
+            &b"\\xg0"[..],
+            b"\\x0g",
+            b"\\x 0",
+            b"\\x0\xff",
+            b"\\x:0",
+            b"\\x0/",
+        ] {
+            assert!(
+                decode_bytea_text(bad, &mut Vec::new()).is_none(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 }

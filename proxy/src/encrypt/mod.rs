@@ -67,6 +67,7 @@
 
 mod cache;
 pub mod cells;
+mod row_memo;
 pub mod rows;
 mod search_path;
 mod session;

@@ -19,7 +19,10 @@ use crate::rewrite::ProtectedColumn;
 pub struct RowPlan {
     /// The protected column behind each result column, if any.
     cols: Vec<Option<ProtectedColumn>>,
-    /// The format code of each column (as the upstream sends it and the client expects it).
+    /// The format code of each column as the upstream sends it.
+    upstream: Vec<i16>,
+    /// The format code of each column as the client expects it (differs from `upstream` only
+    /// for protected columns the proxy asked the upstream for in binary).
     formats: Vec<i16>,
     /// Whether any column is protected.
     any: bool,
@@ -46,11 +49,29 @@ impl RowError {
     }
 }
 
+/// Per-column format codes from a Bind's result format codes (none: all text; one: all
+/// columns; else one per column).
+fn per_column(result_formats: &[i16], n: usize) -> Vec<i16> {
+    (0..n)
+        .map(|i| match result_formats {
+            [] => 0,
+            [one] => *one,
+            many => many.get(i).copied().unwrap_or(0),
+        })
+        .collect()
+}
+
 impl RowPlan {
-    /// A plan from the protected column of each result column and their formats.
+    /// A plan from the protected column of each result column and their formats (the same
+    /// for the upstream and the client).
     pub fn new(cols: Vec<Option<ProtectedColumn>>, formats: Vec<i16>) -> Self {
         let any = cols.iter().any(Option::is_some);
-        Self { cols, formats, any }
+        Self {
+            cols,
+            upstream: formats.clone(),
+            formats,
+            any,
+        }
     }
 
     /// Whether any column needs decryption.
@@ -58,20 +79,71 @@ impl RowPlan {
         self.any
     }
 
-    /// The same columns under a Bind's result format codes.
+    /// The same columns under a Bind's result format codes, forwarded unchanged.
     pub fn with_result_formats(&self, result_formats: &[i16]) -> Self {
-        let formats = (0..self.cols.len())
-            .map(|i| match result_formats {
-                [] => 0,
-                [one] => *one,
-                many => many.get(i).copied().unwrap_or(0),
-            })
-            .collect();
+        let formats = per_column(result_formats, self.cols.len());
         Self {
             cols: self.cols.clone(),
+            upstream: formats.clone(),
             formats,
             any: self.any,
         }
+    }
+
+    /// The same columns bound with the client's `result_formats`, but protected columns asked
+    /// of the upstream in binary (no hex for PostgreSQL to encode and the proxy to decode):
+    /// the plan and the per-column format codes for the upstream Bind. None when nothing
+    /// would change, or when the client's codes are not ones PostgreSQL accepts for this
+    /// many columns (the Bind is then forwarded as sent, for the upstream to judge).
+    pub fn with_binary_upstream(&self, result_formats: &[i16]) -> Option<(Self, Vec<i16>)> {
+        let n = self.cols.len();
+        let valid_count = result_formats.len() <= 1 || result_formats.len() == n;
+        if !self.any || !valid_count || result_formats.iter().any(|f| *f != 0 && *f != 1) {
+            return None;
+        }
+        let formats = per_column(result_formats, n);
+        let upstream: Vec<i16> = formats
+            .iter()
+            .zip(&self.cols)
+            .map(|(f, c)| if c.is_some() { 1 } else { *f })
+            .collect();
+        if upstream == formats {
+            return None;
+        }
+        let plan = Self {
+            cols: self.cols.clone(),
+            upstream: upstream.clone(),
+            formats,
+            any: self.any,
+        };
+        Some((plan, upstream))
+    }
+
+    /// This plan (made from an upstream RowDescription) for a client that asked for
+    /// `client` format codes (per column) where the proxy asked for binary protected
+    /// columns. None when a column the proxy does not decrypt arrives in another format than
+    /// the client's (the result's columns changed since the Bind): the result must not be
+    /// handed over.
+    pub fn for_client_formats(&self, client: &[i16]) -> Option<Self> {
+        if client.len() != self.cols.len() {
+            return None;
+        }
+        let consistent = self
+            .cols
+            .iter()
+            .zip(self.upstream.iter().zip(client))
+            .all(|(c, (u, f))| c.is_some() || u == f);
+        consistent.then(|| Self {
+            cols: self.cols.clone(),
+            upstream: self.upstream.clone(),
+            formats: client.to_vec(),
+            any: self.any,
+        })
+    }
+
+    /// The client's format code of every column.
+    pub fn client_formats(&self) -> &[i16] {
+        &self.formats
     }
 }
 
@@ -126,11 +198,13 @@ pub fn write_client_row_description(out: &mut BytesMut, fields: &[Field], plan: 
     let fields: Vec<Field> = fields
         .iter()
         .zip(plan.cols.iter())
-        .map(|(f, c)| match c {
+        .zip(plan.formats.iter())
+        .map(|((f, c), format)| match c {
             Some(c) => Field {
                 type_oid: c.ty.oid(),
                 typlen: cells::typlen(c.ty),
                 typmod: -1,
+                format: *format,
                 ..f.clone()
             },
             None => f.clone(),
@@ -160,8 +234,9 @@ pub fn decrypt_data_row(
             spans.push(None);
             continue;
         };
+        let upstream = plan.upstream.get(i).copied().unwrap_or(0);
         let format = plan.formats.get(i).copied().unwrap_or(0);
-        let raw: &[u8] = if format == 0 {
+        let raw: &[u8] = if upstream == 0 {
             stored.clear();
             cells::decode_bytea_text(v, &mut stored).ok_or_else(|| CellError::Corrupt {
                 column: col.id.to_string(),
@@ -197,4 +272,59 @@ pub fn decrypt_data_row(
     });
     zeroize::Zeroize::zeroize(&mut scratch);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgseal_crypto::value::LogicalType;
+    use pgseal_crypto::ColumnId;
+
+    fn protected() -> Option<ProtectedColumn> {
+        Some(ProtectedColumn {
+            id: ColumnId::new("public", "t", "secret").unwrap(),
+            ty: LogicalType::Text,
+            keyring: "k".into(),
+            index: None,
+        })
+    }
+
+    fn described() -> RowPlan {
+        RowPlan::new(vec![None, protected(), None], vec![0, 0, 0])
+    }
+
+    #[test]
+    fn binary_upstream_only_for_protected_columns_and_valid_codes() {
+        let (plan, upstream) = described().with_binary_upstream(&[]).unwrap();
+        assert_eq!(upstream, vec![0, 1, 0]);
+        assert_eq!(plan.client_formats(), &[0, 0, 0]);
+        let (plan, upstream) = described().with_binary_upstream(&[1, 0, 1]).unwrap();
+        assert_eq!(upstream, vec![1, 1, 1]);
+        assert_eq!(plan.client_formats(), &[1, 0, 1]);
+        // Nothing to change: the client already asks for binary there.
+        assert!(described().with_binary_upstream(&[1]).is_none());
+        assert!(described().with_binary_upstream(&[0, 1, 0]).is_none());
+        // Codes PostgreSQL rejects are forwarded for it to reject.
+        assert!(described().with_binary_upstream(&[0, 1]).is_none());
+        assert!(described().with_binary_upstream(&[2]).is_none());
+        assert!(described().with_binary_upstream(&[0, 0, -1]).is_none());
+        // No protected column.
+        let plain = RowPlan::new(vec![None, None], vec![0, 0]);
+        assert!(plain.with_binary_upstream(&[]).is_none());
+    }
+
+    #[test]
+    fn client_formats_apply_only_where_the_upstream_agrees_on_plain_columns() {
+        // As the upstream describes the portal bound with [0, 1, 0].
+        let from_upstream = RowPlan::new(vec![None, protected(), None], vec![0, 1, 0]);
+        let plan = from_upstream.for_client_formats(&[0, 0, 0]).unwrap();
+        assert_eq!(plan.client_formats(), &[0, 0, 0]);
+        assert_eq!(plan.upstream, vec![0, 1, 0]);
+        // A plain column in another format than the client asked for: the columns changed.
+        assert!(from_upstream.for_client_formats(&[1, 0, 0]).is_none());
+        assert!(from_upstream.for_client_formats(&[0, 0]).is_none());
+        // The protected column moved: column 1 is now plain but arrives in binary.
+        let moved = RowPlan::new(vec![protected(), None, None], vec![0, 1, 0]);
+        assert!(moved.for_client_formats(&[0, 0, 0]).is_none());
+    }
 }

@@ -7,6 +7,7 @@ use bytes::{Bytes, BytesMut};
 use tracing::warn;
 
 use super::cells::{self, CellError};
+use super::row_memo::RowMemo;
 use super::rows::{self, RowPlan};
 use super::search_path::{self, Change, Setting};
 use super::wire::{self, BindMsg, ParseMsg};
@@ -61,6 +62,14 @@ type OwnedParam = (i16, Option<Vec<u8>>);
 /// A refusal: SQLSTATE and message.
 type Refused = (&'static str, String);
 
+/// Why a RowDescription has no result plan.
+enum DescribedError {
+    /// The message is malformed.
+    Protocol(ProtocolError),
+    /// The result must not be handed over, or the catalog could not be read.
+    Refused(Refused),
+}
+
 /// What a statement does to the session once it completes.
 #[derive(Debug, Clone, Default)]
 struct Effects {
@@ -112,7 +121,12 @@ struct LookupKeys {
 struct Portal {
     /// Distinguishes a portal from a later one of the same name.
     id: u64,
+    /// The statement it was bound from (name, id).
+    statement: (String, u64),
     rows: Option<Arc<RowPlan>>,
+    /// The client's per-column result format codes when the proxy asked the upstream for
+    /// protected columns in binary instead.
+    client_formats: Option<Vec<i16>>,
     effects: Effects,
     /// A Describe of this portal is in flight (its answer will give `rows`).
     describing: bool,
@@ -186,6 +200,8 @@ pub(crate) struct EncryptSession {
     next_id: u64,
     /// The session's `TimeZone` (ParameterStatus), for timestamptz text.
     zone: Zone,
+    /// RowDescriptions seen recently, with their plans.
+    row_memo: RowMemo,
 }
 
 fn proto(e: ProtocolError) -> InterceptError {
@@ -226,6 +242,7 @@ impl EncryptSession {
                 .iter()
                 .find(|(k, _)| k == "TimeZone")
                 .map_or_else(Zone::utc, |(_, v)| Zone::from_setting(v)),
+            row_memo: RowMemo::default(),
         }
     }
 
@@ -622,16 +639,46 @@ impl EncryptSession {
     fn on_bind(&mut self, frame: Frame, out: &mut Outbox<'_>) -> Result<(), InterceptError> {
         let bind = BindMsg::parse(frame.body()).map_err(proto)?;
         let stmt = self.statements.get(bind.statement);
-        let rows = stmt
-            .and_then(|s| s.rows.as_ref())
-            .map(|r| Arc::new(r.with_result_formats(&bind.result_formats)));
+        // Result columns known from a Describe of this very statement: protected ones are asked
+        // of the upstream in binary.
+        let (rows, binary) = match stmt.and_then(|s| s.rows.as_ref()) {
+            Some(r) => match r.with_binary_upstream(&bind.result_formats) {
+                Some((plan, upstream)) => (Some(Arc::new(plan)), Some(upstream)),
+                None => (
+                    Some(Arc::new(r.with_result_formats(&bind.result_formats))),
+                    None,
+                ),
+            },
+            None => (None, None),
+        };
+        let client_formats = binary
+            .as_ref()
+            .and(rows.as_ref())
+            .map(|r| r.client_formats().to_vec());
+        let result_formats: &[i16] = binary.as_deref().unwrap_or(&bind.result_formats);
         let effects = stmt.map(|s| s.effects.clone()).unwrap_or_default();
+        let statement = (bind.statement.to_owned(), stmt.map_or(0, |s| s.id));
         let prepared = stmt.and_then(|s| match &*s.outcome {
             Ok(Plan::Rewrite(plan)) => Some(self.prepare_bind(plan, s, &bind)),
             _ => None,
         });
         match prepared {
-            None => out.to_upstream.extend_from_slice(frame.raw()),
+            None if binary.is_none() => out.to_upstream.extend_from_slice(frame.raw()),
+            None => {
+                let refs: Vec<(i16, Option<&[u8]>)> = bind
+                    .params
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (bind.param_format(i), *v))
+                    .collect();
+                wire::write_bind(
+                    out.to_upstream,
+                    bind.portal,
+                    bind.statement,
+                    &refs,
+                    result_formats,
+                );
+            }
             Some(Ok((params, reparse))) => {
                 if let Some(r) = reparse {
                     self.reprepare(bind.statement, r, out);
@@ -643,7 +690,7 @@ impl EncryptSession {
                     bind.portal,
                     bind.statement,
                     &refs,
-                    &bind.result_formats,
+                    result_formats,
                 );
             }
             Some(Err((code, message))) => {
@@ -658,7 +705,9 @@ impl EncryptSession {
         self.next_id += 1;
         let portal = Portal {
             id: self.next_id,
+            statement,
             rows,
+            client_formats,
             effects,
             describing: false,
         };
@@ -842,11 +891,16 @@ impl EncryptSession {
         }
     }
 
-    /// The result plan of a RowDescription (refreshing the catalog once for unknown tables).
-    /// Fails with `0A000` when a field comes from a tainted relation (a view over a protected
-    /// table), `58000` when the catalog cannot be refreshed.
-    fn row_plan(&mut self, fields: &[wire::Field]) -> Result<RowPlan, (&'static str, String)> {
+    /// The result plan of a RowDescription (refreshing the catalog once for unknown tables),
+    /// and the catalog generation it was mapped against. Fails with `0A000` when a field comes
+    /// from a tainted relation (a view over a protected table), `58000` when the catalog cannot
+    /// be refreshed.
+    fn row_plan(
+        &mut self,
+        fields: &[wire::Field],
+    ) -> Result<(RowPlan, u64), (&'static str, String)> {
         let snapshot = self.shared.catalog.snapshot();
+        let mut generation = snapshot.generation();
         let mut map = rows::map_fields(fields, &snapshot);
         if !map.unknown.is_empty()
             && !self
@@ -859,6 +913,7 @@ impl EncryptSession {
                 .refresh()
                 .map_err(|e| ("58000", e.to_string()))?;
             map = rows::map_fields(fields, &fresh);
+            generation = fresh.generation();
             self.shared
                 .note_unprotected(fresh.generation(), std::mem::take(&mut map.unknown));
         }
@@ -866,7 +921,49 @@ impl EncryptSession {
             return Err((crate::rewrite::refusal::FEATURE_NOT_SUPPORTED, why));
         }
         let formats = fields.iter().map(|f| f.format).collect();
-        Ok(RowPlan::new(map.cols, formats))
+        Ok((RowPlan::new(map.cols, formats), generation))
+    }
+
+    /// The result plan of a RowDescription and the RowDescription the client gets (None: the
+    /// upstream's unchanged), from the session's memo when this exact message was mapped at the
+    /// current catalog generation.
+    /// `client_formats`: the client's per-column format codes when the proxy asked the
+    /// upstream for protected columns in binary.
+    fn described_rows(
+        &mut self,
+        body: &[u8],
+        client_formats: Option<&[i16]>,
+    ) -> Result<(Arc<RowPlan>, Option<Bytes>), DescribedError> {
+        let generation = self.shared.catalog.snapshot().generation();
+        if let Some(hit) = self.row_memo.get(generation, body, client_formats) {
+            return Ok(hit);
+        }
+        let fields = wire::parse_row_description(body).map_err(DescribedError::Protocol)?;
+        let (mut plan, generation) = self.row_plan(&fields).map_err(DescribedError::Refused)?;
+        if let Some(cf) = client_formats {
+            plan = plan.for_client_formats(cf).ok_or_else(|| {
+                DescribedError::Refused((
+                    "XX000",
+                    "pgseal: the result's columns changed since the statement was described; \
+                     prepare it again"
+                        .to_owned(),
+                ))
+            })?;
+        }
+        let plan = Arc::new(plan);
+        let client = plan.any().then(|| {
+            let mut b = BytesMut::new();
+            rows::write_client_row_description(&mut b, &fields, &plan);
+            b.freeze()
+        });
+        self.row_memo.put(
+            generation,
+            body,
+            client_formats,
+            plan.clone(),
+            client.clone(),
+        );
+        Ok((plan, client))
     }
 
     fn on_row_description(
@@ -874,10 +971,19 @@ impl EncryptSession {
         frame: Frame,
         out: &mut Outbox<'_>,
     ) -> Result<(), InterceptError> {
-        let fields = wire::parse_row_description(frame.body()).map_err(proto)?;
-        let plan = match self.row_plan(&fields) {
-            Ok(p) => Arc::new(p),
-            Err((code, e)) => {
+        // A Describe of a portal whose protected columns the proxy asked for in binary.
+        let client_formats = match self.queue.front() {
+            Some(Pending::DescribePortal { name, id, .. }) => self
+                .portals
+                .get(name.as_str())
+                .filter(|p| p.id == *id)
+                .and_then(|p| p.client_formats.clone()),
+            _ => None,
+        };
+        let (plan, client) = match self.described_rows(frame.body(), client_formats.as_deref()) {
+            Ok(p) => p,
+            Err(DescribedError::Protocol(e)) => return Err(proto(e)),
+            Err(DescribedError::Refused((code, e))) => {
                 self.fail_results(code, &e, out);
                 return Ok(());
             }
@@ -891,10 +997,9 @@ impl EncryptSession {
             _ => {}
         }
         if forward {
-            if plan.any() {
-                rows::write_client_row_description(out.to_client, &fields, &plan);
-            } else {
-                out.to_client.extend_from_slice(frame.raw());
+            match client {
+                Some(c) => out.to_client.extend_from_slice(&c),
+                None => out.to_client.extend_from_slice(frame.raw()),
             }
         }
         Ok(())
@@ -915,8 +1020,21 @@ impl EncryptSession {
                 forward
             }
             Some(Pending::DescribePortal { name, id, forward }) => {
+                let mut statement = None;
                 if let Some(p) = self.portals.get_mut(name.as_str()).filter(|p| p.id == id) {
                     p.rows = Some(plan.clone());
+                    statement = Some(p.statement.clone());
+                }
+                // The statement's result columns, for its next Binds (PostgreSQL keeps a
+                // prepared statement's result shape or fails it).
+                if let Some((s_name, s_id)) = statement {
+                    if let Some(s) = self
+                        .statements
+                        .get_mut(s_name.as_str())
+                        .filter(|s| s.id == s_id && s.rows.is_none())
+                    {
+                        s.rows = Some(plan.clone());
+                    }
                 }
                 // Executes of this portal sent before the answer arrived.
                 for e in self.queue.iter_mut() {

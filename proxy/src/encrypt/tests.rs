@@ -625,6 +625,95 @@ fn describe_statement_and_binary_results() {
 }
 
 #[test]
+fn protected_results_are_asked_in_binary_once_the_statement_is_described() {
+    let mut h = harness();
+    let (up, _) = h.client(&cat(&[
+        &parse("s2", "SELECT id, email FROM patients WHERE email = $1", &[]),
+        &simple(b'S'),
+    ]));
+    assert_eq!(tags(&up), "PS");
+    h.server(&cat(&[&simple(b'1'), &ready(b'I')]));
+    let stored = h.seal("patients", "email", "alice");
+    // libpq's PQexecPrepared: Bind (text results), Describe portal, Execute, Sync.
+    let run = |h: &mut Harness| {
+        h.client(&cat(&[
+            &bind("", "s2", &[], &[Some(b"alice")], &[]),
+            &describe(b'P', ""),
+            &execute("", 0),
+            &simple(b'S'),
+        ]))
+        .0
+    };
+    // First execution: the columns are not known at Bind, the result formats go as sent.
+    let up = run(&mut h);
+    assert_eq!(tags(&up), "BDES");
+    assert!(BindMsg::parse(&frames(&up)[0].1)
+        .unwrap()
+        .result_formats
+        .is_empty());
+    let cl = h.server(&cat(&[
+        &simple(b'2'),
+        &row_description(&[
+            field("id", PATIENTS, 1, 23, 0),
+            field("email", PATIENTS, 2, 17, 0),
+        ]),
+        &data_row(&[Some(b"1"), Some(&hex_text(&stored))]),
+        &complete("SELECT 1"),
+        &ready(b'I'),
+    ]));
+    assert_eq!(tags(&cl), "2TDCZ");
+    assert_eq!(
+        wire::parse_data_row(&frames(&cl)[2].1).unwrap(),
+        vec![Some(&b"1"[..]), Some(&b"alice"[..])]
+    );
+    // Second execution: the Describe taught the proxy the columns; the protected one is asked
+    // for in binary, the client still sees text.
+    let up = run(&mut h);
+    assert_eq!(
+        BindMsg::parse(&frames(&up)[0].1).unwrap().result_formats,
+        vec![0, 1]
+    );
+    let cl = h.server(&cat(&[
+        &simple(b'2'),
+        &row_description(&[
+            field("id", PATIENTS, 1, 23, 0),
+            field("email", PATIENTS, 2, 17, 1),
+        ]),
+        &data_row(&[Some(b"1"), Some(&stored)]),
+        &complete("SELECT 1"),
+        &ready(b'I'),
+    ]));
+    assert_eq!(tags(&cl), "2TDCZ");
+    let f = frames(&cl);
+    let rd = wire::parse_row_description(&f[1].1).unwrap();
+    assert_eq!(
+        (rd[1].type_oid, rd[1].format),
+        (25, 0),
+        "the client's format"
+    );
+    assert_eq!(rd[0].format, 0);
+    assert_eq!(
+        wire::parse_data_row(&f[2].1).unwrap(),
+        vec![Some(&b"1"[..]), Some(&b"alice"[..])]
+    );
+    // A plain column arriving in binary where the client asked for text (the columns changed
+    // under the statement): the result is refused, not handed over.
+    run(&mut h);
+    let cl = h.server(&cat(&[
+        &simple(b'2'),
+        &row_description(&[
+            field("id", PATIENTS, 1, 23, 1),
+            field("email", PATIENTS, 2, 17, 1),
+        ]),
+        &data_row(&[Some(&1i32.to_be_bytes()), Some(&stored)]),
+        &complete("SELECT 1"),
+        &ready(b'I'),
+    ]));
+    assert_eq!(tags(&cl), "2EZ");
+    assert!(!contains(&cl, b"alice"));
+}
+
+#[test]
 fn declared_parameter_type_is_honoured() {
     let mut h = harness();
     // ssn is int8; the client declares int4 and sends 4 binary bytes.
@@ -977,6 +1066,26 @@ fn every_type_renders_in_text_and_binary() {
             if format == 1 {
                 assert_eq!(ty.parse_binary(row[1].unwrap()).unwrap(), value, "{ty}");
             }
+        }
+        // Asked of the upstream in binary (the proxy does that once it knows the columns)
+        // while the client wants text or binary.
+        for (client, want) in [(0i16, &want_text), (1, &want_bin)] {
+            let described = RowPlan::new(vec![None, Some(c.clone())], vec![0, 0]);
+            let plan = match described.with_binary_upstream(&[client]) {
+                Some((plan, upstream)) => {
+                    assert_eq!(upstream, vec![client, 1]);
+                    plan
+                }
+                None => described.with_result_formats(&[client]),
+            };
+            let body = data_row(&[Some(b"x"), Some(&stored)]);
+            let mut out = BytesMut::new();
+            h.factory
+                .decrypt_data_row(&plan, &body[5..], &mut out)
+                .unwrap();
+            let row = wire::parse_data_row(&out[5..]).unwrap();
+            assert_eq!(row[0], Some(&b"x"[..]));
+            assert_eq!(row[1], Some(&want[..]), "{ty} client format {client}");
         }
         // Through the session: RowDescription carries the logical type and typlen.
         let mut s = h.factory.create(&info("app"));

@@ -135,6 +135,15 @@ pub fn write_bind(
     params: &[(i16, Option<&[u8]>)],
     result_formats: &[i16],
 ) {
+    out.reserve(
+        16 + portal.len()
+            + statement.len()
+            + params
+                .iter()
+                .map(|(_, v)| 6 + v.map_or(0, <[u8]>::len))
+                .sum::<usize>()
+            + 2 * result_formats.len(),
+    );
     put_message(out, b'B', |b| {
         put_cstr(b, portal);
         put_cstr(b, statement);

@@ -45,8 +45,11 @@ pub fn put_message(out: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)
 
 /// Appends a NUL-terminated string. Interior NULs are dropped so the framing stays valid.
 pub fn put_cstr(out: &mut BytesMut, s: &str) {
-    for b in s.bytes().filter(|b| *b != 0) {
-        out.put_u8(b);
+    let bytes = s.as_bytes();
+    if bytes.contains(&0) {
+        out.extend(bytes.iter().copied().filter(|b| *b != 0));
+    } else {
+        out.put_slice(bytes);
     }
     out.put_u8(0);
 }
@@ -282,6 +285,19 @@ pub fn parse_error_fields(body: &[u8]) -> Result<ErrorFields, ProtocolError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn put_cstr_terminates_and_drops_interior_nuls() {
+        let mut b = BytesMut::new();
+        put_cstr(&mut b, "SELECT 1");
+        assert_eq!(&b[..], b"SELECT 1\0");
+        let mut b = BytesMut::new();
+        put_cstr(&mut b, "a\0b\0");
+        assert_eq!(&b[..], b"ab\0");
+        let mut b = BytesMut::new();
+        put_cstr(&mut b, "");
+        assert_eq!(&b[..], b"\0");
+    }
 
     #[test]
     fn error_roundtrip() {
