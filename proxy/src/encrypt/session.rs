@@ -641,7 +641,15 @@ impl EncryptSession {
         let stmt = self.statements.get(bind.statement);
         // Result columns known from a Describe of this very statement: protected ones are asked
         // of the upstream in binary.
+        // (Only for a Bind PostgreSQL would accept as sent: re-encoding it must not hide an
+        // error in its parameter format codes.)
+        let nf = bind.param_formats.len();
+        let well_formed = nf <= 1 || nf == bind.params.len();
         let (rows, binary) = match stmt.and_then(|s| s.rows.as_ref()) {
+            Some(r) if !well_formed => (
+                Some(Arc::new(r.with_result_formats(&bind.result_formats))),
+                None,
+            ),
             Some(r) => match r.with_binary_upstream(&bind.result_formats) {
                 Some((plan, upstream)) => (Some(Arc::new(plan)), Some(upstream)),
                 None => (
@@ -662,36 +670,14 @@ impl EncryptSession {
             Ok(Plan::Rewrite(plan)) => Some(self.prepare_bind(plan, s, &bind)),
             _ => None,
         });
-        match prepared {
-            None if binary.is_none() => out.to_upstream.extend_from_slice(frame.raw()),
-            None => {
-                let refs: Vec<(i16, Option<&[u8]>)> = bind
-                    .params
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| (bind.param_format(i), *v))
-                    .collect();
-                wire::write_bind(
-                    out.to_upstream,
-                    bind.portal,
-                    bind.statement,
-                    &refs,
-                    result_formats,
-                );
-            }
+        // The parameters the proxy rewrote, if any.
+        let rewritten = match prepared {
+            None => None,
             Some(Ok((params, reparse))) => {
                 if let Some(r) = reparse {
                     self.reprepare(bind.statement, r, out);
                 }
-                let refs: Vec<(i16, Option<&[u8]>)> =
-                    params.iter().map(|(f, v)| (*f, v.as_deref())).collect();
-                wire::write_bind(
-                    out.to_upstream,
-                    bind.portal,
-                    bind.statement,
-                    &refs,
-                    result_formats,
-                );
+                Some(params)
             }
             Some(Err((code, message))) => {
                 let portal = bind.portal.to_owned();
@@ -701,6 +687,23 @@ impl EncryptSession {
                 self.refuse_extended(decoy, code, &message, out);
                 return Ok(());
             }
+        };
+        if rewritten.is_none() && binary.is_none() {
+            out.to_upstream.extend_from_slice(frame.raw());
+        } else {
+            let refs: Vec<(i16, Option<&[u8]>)> = match &rewritten {
+                Some(params) => params.iter().map(|(f, v)| (*f, v.as_deref())).collect(),
+                None => (0..bind.params.len())
+                    .map(|i| (bind.param_format(i), bind.params.get(i).copied().flatten()))
+                    .collect(),
+            };
+            wire::write_bind(
+                out.to_upstream,
+                bind.portal,
+                bind.statement,
+                &refs,
+                result_formats,
+            );
         }
         self.next_id += 1;
         let portal = Portal {

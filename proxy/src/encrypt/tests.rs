@@ -714,6 +714,42 @@ fn protected_results_are_asked_in_binary_once_the_statement_is_described() {
 }
 
 #[test]
+fn binary_upstream_rebinds_well_formed_binds_only() {
+    let mut h = harness();
+    // Nothing to rewrite in the statement itself; its results are decrypted.
+    h.client(&cat(&[
+        &parse("s3", "SELECT id, email FROM patients WHERE id = $1", &[]),
+        &describe(b'S', "s3"),
+        &simple(b'S'),
+    ]));
+    let mut pd = BytesMut::new();
+    wire::write_parameter_description(&mut pd, &[23]);
+    h.server(&cat(&[
+        &simple(b'1'),
+        &pd,
+        &row_description(&[
+            field("id", PATIENTS, 1, 23, 0),
+            field("email", PATIENTS, 2, 17, 0),
+        ]),
+        &ready(b'I'),
+    ]));
+    // Well formed: re-encoded with the same parameters, the protected column asked in binary.
+    let b = bind("", "s3", &[0], &[Some(b"7")], &[]);
+    let (up, _) = h.client(&cat(&[&b, &execute("", 0), &simple(b'S')]));
+    let f = frames(&up);
+    let sent = BindMsg::parse(&f[0].1).unwrap();
+    assert_eq!(sent.result_formats, vec![0, 1]);
+    assert_eq!(sent.params, vec![Some(&b"7"[..])]);
+    assert_eq!(sent.param_format(0), 0);
+    h.server(&cat(&[&simple(b'2'), &complete("SELECT 0"), &ready(b'I')]));
+    // Two parameter format codes for one parameter: PostgreSQL must see it as sent and reject
+    // it, not a corrected copy.
+    let b = bind("", "s3", &[0, 0], &[Some(b"7")], &[]);
+    let (up, _) = h.client(&cat(&[&b, &execute("", 0), &simple(b'S')]));
+    assert_eq!(&up[..b.len()], &b[..]);
+}
+
+#[test]
 fn declared_parameter_type_is_honoured() {
     let mut h = harness();
     // ssn is int8; the client declares int4 and sends 4 binary bytes.
