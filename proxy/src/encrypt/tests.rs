@@ -195,6 +195,26 @@ impl Harness {
     }
 
     /// Client → proxy: returns (to upstream, to client).
+    /// Parse + Describe Statement + Sync of `sql` as `name`, answered by the server with
+    /// ParseComplete, a ParameterDescription of `param_oids`, `result` (a RowDescription or
+    /// NoData) and ReadyForQuery. Returns what went upstream and what the client got.
+    fn prepare_described(
+        &mut self,
+        name: &str,
+        sql: &str,
+        param_oids: &[u32],
+        result: &[u8],
+    ) -> (BytesMut, BytesMut) {
+        let (up, _) = self.client(&cat(&[
+            &parse(name, sql, &[]),
+            &describe(b'S', name),
+            &simple(b'S'),
+        ]));
+        let pd = parameter_description(param_oids);
+        let cl = self.server(&cat(&[&simple(b'1'), &pd, result, &ready(b'I')]));
+        (up, cl)
+    }
+
     fn client(&mut self, input: &[u8]) -> (BytesMut, BytesMut) {
         self.drive(input, true)
     }
@@ -305,6 +325,12 @@ fn simple(tag: u8) -> BytesMut {
     b
 }
 
+fn parameter_description(oids: &[u32]) -> BytesMut {
+    let mut b = BytesMut::new();
+    wire::write_parameter_description(&mut b, oids);
+    b
+}
+
 fn ready(status: u8) -> BytesMut {
     let mut b = BytesMut::new();
     put_message(&mut b, b'Z', |b| b.put_u8(status));
@@ -344,6 +370,14 @@ fn row_description(fields: &[Field]) -> BytesMut {
     let mut b = BytesMut::new();
     wire::write_row_description(&mut b, fields);
     b
+}
+
+/// The upstream's RowDescription of `SELECT id, email FROM patients` (text formats).
+fn patients_id_email() -> BytesMut {
+    row_description(&[
+        field("id", PATIENTS, 1, 23, 0),
+        field("email", PATIENTS, 2, 17, 0),
+    ])
 }
 
 fn data_row(values: &[Option<&[u8]>]) -> BytesMut {
@@ -568,24 +602,16 @@ fn extended_single_format_code_and_null() {
 #[test]
 fn describe_statement_and_binary_results() {
     let mut h = harness();
-    let (up, _) = h.client(&cat(&[
-        &parse("s1", "SELECT id, email FROM patients WHERE email = $1", &[]),
-        &describe(b'S', "s1"),
-        &simple(b'S'),
-    ]));
-    let f = frames(&up);
-    assert_eq!(ParseMsg::parse(&f[0].1).unwrap().param_oids, vec![17]);
-    let mut pd = BytesMut::new();
-    wire::write_parameter_description(&mut pd, &[17]);
-    let cl = h.server(&cat(&[
-        &simple(b'1'),
-        &pd,
-        &row_description(&[
-            field("id", PATIENTS, 1, 23, 0),
-            field("email", PATIENTS, 2, 17, 0),
-        ]),
-        &ready(b'I'),
-    ]));
+    let (up, cl) = h.prepare_described(
+        "s1",
+        "SELECT id, email FROM patients WHERE email = $1",
+        &[17],
+        &patients_id_email(),
+    );
+    assert_eq!(
+        ParseMsg::parse(&frames(&up)[0].1).unwrap().param_oids,
+        vec![17]
+    );
     let f = frames(&cl);
     assert_eq!(tags(&cl), "1tTZ");
     assert_eq!(
@@ -717,22 +743,12 @@ fn protected_results_are_asked_in_binary_once_the_statement_is_described() {
 fn binary_upstream_rebinds_well_formed_binds_only() {
     let mut h = harness();
     // Nothing to rewrite in the statement itself; its results are decrypted.
-    h.client(&cat(&[
-        &parse("s3", "SELECT id, email FROM patients WHERE id = $1", &[]),
-        &describe(b'S', "s3"),
-        &simple(b'S'),
-    ]));
-    let mut pd = BytesMut::new();
-    wire::write_parameter_description(&mut pd, &[23]);
-    h.server(&cat(&[
-        &simple(b'1'),
-        &pd,
-        &row_description(&[
-            field("id", PATIENTS, 1, 23, 0),
-            field("email", PATIENTS, 2, 17, 0),
-        ]),
-        &ready(b'I'),
-    ]));
+    h.prepare_described(
+        "s3",
+        "SELECT id, email FROM patients WHERE id = $1",
+        &[23],
+        &patients_id_email(),
+    );
     // Well formed: re-encoded with the same parameters, the protected column asked in binary.
     let b = bind("", "s3", &[0], &[Some(b"7")], &[]);
     let (up, _) = h.client(&cat(&[&b, &execute("", 0), &simple(b'S')]));
@@ -776,8 +792,7 @@ fn declared_parameter_type_is_honoured() {
         h.open("patients", "ssn", b.params[1].unwrap()),
         Value::Int8(77)
     );
-    let mut pd = BytesMut::new();
-    wire::write_parameter_description(&mut pd, &[23, 17]);
+    let pd = parameter_description(&[23, 17]);
     let cl = h.server(&cat(&[
         &simple(b'1'),
         &pd,
@@ -804,8 +819,7 @@ fn any_array_parameter() {
     let b = BindMsg::parse(&f[2].1).unwrap();
     let els = cells::array_elements(1, b.params[0].unwrap()).unwrap();
     assert_eq!(els, vec![h.tag("email", "a@x"), h.tag("email", "b@y")]);
-    let mut pd = BytesMut::new();
-    wire::write_parameter_description(&mut pd, &[1001]);
+    let pd = parameter_description(&[1001]);
     let cl = h.server(&cat(&[
         &simple(b'1'),
         &pd,
@@ -1238,14 +1252,7 @@ fn copy_in_with_sync_sent_early_keeps_the_queue_aligned() {
     let mut h = harness();
     // tokio-postgres: Bind, Execute, Sync, then the data, CopyDone, Sync. The server ignores
     // the first Sync (copy-in mode) and answers one ReadyForQuery.
-    h.client(&cat(&[
-        &parse("s", "COPY plain FROM STDIN", &[]),
-        &describe(b'S', "s"),
-        &simple(b'S'),
-    ]));
-    let mut pd = BytesMut::new();
-    wire::write_parameter_description(&mut pd, &[]);
-    h.server(&cat(&[&simple(b'1'), &pd, &simple(b'n'), &ready(b'I')]));
+    h.prepare_described("s", "COPY plain FROM STDIN", &[], &simple(b'n'));
     let mut copy_data = BytesMut::new();
     put_message(&mut copy_data, b'd', |b| b.put_slice(b"1\t\\x00\n"));
     let (up, _) = h.client(&cat(&[
@@ -1265,12 +1272,7 @@ fn copy_in_with_sync_sent_early_keeps_the_queue_aligned() {
     let cl = h.server(&cat(&[&complete("COPY 1"), &ready(b'I')]));
     assert_eq!(tags(&cl), "CZ");
     // The next batch lines up: its NoData reaches the client.
-    h.client(&cat(&[
-        &parse("t", "SELECT 1", &[]),
-        &describe(b'S', "t"),
-        &simple(b'S'),
-    ]));
-    let cl = h.server(&cat(&[&simple(b'1'), &pd, &simple(b'n'), &ready(b'I')]));
+    let (_, cl) = h.prepare_described("t", "SELECT 1", &[], &simple(b'n'));
     assert_eq!(tags(&cl), "1tnZ");
     let (up, _) = h.client(&cat(&[
         &bind("", "t", &[], &[], &[]),
@@ -1436,8 +1438,7 @@ fn parameter_used_as_value_and_lookup_becomes_two_upstream_parameters() {
         h.open("patients", "email", b.params[value_at].unwrap()),
         Value::Text("a@b".into())
     );
-    let mut pd = BytesMut::new();
-    wire::write_parameter_description(&mut pd, &p.param_oids);
+    let pd = parameter_description(&p.param_oids);
     let cl = h.server(&cat(&[
         &simple(b'1'),
         &pd,
@@ -1504,8 +1505,7 @@ fn statement_described_late_does_not_leak_into_a_newer_one_of_the_same_name() {
         &execute("", 0),
         &simple(b'S'),
     ]));
-    let mut pd = BytesMut::new();
-    wire::write_parameter_description(&mut pd, &[]);
+    let pd = parameter_description(&[]);
     let cl = h.server(&cat(&[
         &simple(b'1'),
         &pd,
