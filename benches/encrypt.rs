@@ -2,7 +2,12 @@
 //! - `encrypt/plan_cache_hit`: the cached rewrite-plan lookup of a typical statement;
 //! - `encrypt/plan_passthrough`: the same lookup for a statement on no protected table;
 //! - `encrypt/datarow_decrypt_10col_3protected`: decrypting and re-encoding one 10-column
-//!   DataRow (text format) with 3 protected columns.
+//!   DataRow (text format) with 3 protected columns;
+//! - `encrypt/session_lookup_extended` and `encrypt/session_lookup_prepared`: everything one
+//!   session's interceptor does for one point lookup as pgbench sends it (`-M extended`:
+//!   Parse/Bind/Describe/Execute/Sync; `-M prepared`: Bind/Describe/Execute/Sync on a statement
+//!   prepared once) and for the answers (one row with 3 protected columns), against a scripted
+//!   upstream. This is the proxy's own CPU per encrypted lookup, without sockets.
 //!
 //! Run: `cargo bench --bench encrypt`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
@@ -11,16 +16,18 @@ use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::Arc;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion};
 use pgseal_crypto::value::{LogicalType, Normalisation};
 use pgseal_crypto::{ColumnId, IndexGroup, SecretKey};
 use pgseal_proxy::catalog::{CatalogSnapshot, StaticCatalog};
 use pgseal_proxy::encrypt::rows::RowPlan;
+use pgseal_proxy::encrypt::wire::{BindMsg, Field, ParseMsg};
 use pgseal_proxy::encrypt::{cells, wire, EncryptionFactory};
 use pgseal_proxy::keys::{KeySource, StaticKeys};
-use pgseal_proxy::protocol::messages::put_message;
+use pgseal_proxy::protocol::messages::{put_message, ready_for_query};
 use pgseal_proxy::rewrite::{IndexSpec, ProtectedColumn, ProtectedSchema};
+use pgseal_proxy::session::{Frame, InterceptorFactory, MessageInterceptor, Outbox, SessionInfo};
 
 fn col(column: &str, ty: LogicalType, indexed: bool) -> ProtectedColumn {
     let id = ColumnId::new("public", "patients", column).unwrap();
@@ -117,5 +124,264 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// Splits a buffer of complete messages into frames.
+fn frames(buf: &[u8]) -> Vec<Frame> {
+    let mut out = Vec::new();
+    let mut rest = buf;
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        out.push(Frame::new(Bytes::copy_from_slice(&rest[..1 + len])));
+        rest = &rest[1 + len..];
+    }
+    out
+}
+
+/// One session's interceptor with the relay's dispatch (only the tags it asks for).
+struct Session {
+    inner: Box<dyn MessageInterceptor>,
+    up: BytesMut,
+    client: BytesMut,
+}
+
+impl Session {
+    fn new(factory: &EncryptionFactory) -> Self {
+        let info = SessionInfo {
+            user: "app".into(),
+            upstream_user: "app".into(),
+            database: "app".into(),
+            params: Vec::new(),
+            server_params: vec![("TimeZone".into(), "UTC".into())],
+        };
+        Session {
+            inner: factory.create(&info),
+            up: BytesMut::with_capacity(4096),
+            client: BytesMut::with_capacity(4096),
+        }
+    }
+
+    fn feed(&mut self, frontend: bool, frames: &[Frame]) {
+        for f in frames {
+            let mut out = Outbox {
+                to_upstream: &mut self.up,
+                to_client: &mut self.client,
+            };
+            let wanted = if frontend {
+                self.inner.frontend_tags().contains(f.tag())
+            } else {
+                self.inner.backend_tags().contains(f.tag())
+            };
+            match (wanted, frontend) {
+                (true, true) => self.inner.on_frontend(f.clone(), &mut out).unwrap(),
+                (true, false) => self.inner.on_backend(f.clone(), &mut out).unwrap(),
+                (false, true) => out.to_upstream.extend_from_slice(f.raw()),
+                (false, false) => out.to_client.extend_from_slice(f.raw()),
+            }
+        }
+    }
+}
+
+/// The upstream's answers to one lookup, for the result formats the proxy bound.
+struct Upstream {
+    fields: Vec<Field>,
+    /// (id, protected cells as stored).
+    row: (Vec<u8>, Vec<Vec<u8>>),
+}
+
+impl Upstream {
+    /// The answers to the messages in `up` (what the proxy sent): ParseComplete, BindComplete,
+    /// RowDescription (in the formats bound), DataRow, CommandComplete, ReadyForQuery.
+    fn answer(&self, up: &[u8]) -> Vec<Frame> {
+        let mut out = BytesMut::new();
+        let mut formats = vec![0i16; self.fields.len()];
+        for f in frames(up) {
+            match f.tag() {
+                b'P' => put_message(&mut out, b'1', |_| {}),
+                b'B' => {
+                    let bind = BindMsg::parse(f.body()).unwrap();
+                    formats = match bind.result_formats.as_slice() {
+                        [] => vec![0; self.fields.len()],
+                        [one] => vec![*one; self.fields.len()],
+                        many => many.to_vec(),
+                    };
+                    put_message(&mut out, b'2', |_| {});
+                }
+                b'D' => {
+                    let fields: Vec<Field> = self
+                        .fields
+                        .iter()
+                        .zip(&formats)
+                        .map(|(f, fmt)| Field {
+                            format: *fmt,
+                            ..f.clone()
+                        })
+                        .collect();
+                    wire::write_row_description(&mut out, &fields);
+                }
+                b'E' => {
+                    put_message(&mut out, b'D', |b| {
+                        b.put_i16(i16::try_from(self.fields.len()).unwrap());
+                        wire::put_value(b, Some(&self.row.0));
+                        for (cell, fmt) in self.row.1.iter().zip(&formats[1..]) {
+                            if *fmt == 1 {
+                                wire::put_value(b, Some(cell));
+                            } else {
+                                let mut hex = String::from("\\x");
+                                cells::push_hex(cell, &mut hex);
+                                wire::put_value(b, Some(hex.as_bytes()));
+                            }
+                        }
+                    });
+                    put_message(&mut out, b'C', |b| {
+                        b.put_slice(b"SELECT 1\0");
+                    });
+                }
+                b'S' => ready_for_query(&mut out, b'I'),
+                _ => {}
+            }
+        }
+        frames(&out)
+    }
+}
+
+fn session_bench(c: &mut Criterion) {
+    let (factory, keys, cols) = setup();
+    let sql = "SELECT id, email, ssn, dob FROM patients WHERE email = $1";
+    let email = "someone@example.com";
+    let mut stored = Vec::new();
+    for (col, v) in cols.iter().zip([email, "123456789", "1980-05-17"]) {
+        let crypto = keys.column(&col.id).unwrap();
+        let mut cell = Vec::new();
+        cells::seal(&crypto, col, &col.ty.parse_text(v).unwrap(), &mut cell).unwrap();
+        stored.push(cell);
+    }
+    let field = |name: &str, attnum: i16, type_oid: u32, typlen: i16| Field {
+        name: name.into(),
+        table_oid: 16400,
+        attnum,
+        type_oid,
+        typlen,
+        typmod: -1,
+        format: 0,
+    };
+    let upstream = Upstream {
+        fields: vec![
+            field("id", 1, 23, 4),
+            field("email", 2, 17, -1),
+            field("ssn", 3, 17, -1),
+            field("dob", 4, 17, -1),
+        ],
+        row: (b"42".to_vec(), stored),
+    };
+    // Bind of the lookup (text parameter) on `statement`, Describe, Execute, Sync.
+    let bind_describe_execute_sync = |out: &mut BytesMut, statement: &str| {
+        wire::write_bind(out, "", statement, &[(0, Some(email.as_bytes()))], &[]);
+        wire::write_describe(out, b'P', "");
+        put_message(out, b'E', |b| {
+            b.put_slice(b"\0");
+            b.put_i32(0);
+        });
+        put_message(out, b'S', |_| {});
+    };
+
+    // One transaction: the client's messages in, the proxy's upstream messages answered by the
+    // scripted upstream, the answers out. `answers`: reuse these (the bench loop measures the
+    // interceptor, not the script); the first runs compute and check them.
+    let run = |s: &mut Session, client_msgs: &[Frame], answers: Option<&[Frame]>| -> usize {
+        s.up.clear();
+        s.client.clear();
+        s.feed(true, client_msgs);
+        match answers {
+            Some(a) => s.feed(false, a),
+            None => {
+                let a = upstream.answer(&s.up);
+                s.feed(false, &a);
+            }
+        }
+        s.client.len()
+    };
+    // Runs a transaction twice with scripted answers and returns the answers of the second
+    // (steady state), after checking that replaying them gives the same result.
+    let steady = |s: &mut Session, msgs: &[Frame]| -> Vec<Frame> {
+        run(s, msgs, None);
+        run(s, msgs, None);
+        let sent = s.up.clone();
+        let answers = upstream.answer(&sent);
+        let got = s.client.clone();
+        run(s, msgs, Some(&answers));
+        assert_eq!(
+            s.up, sent,
+            "the proxy sends the same upstream messages every time"
+        );
+        assert_eq!(s.client, got, "replayed answers give the same client bytes");
+        answers
+    };
+    let plaintext_arrives = |s: &Session| {
+        let c = &s.client[..];
+        assert!(
+            c.windows(email.len()).any(|w| w == email.as_bytes())
+                && c.windows(10).any(|w| w == b"1980-05-17"),
+            "the client did not get the decrypted row"
+        );
+        assert!(
+            !s.up.windows(email.len()).any(|w| w == email.as_bytes()),
+            "plaintext upstream"
+        );
+    };
+
+    // -M extended: Parse of the unnamed statement on every transaction.
+    let mut ext = BytesMut::new();
+    ParseMsg {
+        name: "",
+        query: sql,
+        param_oids: Vec::new(),
+    }
+    .write(&mut ext);
+    bind_describe_execute_sync(&mut ext, "");
+    let ext = frames(&ext);
+    let mut s = Session::new(&factory);
+    let answers = steady(&mut s, &ext);
+    plaintext_arrives(&s);
+    c.bench_function("encrypt/session_lookup_extended", |b| {
+        b.iter(|| black_box(run(&mut s, black_box(&ext), Some(&answers))))
+    });
+
+    // -M prepared: Parse + Describe once, then Bind/Describe/Execute/Sync.
+    let mut s = Session::new(&factory);
+    let mut prep = BytesMut::new();
+    ParseMsg {
+        name: "P0_1",
+        query: sql,
+        param_oids: Vec::new(),
+    }
+    .write(&mut prep);
+    wire::write_describe(&mut prep, b'S', "P0_1");
+    put_message(&mut prep, b'S', |_| {});
+    s.feed(true, &frames(&prep));
+    let mut answers = BytesMut::new();
+    put_message(&mut answers, b'1', |_| {});
+    put_message(&mut answers, b't', |b| {
+        b.put_i16(1);
+        b.put_u32(17);
+    });
+    wire::write_row_description(&mut answers, &upstream.fields);
+    ready_for_query(&mut answers, b'I');
+    s.feed(false, &frames(&answers));
+    let mut exec = BytesMut::new();
+    bind_describe_execute_sync(&mut exec, "P0_1");
+    let exec = frames(&exec);
+    let answers = steady(&mut s, &exec);
+    plaintext_arrives(&s);
+    assert!(
+        BindMsg::parse(frames(&s.up)[0].body())
+            .unwrap()
+            .result_formats
+            == [0, 1, 1, 1],
+        "protected columns are asked in binary"
+    );
+    c.bench_function("encrypt/session_lookup_prepared", |b| {
+        b.iter(|| black_box(run(&mut s, black_box(&exec), Some(&answers))))
+    });
+}
+
+criterion_group!(benches, bench, session_bench);
 criterion_main!(benches);

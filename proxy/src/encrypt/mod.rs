@@ -67,6 +67,8 @@
 
 mod cache;
 pub mod cells;
+mod key_cache;
+mod named;
 mod row_memo;
 pub mod rows;
 mod search_path;
@@ -354,7 +356,14 @@ impl EncryptionFactory {
         body: &[u8],
         out: &mut bytes::BytesMut,
     ) -> Result<(), rows::RowError> {
-        rows::decrypt_data_row(&*self.shared.keys, rows, body, out, &zone::Zone::utc())
+        rows::decrypt_data_row(
+            &*self.shared.keys,
+            &mut key_cache::KeyCache::default(),
+            rows,
+            body,
+            out,
+            &zone::Zone::utc(),
+        )
     }
 }
 

@@ -7,6 +7,7 @@ use bytes::{BufMut, BytesMut};
 use pgseal_crypto::value::datetime::SessionZone;
 
 use super::cells::{self, CellError};
+use super::key_cache::KeyCache;
 use super::wire::{self, Field};
 use crate::catalog::CatalogSnapshot;
 use crate::keys::{ColumnCrypto, KeySource};
@@ -216,6 +217,7 @@ pub fn write_client_row_description(out: &mut BytesMut, fields: &[Field], plan: 
 /// Decrypts one DataRow body into `out` as a complete DataRow message in the client's formats.
 pub fn decrypt_data_row(
     keys: &dyn KeySource,
+    cache: &mut KeyCache,
     plan: &RowPlan,
     body: &[u8],
     out: &mut BytesMut,
@@ -248,7 +250,7 @@ pub fn decrypt_data_row(
         let keys_for = match crypto.iter().find(|(j, _)| *j == i) {
             Some((_, k)) => k.clone(),
             None => {
-                let k = keys.column(&col.id).map_err(CellError::Key)?;
+                let k = cache.column(keys, &col.id).map_err(CellError::Key)?;
                 crypto.push((i, k.clone()));
                 k
             }

@@ -99,10 +99,9 @@ pub enum Change {
 /// Looks for `SET [SESSION|LOCAL] search_path {TO|=} …` or `RESET search_path` in `sql` (each
 /// `;`-separated part; the last one wins).
 pub fn change_in(sql: &str) -> Option<Change> {
-    if !sql
-        .as_bytes()
-        .windows(5)
-        .any(|w| w.eq_ignore_ascii_case(b"reset") || w.eq_ignore_ascii_case(b"earch"))
+    let bytes = sql.as_bytes();
+    if !super::contains_ignore_ascii_case(bytes, b"search_path")
+        && !super::contains_ignore_ascii_case(bytes, b"reset")
     {
         return None;
     }

@@ -1,12 +1,15 @@
 //! The per-connection encryption state machine (see the module docs of [`super`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tracing::warn;
 
 use super::cells::{self, CellError};
+use super::key_cache::KeyCache;
+use super::named::Named;
 use super::row_memo::RowMemo;
 use super::rows::{self, RowPlan};
 use super::search_path::{self, Change, Setting};
@@ -184,8 +187,8 @@ pub(crate) struct EncryptSession {
     setting: Setting,
     initial: Setting,
     search_path: Vec<String>,
-    statements: HashMap<String, Stmt>,
-    portals: HashMap<String, Portal>,
+    statements: Named<Stmt>,
+    portals: Named<Portal>,
     queue: VecDeque<Pending>,
     skip_until_sync: bool,
     discard_until_ready: bool,
@@ -202,6 +205,8 @@ pub(crate) struct EncryptSession {
     zone: Zone,
     /// RowDescriptions seen recently, with their plans.
     row_memo: RowMemo,
+    /// Column keys used recently (see [`KeyCache`]).
+    key_cache: RefCell<KeyCache>,
 }
 
 fn proto(e: ProtocolError) -> InterceptError {
@@ -228,8 +233,8 @@ impl EncryptSession {
             setting: initial.clone(),
             initial,
             search_path,
-            statements: HashMap::new(),
-            portals: HashMap::new(),
+            statements: Named::default(),
+            portals: Named::default(),
             queue: VecDeque::new(),
             skip_until_sync: false,
             discard_until_ready: false,
@@ -243,6 +248,7 @@ impl EncryptSession {
                 .find(|(k, _)| k == "TimeZone")
                 .map_or_else(Zone::utc, |(_, v)| Zone::from_setting(v)),
             row_memo: RowMemo::default(),
+            key_cache: RefCell::new(KeyCache::default()),
         }
     }
 
@@ -270,7 +276,12 @@ impl EncryptSession {
         &self,
         id: &pgseal_crypto::ColumnId,
     ) -> Result<Arc<crate::keys::ColumnCrypto>, CellError> {
-        self.shared.keys.column(id).map_err(CellError::Key)
+        let keys = &*self.shared.keys;
+        match self.key_cache.try_borrow_mut() {
+            Ok(mut cache) => cache.column(keys, id),
+            Err(_) => keys.column(id),
+        }
+        .map_err(CellError::Key)
     }
 
     /// The live keys of a plan's lookups (no key lookups for a plan without any).
@@ -622,7 +633,7 @@ impl EncryptSession {
         let declared = msg.param_oids.clone();
         self.next_id += 1;
         self.statements.insert(
-            name,
+            &name,
             Stmt {
                 id: self.next_id,
                 outcome,
@@ -714,7 +725,7 @@ impl EncryptSession {
             effects,
             describing: false,
         };
-        self.portals.insert(bind.portal.to_owned(), portal);
+        self.portals.insert(bind.portal, portal);
         self.queue.push_back(Pending::Bind);
         Ok(())
     }
@@ -1152,6 +1163,7 @@ impl EncryptSession {
         let mark = out.to_client.len();
         if let Err(e) = rows::decrypt_data_row(
             &*self.shared.keys,
+            self.key_cache.get_mut(),
             &plan,
             frame.body(),
             out.to_client,

@@ -2,6 +2,7 @@
 //! poll, refresh of changed keyrings, retry with backoff while the keyserver is unreachable).
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -25,6 +26,8 @@ pub(crate) struct Shared {
     /// Every keyring the schema uses.
     pub keyrings: BTreeSet<String>,
     pub snapshot: RwLock<Arc<Snapshot>>,
+    /// Bumped after every published snapshot (the key source's epoch).
+    pub generation: AtomicU64,
     pub health: Health,
     pub url: String,
     pub poll_wait_secs: u64,
@@ -41,6 +44,7 @@ impl Shared {
 
     fn publish(&self, snap: Snapshot) {
         *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snap);
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     fn all_names(&self) -> String {

@@ -4,6 +4,7 @@
 //! fails closed.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -96,6 +97,7 @@ impl KeyserverKeys {
             keyring_of,
             keyrings,
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
+            generation: AtomicU64::new(0),
             health: Health::new(Duration::from_secs(config.grace_seconds)),
             url: config.url.clone(),
             poll_wait_secs: config.poll_wait_seconds.max(1),
@@ -215,5 +217,14 @@ impl KeySource for KeyserverKeys {
                 keyring: keyring.clone(),
                 reason: "no keys fetched for this keyring".into(),
             })
+    }
+
+    /// The number of snapshots published so far; `None` while the grace period has expired
+    /// (every call then goes to [`KeySource::column`], which fails closed).
+    fn epoch(&self) -> Option<u64> {
+        if self.shared.health.expired().is_some() {
+            return None;
+        }
+        Some(self.shared.generation.load(Ordering::Acquire))
     }
 }

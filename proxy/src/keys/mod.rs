@@ -74,6 +74,14 @@ pub trait KeySource: Send + Sync {
     /// Keys for `column`: envelope keys of every decryptable version (active one seals), and
     /// blind-index keys of every version that may be stored.
     fn column(&self, column: &ColumnId) -> Result<Arc<ColumnCrypto>, KeyError>;
+
+    /// An epoch that changes whenever an answer of [`KeySource::column`] may change (new key
+    /// material, a version disabled, a grant revoked…); `None` when answers must not be reused
+    /// (the default, and while the source fails closed). Callers may keep answers for as long
+    /// as the epoch stays the same.
+    fn epoch(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Keyring material given in code: keyring name → (version → material), active = highest.
@@ -108,5 +116,9 @@ impl KeySource for StaticKeys {
             .get(column)
             .cloned()
             .ok_or_else(|| KeyError::UnknownColumn(column.to_string()))
+    }
+
+    fn epoch(&self) -> Option<u64> {
+        Some(0)
     }
 }

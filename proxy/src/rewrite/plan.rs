@@ -119,7 +119,7 @@ impl RewritePlan {
         widths: &LookupWidths,
         mut render_slot: impl FnMut(&Slot) -> Result<String, E>,
     ) -> Result<String, Option<E>> {
-        let mut out = String::new();
+        let mut out = String::with_capacity(self.rendered_len_hint());
         for p in &self.template {
             match p {
                 Piece::Sql(t) => out.push_str(t),
@@ -142,6 +142,19 @@ impl RewritePlan {
         Ok(out)
     }
 
+    /// A capacity for [`RewritePlan::render`]'s output: the template's text plus room for
+    /// lookups and small slots (slots of large literals make the string grow once more).
+    fn rendered_len_hint(&self) -> usize {
+        self.template
+            .iter()
+            .map(|p| match p {
+                Piece::Sql(t) => t.len(),
+                Piece::Slot(_) => 96,
+                Piece::Lookup { prefix, .. } => prefix.len() + 48,
+            })
+            .sum()
+    }
+
     fn render_lookup(
         &self,
         out: &mut String,
@@ -150,12 +163,11 @@ impl RewritePlan {
         negated: bool,
         widths: &LookupWidths,
     ) {
-        use std::fmt::Write;
         let numbers = self.lookup_numbers(param, widths);
         out.push_str(prefix);
         if let [k] = numbers.as_slice() {
-            let op = if negated { "<>" } else { "=" };
-            let _ = write!(out, " {op} ${k}::bytea");
+            out.push_str(if negated { " <> " } else { " = " });
+            push_bytea_param(out, *k);
             return;
         }
         out.push_str(if negated { " NOT IN (" } else { " IN (" });
@@ -163,7 +175,7 @@ impl RewritePlan {
             if j > 0 {
                 out.push_str(", ");
             }
-            let _ = write!(out, "${k}::bytea");
+            push_bytea_param(out, *k);
         }
         out.push(')');
     }
@@ -185,6 +197,29 @@ impl RewritePlan {
         }
         s
     }
+}
+
+/// Appends `$k::bytea` (without the formatting machinery: this runs for every rendering of a
+/// lookup, i.e. on every Parse in extended mode).
+fn push_bytea_param(out: &mut String, k: usize) {
+    out.push('$');
+    let mut digits = [0u8; 20];
+    let mut n = k;
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        if let Some(d) = digits.get_mut(start) {
+            *d = b'0' + u8::try_from(n % 10).unwrap_or(0);
+        }
+        n /= 10;
+        if n == 0 || start == 0 {
+            break;
+        }
+    }
+    for d in digits.get(start..).unwrap_or_default() {
+        out.push(char::from(*d));
+    }
+    out.push_str("::bytea");
 }
 
 /// The number of blind-index tags each scalar lookup parameter carries in one rendering of a
@@ -309,6 +344,20 @@ impl UpstreamParam {
             Self::Plain(_) => 0,
             Self::Value { .. } | Self::Lookup { .. } => BYTEA_OID,
             Self::LookupArray { .. } => BYTEA_ARRAY_OID,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytea_params_render_like_format() {
+        for k in [0, 1, 9, 10, 11, 99, 100, 65_535, 1_000_000, usize::MAX] {
+            let mut s = String::from("x");
+            push_bytea_param(&mut s, k);
+            assert_eq!(s, format!("x${k}::bytea"));
         }
     }
 }
