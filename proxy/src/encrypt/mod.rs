@@ -69,6 +69,7 @@ mod cache;
 pub mod cells;
 mod key_cache;
 mod named;
+mod plan_memo;
 mod row_memo;
 pub mod rows;
 mod search_path;

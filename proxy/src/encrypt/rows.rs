@@ -18,8 +18,9 @@ use crate::rewrite::ProtectedColumn;
 /// How to treat each column of a result.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RowPlan {
-    /// The protected column behind each result column, if any.
-    cols: Vec<Option<ProtectedColumn>>,
+    /// The protected column behind each result column, if any (shared by the plans derived
+    /// for each Bind's formats).
+    cols: Arc<[Option<ProtectedColumn>]>,
     /// The format code of each column as the upstream sends it.
     upstream: Vec<i16>,
     /// The format code of each column as the client expects it (differs from `upstream` only
@@ -68,7 +69,7 @@ impl RowPlan {
     pub fn new(cols: Vec<Option<ProtectedColumn>>, formats: Vec<i16>) -> Self {
         let any = cols.iter().any(Option::is_some);
         Self {
-            cols,
+            cols: cols.into(),
             upstream: formats.clone(),
             formats,
             any,
@@ -105,7 +106,7 @@ impl RowPlan {
         let formats = per_column(result_formats, n);
         let upstream: Vec<i16> = formats
             .iter()
-            .zip(&self.cols)
+            .zip(self.cols.iter())
             .map(|(f, c)| if c.is_some() { 1 } else { *f })
             .collect();
         if upstream == formats {

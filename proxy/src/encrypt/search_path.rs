@@ -99,9 +99,17 @@ pub enum Change {
 /// Looks for `SET [SESSION|LOCAL] search_path {TO|=} …` or `RESET search_path` in `sql` (each
 /// `;`-separated part; the last one wins).
 pub fn change_in(sql: &str) -> Option<Change> {
-    let bytes = sql.as_bytes();
-    if !super::contains_ignore_ascii_case(bytes, b"search_path")
-        && !super::contains_ignore_ascii_case(bytes, b"reset")
+    // Only a part that starts with SET or RESET can change it (checked first: this runs for
+    // every statement).
+    let starts_with = |part: &str, kw: &[u8]| {
+        part.trim_start()
+            .as_bytes()
+            .get(..kw.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(kw))
+    };
+    if !sql
+        .split(';')
+        .any(|p| starts_with(p, b"set") || starts_with(p, b"reset"))
     {
         return None;
     }
@@ -163,5 +171,17 @@ mod tests {
         assert_eq!(change_in("RESET search_path"), Some(Change::Reset));
         assert_eq!(change_in("SELECT 1"), None);
         assert_eq!(change_in("SET work_mem = '1MB'"), None);
+        // In any `;`-separated part, after whitespace, in any case; the last one wins.
+        assert_eq!(
+            change_in("SELECT 1;\n  sEt search_path TO a; SELECT 2"),
+            Some(Change::Set(vec!["a".into()]))
+        );
+        assert_eq!(
+            change_in("SET search_path TO a; reset ALL"),
+            Some(Change::Reset)
+        );
+        assert_eq!(change_in("SELECT 'SET search_path TO a'"), None);
+        assert_eq!(change_in("  \t"), None);
+        assert_eq!(change_in("SE"), None);
     }
 }

@@ -10,6 +10,7 @@ use tracing::warn;
 use super::cells::{self, CellError};
 use super::key_cache::KeyCache;
 use super::named::Named;
+use super::plan_memo::PlanMemo;
 use super::row_memo::RowMemo;
 use super::rows::{self, RowPlan};
 use super::search_path::{self, Change, Setting};
@@ -207,6 +208,8 @@ pub(crate) struct EncryptSession {
     row_memo: RowMemo,
     /// Column keys used recently (see [`KeyCache`]).
     key_cache: RefCell<KeyCache>,
+    /// Plans of recent statements (see [`PlanMemo`]).
+    plan_memo: PlanMemo,
 }
 
 fn proto(e: ProtocolError) -> InterceptError {
@@ -249,6 +252,7 @@ impl EncryptSession {
                 .map_or_else(Zone::utc, |(_, v)| Zone::from_setting(v)),
             row_memo: RowMemo::default(),
             key_cache: RefCell::new(KeyCache::default()),
+            plan_memo: PlanMemo::default(),
         }
     }
 
@@ -270,6 +274,18 @@ impl EncryptSession {
             .schema
             .column(id.schema(), id.table(), id.column())
             .ok_or_else(|| CellError::Key(crate::keys::KeyError::UnknownColumn(id.to_string())))
+    }
+
+    /// The plan of `sql` under the session's `search_path`: from the session's memo at the
+    /// current catalog generation, else from the shared cache (or analysed).
+    fn plan(&mut self, sql: &str) -> Outcome {
+        let generation = self.shared.catalog.snapshot().generation();
+        if let Some(o) = self.plan_memo.get(sql, generation) {
+            return o;
+        }
+        let outcome = self.shared.plan(sql, &self.search_path);
+        self.plan_memo.put(sql, generation, &outcome);
+        outcome
     }
 
     fn crypto(
@@ -554,7 +570,7 @@ impl EncryptSession {
         let effects = Effects {
             search_path: search_path::change_in(sql),
         };
-        let outcome = self.shared.plan(sql, &self.search_path);
+        let outcome = self.plan(sql);
         match &*outcome {
             Err(r) => {
                 self.refuse_simple(r.sqlstate, &r.message, out);
@@ -582,7 +598,7 @@ impl EncryptSession {
         let effects = Effects {
             search_path: search_path::change_in(msg.query),
         };
-        let outcome = self.shared.plan(msg.query, &self.search_path);
+        let outcome = self.plan(msg.query);
         let mut keys = Some(KeyVersions::default());
         let refusal = match &*outcome {
             Err(r) => Some((r.sqlstate, r.message.clone())),
@@ -875,6 +891,7 @@ impl EncryptSession {
                 None => {}
             }
             self.search_path = search_path::expand(&self.setting, &self.user);
+            self.plan_memo.clear();
         }
         let ddl = ["CREATE", "ALTER", "DROP", "COMMENT"]
             .iter()
