@@ -9,6 +9,11 @@
 //!   in protocol order, pipelines included.
 //! - `cells.rs` seals and opens cells; `rows.rs` maps RowDescriptions to protected columns and
 //!   decrypts DataRows; `wire.rs` parses and builds the messages involved.
+//! - Per-session memos keep the hot path off shared locks and hashes: `plan_memo.rs` (the last
+//!   plans, per catalog generation and search_path), `key_cache.rs` (column keys, per key
+//!   epoch: a new key snapshot or an expired grace period invalidates them), `row_memo.rs`
+//!   (RowDescriptions and their result plans), `named.rs` (the unnamed statement and portal
+//!   outside the hash maps).
 //!
 //! # Lookups and key rotation
 //! A rewritten statement with scalar lookups (`col = $1`) is rendered for the blind-index key
@@ -58,12 +63,11 @@
 //! - Values are rendered with `DateStyle = ISO` and `bytea_output = hex` whatever the session's
 //!   settings; `timestamptz` text follows the session's `TimeZone` ([`zone`]).
 //!
-//! # Performance (benches/encrypt.rs, shared 2-core machine, `--measurement-time 1`)
-//! three runs: `encrypt/plan_cache_hit` 0.19–0.31 µs, `encrypt/plan_passthrough` (no
-//! protected table named) 0.05–0.06 µs, `encrypt/datarow_decrypt_10col_3protected` 2.0–3.0 µs.
-//! Since the unknown-word scan (partitions created upstream), under a load average of 7–10 from
-//! other builds: `plan_cache_hit` 0.18–0.6 µs, `plan_passthrough` 0.8–1.9 µs (the scan and
-//! two hash look-ups per word), up to 5.7 µs at the worst load measured.
+//! # Performance (benches/encrypt.rs; figures and commands in docs/benchmarks.md)
+//! `encrypt/plan_cache_hit` ~0.2 µs; `encrypt/plan_passthrough` ~1 µs on a miss of the session's
+//! plan memo (the unknown-word scan and two hash look-ups per word); decrypting a 10-column
+//! DataRow with 3 protected columns ~2–2.5 µs; a whole point lookup through one session's
+//! interceptor (`encrypt/session_lookup_{extended,prepared}`) ~4–5 µs.
 
 mod cache;
 pub mod cells;
