@@ -724,6 +724,34 @@ async fn tampered_cells_fail_with_data_corrupted() {
         let one: i32 = c.query_one("SELECT 1", &[]).await.unwrap().get(0);
         assert_eq!(one, 1);
     }
+    // Inside a transaction block the failure aborts the server's transaction too (the server
+    // itself saw no error): later statements get 25P02 and COMMIT cannot commit the write made
+    // before the failed read.
+    for (id, simple) in [(10i32, false), (11, true)] {
+        c.batch_execute("BEGIN").await.unwrap();
+        c.execute(
+            "INSERT INTO tam (id, a) VALUES ($1, $2)",
+            &[&id, &secret(&mut s, "tamTx")],
+        )
+        .await
+        .unwrap();
+        let sql = "SELECT a FROM tam WHERE id = 3";
+        let e = if simple {
+            c.simple_query(sql).await.unwrap_err()
+        } else {
+            c.query(sql, &[]).await.unwrap_err()
+        };
+        assert_eq!(sqlstate(&e), "XX001", "{}", db_message(&e));
+        let e = c.query_one("SELECT 1", &[]).await.unwrap_err();
+        assert_eq!(sqlstate(&e), "25P02", "{}", db_message(&e));
+        c.batch_execute("COMMIT").await.unwrap();
+        let n: i64 = c
+            .query_one("SELECT count(*) FROM tam WHERE id = $1", &[&id])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 0, "the insert before the failed read was rolled back");
+    }
     // An indexed cell with its prefix kept but its envelope from another column.
     env.direct("UPDATE tam SET c = substring(c from 1 for 16) || (SELECT a FROM tam WHERE id = 5) WHERE id = 5");
     let e = c

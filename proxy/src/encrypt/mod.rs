@@ -53,11 +53,17 @@
 //! known yet (its statement was never described) is preceded by a Describe of the portal,
 //! whose answer the proxy keeps to itself. A cell that fails to decrypt ends the statement with
 //! `XX001` (`58000` when keys are unavailable); the rest of its answers are dropped until
-//! ReadyForQuery.
+//! ReadyForQuery. When that ReadyForQuery says the server is inside a transaction block (`T`)
+//! and the client has nothing else in flight, the proxy makes the server fail the transaction
+//! too (it sends a statement the server rejects, keeps the error to itself, and forwards that
+//! statement's ReadyForQuery `E`): later statements get `25P02` and `COMMIT` rolls back, as if
+//! the server had failed the statement itself.
 //!
 //! # Known limits
-//! - After `XX001` inside a transaction block the upstream transaction is not aborted (the
-//!   server saw no error); ReadyForQuery reports what the server says.
+//! - A result failed outside a transaction block, or in a Query string or pipeline that
+//!   commits after it (`…; COMMIT` in one Query, a Sync closing an implicit transaction), or
+//!   while the client already has its next statement in flight: the server has committed or
+//!   will run that statement first, so ReadyForQuery reports what the server says.
 //! - `SET search_path` is recognised at the start of each `;`-separated part of a statement; a
 //!   `SET LOCAL` is followed as if it were `SET` and a rolled-back `SET` is not undone.
 //! - Values are rendered with `DateStyle = ISO` and `bytea_output = hex` whatever the session's

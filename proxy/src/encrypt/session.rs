@@ -27,6 +27,9 @@ use pgseal_crypto::value::LogicalType;
 
 /// SQL the upstream rejects at parse time: stands in for a refused Query or Parse.
 const DECOY_SQL: &str = "pgseal_statement_refused_by_proxy";
+/// What the proxy sends (a syntax error) to make the server fail a transaction block in which
+/// the proxy failed a result the server had produced without error.
+pub(super) const ABORT_SQL: &str = "pgseal_result_refused_by_proxy_aborts_transaction";
 /// A statement name that does not exist upstream: stands in for a refused Bind.
 pub(super) const DECOY_STATEMENT: &str = "pgseal\u{1}refused\u{1}statement";
 
@@ -193,6 +196,8 @@ pub(crate) struct EncryptSession {
     queue: VecDeque<Pending>,
     skip_until_sync: bool,
     discard_until_ready: bool,
+    /// The proxy failed a result since the last ReadyForQuery (the server saw no error).
+    failed_result: bool,
     /// Sequence number of the last frontend message.
     fe_seq: u64,
     /// Sequence numbers of CopyDone/CopyFail messages whose COPY has not started yet.
@@ -241,6 +246,7 @@ impl EncryptSession {
             queue: VecDeque::new(),
             skip_until_sync: false,
             discard_until_ready: false,
+            failed_result: false,
             fe_seq: 0,
             copy_ends: VecDeque::new(),
             in_copy_in: false,
@@ -908,6 +914,7 @@ impl EncryptSession {
     fn fail_results(&mut self, code: &str, message: &str, out: &mut Outbox<'_>) {
         error_response(out.to_client, Severity::Error, code, message);
         self.discard_until_ready = true;
+        self.failed_result = true;
     }
 
     /// Pops answered entries of a batch after an upstream error (the upstream skips to Sync).
@@ -1249,6 +1256,22 @@ impl EncryptSession {
             self.abandoned(&p);
         }
         self.discard_until_ready = false;
+        // A result the proxy failed inside a transaction block: the server saw no error and
+        // would let the transaction go on (and COMMIT). Make it fail the transaction as it
+        // would have failed it itself: a statement it rejects, whose error is not forwarded;
+        // the client gets that statement's ReadyForQuery (status E) for its own. Only when the
+        // client has nothing else in flight (else that would run first).
+        if std::mem::take(&mut self.failed_result)
+            && frame.body().first() == Some(&b'T')
+            && self.queue.is_empty()
+        {
+            wire::write_query(out.to_upstream, ABORT_SQL);
+            self.queue.push_back(Pending::Refused {
+                error: Bytes::new(),
+                simple: true,
+            });
+            return;
+        }
         out.to_client.extend_from_slice(frame.raw());
     }
 

@@ -10,6 +10,7 @@ use pgseal_crypto::{ColumnId, IndexGroup, SecretKey};
 
 use super::cells;
 use super::rows::RowPlan;
+use super::session::ABORT_SQL;
 use super::wire::{self, BindMsg, Field, ParseMsg};
 use super::EncryptionFactory;
 use crate::catalog::{CatalogSnapshot, StaticCatalog};
@@ -939,6 +940,76 @@ fn bad_literal_is_refused() {
     assert!(!contains(&up, b"zzz-secret"));
     let cl = h.server(&cat(&[&error("42601"), &ready(b'I')]));
     assert_eq!(error_of(&frames(&cl)[0].1).0, "22P02");
+}
+
+/// A result the proxy fails inside a transaction block: the server, which saw no error, is
+/// made to fail the transaction too (a statement it rejects, answers swallowed), so the client's
+/// ReadyForQuery says E and a COMMIT cannot commit what came before. Outside a block, or with
+/// more of the client's messages already in flight, the server's ReadyForQuery is forwarded.
+#[test]
+fn failed_result_in_a_transaction_block_aborts_it_upstream() {
+    let mut h = harness();
+    let mut bad = h.seal("patients", "email", "dave@example.com");
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    let desc = row_description(&[field("email", PATIENTS, 2, 17, 0)]);
+    let broken = |status: u8| {
+        cat(&[
+            &desc,
+            &data_row(&[Some(&hex_text(&bad))]),
+            &complete("SELECT 1"),
+            &ready(status),
+        ])
+    };
+    // Simple protocol, in a transaction block.
+    h.client(&query("SELECT email FROM patients"));
+    let (up, cl) = h.drive(&broken(b'T'), false);
+    assert_eq!(tags(&cl), "TE", "the server's ReadyForQuery T is held back");
+    assert_eq!(error_of(&frames(&cl)[1].1).0, "XX001");
+    assert_eq!(tags(&up), "Q");
+    assert!(contains(&up, ABORT_SQL.as_bytes()));
+    let cl = h.server(&cat(&[&error("42601"), &ready(b'E')]));
+    assert_eq!(tags(&cl), "Z", "the abort's error is not forwarded");
+    assert_eq!(frames(&cl)[0].1, b"E");
+    // The session goes on: the next statement's answers pass.
+    h.client(&query("ROLLBACK"));
+    let cl = h.server(&cat(&[&complete("ROLLBACK"), &ready(b'I')]));
+    assert_eq!(tags(&cl), "CZ");
+
+    // Extended protocol, in a transaction block.
+    h.client(&cat(&[
+        &parse("", "SELECT email FROM patients", &[]),
+        &bind("", "", &[], &[], &[]),
+        &describe(b'P', ""),
+        &execute("", 0),
+        &simple(b'S'),
+    ]));
+    let (up, cl) = h.drive(&cat(&[&simple(b'1'), &simple(b'2'), &broken(b'T')]), false);
+    assert_eq!(tags(&cl), "12TE");
+    assert!(contains(&up, ABORT_SQL.as_bytes()));
+    let cl = h.server(&cat(&[&error("42601"), &ready(b'E')]));
+    assert_eq!(
+        (tags(&cl), frames(&cl)[0].1.clone()),
+        ("Z".into(), b"E".to_vec())
+    );
+
+    // Not in a block: nothing to abort.
+    h.client(&query("SELECT email FROM patients"));
+    let (up, cl) = h.drive(&broken(b'I'), false);
+    assert_eq!(tags(&cl), "TEZ");
+    assert!(up.is_empty());
+
+    // In a block, but the client already sent its next statement: it would run before the
+    // abort, so the proxy does not reorder; the server's status is forwarded.
+    h.client(&cat(&[
+        &query("SELECT email FROM patients"),
+        &query("SELECT 1"),
+    ]));
+    let (up, cl) = h.drive(&broken(b'T'), false);
+    assert_eq!(tags(&cl), "TEZ");
+    assert!(up.is_empty());
+    let cl = h.server(&cat(&[&complete("SELECT 1"), &ready(b'T')]));
+    assert_eq!(tags(&cl), "CZ", "a later clean result does not abort");
 }
 
 #[test]
