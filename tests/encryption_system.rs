@@ -60,6 +60,8 @@ fn columns() -> Vec<ColumnSpec> {
     c.push(ColumnSpec::new("public.tam.a", "text", KR));
     c.push(ColumnSpec::new("public.tam.b", "text", KR));
     c.push(ColumnSpec::new("public.tam.c", "text", KR).indexed());
+    // search_path undone by the server
+    c.push(ColumnSpec::new("public.sp.v", "text", KR).indexed());
     // psycopg
     c.push(ColumnSpec::new("public.py_t.email", "text", KR).unique());
     c.push(ColumnSpec::new("public.py_t.name", "text", KR));
@@ -761,6 +763,86 @@ async fn tampered_cells_fail_with_data_corrupted() {
     assert_eq!(sqlstate(&e), "XX001");
     // (tampered cells no longer parse; the untouched b and c of other rows still do)
     env.assert_no_leak(&s, &["public.tam"], &[]);
+}
+
+/// `SET LOCAL search_path` and a `SET search_path` rolled back (whole transaction or to a
+/// savepoint) change name resolution in ways only the server knows when they end. The proxy
+/// reads the server's values back, so afterwards an unqualified protected table is encrypted
+/// again (the leak scan finds none of the values written), while a same-named plain table in
+/// another schema is used as long as the change is in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_path_undone_by_the_server_is_followed() {
+    let env = env();
+    let mut s = Vec::new();
+    let c = env.client().await;
+    c.batch_execute(
+        "CREATE TABLE sp (id int4 PRIMARY KEY, v text); CREATE INDEX ON sp (v); \
+         CREATE SCHEMA sp_other; CREATE TABLE sp_other.sp (id int4, v text)",
+    )
+    .await
+    .unwrap();
+    let in_public =
+        |id: i32| env.direct(&format!("SELECT count(*) FROM public.sp WHERE id = {id}")) == "1";
+    // SET LOCAL: in force inside the block (the plain table is used), gone after COMMIT.
+    // (Separate Query messages: within one, the proxy analyses every statement with the
+    // search_path in force before it — here it would refuse the INSERT as one on public.sp.)
+    c.batch_execute("BEGIN; SET LOCAL search_path TO sp_other, public")
+        .await
+        .unwrap();
+    c.batch_execute("INSERT INTO sp VALUES (100, 'plain table, plain value')")
+        .await
+        .unwrap();
+    c.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(
+        env.direct("SELECT v FROM sp_other.sp WHERE id = 100"),
+        "plain table, plain value"
+    );
+    let v = secret(&mut s, "spLocal");
+    c.batch_execute(&format!("INSERT INTO sp (id, v) VALUES (1, '{v}')"))
+        .await
+        .unwrap();
+    assert!(in_public(1));
+    // The same through the extended protocol, and a parameter.
+    c.batch_execute("BEGIN").await.unwrap();
+    c.execute("SET LOCAL search_path TO sp_other, public", &[])
+        .await
+        .unwrap();
+    c.batch_execute("COMMIT").await.unwrap();
+    let v = secret(&mut s, "spLocalExt");
+    c.execute("INSERT INTO sp (id, v) VALUES (2, $1)", &[&v])
+        .await
+        .unwrap();
+    assert!(in_public(2));
+    // A SET rolled back.
+    c.batch_execute("BEGIN; SET search_path TO sp_other, public; ROLLBACK")
+        .await
+        .unwrap();
+    let v = secret(&mut s, "spRolledBack");
+    c.batch_execute(&format!("INSERT INTO sp (id, v) VALUES (3, '{v}')"))
+        .await
+        .unwrap();
+    assert!(in_public(3));
+    // A SET rolled back to a savepoint, inside the same transaction.
+    c.batch_execute("BEGIN").await.unwrap();
+    c.batch_execute("SAVEPOINT a").await.unwrap();
+    c.batch_execute("SET search_path TO sp_other, public")
+        .await
+        .unwrap();
+    c.batch_execute("ROLLBACK TO SAVEPOINT a").await.unwrap();
+    let v = secret(&mut s, "spSavepoint");
+    c.batch_execute(&format!("INSERT INTO sp (id, v) VALUES (4, '{v}')"))
+        .await
+        .unwrap();
+    c.batch_execute("COMMIT").await.unwrap();
+    assert!(in_public(4));
+    // Every value reads back, and is found by equality.
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM sp WHERE v = $1", &[&v])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    env.assert_no_leak(&s, &["public.sp"], &[("public.sp", "v", true)]);
 }
 
 /// (f) every refusal class: the client gets the SQLSTATE and the column, and the statement text

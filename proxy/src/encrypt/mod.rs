@@ -64,8 +64,14 @@
 //!   commits after it (`…; COMMIT` in one Query, a Sync closing an implicit transaction), or
 //!   while the client already has its next statement in flight: the server has committed or
 //!   will run that statement first, so ReadyForQuery reports what the server says.
-//! - `SET search_path` is recognised at the start of each `;`-separated part of a statement; a
-//!   `SET LOCAL` is followed as if it were `SET` and a rolled-back `SET` is not undone.
+//! - `SET search_path` is recognised at the start of each `;`-separated part of a statement
+//!   and applied when it completes (later parts of the same Query string were analysed before).
+//!   After any statement that may change name resolution (`SET`/`RESET` of `search_path` or a
+//!   role, `RESET ALL`, `DISCARD ALL`) the session reads the server's `search_path` and
+//!   `current_user` back at the next ReadyForQuery, and again when a transaction block ends or
+//!   rolls back to a savepoint, so `SET LOCAL` and rolled-back `SET`s are followed. The client's
+//!   ReadyForQuery waits for the answer; a client that pipelines past it has its statements
+//!   analysed with the proxy's own reading until then.
 //! - Values are rendered with `DateStyle = ISO` and `bytea_output = hex` whatever the session's
 //!   settings; `timestamptz` text follows the session's `TimeZone` ([`zone`]).
 //!

@@ -116,6 +116,35 @@ pub fn change_in(sql: &str) -> Option<Change> {
     sql.split(';').rev().find_map(change_in_one)
 }
 
+/// Whether `sql` may change how the server resolves unqualified names in ways the proxy cannot
+/// follow from the text alone: a part starting with `SET`, `RESET` or `DISCARD` that names
+/// `search_path`, a role (`SET ROLE`, `SET SESSION AUTHORIZATION`: `$user` changes), or resets
+/// everything (`RESET ALL`, `DISCARD ALL`). `SET LOCAL` and a rolled-back `SET` are undone by the
+/// server at the end of the transaction, so after such a statement the session re-reads the
+/// server's values at the next idle point (and again when the transaction ends).
+pub fn needs_resync(sql: &str) -> bool {
+    sql.split(';').any(|part| {
+        let p = part.trim_start();
+        let kw = |k: &[u8]| {
+            p.as_bytes()
+                .get(..k.len())
+                .is_some_and(|b| b.eq_ignore_ascii_case(k))
+        };
+        if !(kw(b"set") || kw(b"reset") || kw(b"discard")) {
+            return false;
+        }
+        let b = p.as_bytes();
+        ["search_path", "role", "authorization", " all"]
+            .iter()
+            .any(|w| super::contains_ignore_ascii_case(b, w.as_bytes()))
+    })
+}
+
+/// The setting as the server shows it (`current_setting('search_path')`).
+pub fn parse_shown(v: &str) -> Option<Setting> {
+    parse_list(v)
+}
+
 fn change_in_one(stmt: &str) -> Option<Change> {
     let s = stmt.trim();
     let lower = s.to_ascii_lowercase();
@@ -183,5 +212,36 @@ mod tests {
         assert_eq!(change_in("SELECT 'SET search_path TO a'"), None);
         assert_eq!(change_in("  \t"), None);
         assert_eq!(change_in("SE"), None);
+    }
+
+    #[test]
+    fn statements_that_need_a_resync() {
+        for sql in [
+            "SET search_path TO a",
+            "set local search_path = a",
+            "BEGIN; SET LOCAL search_path TO a",
+            "RESET search_path",
+            "RESET ALL",
+            "DISCARD ALL",
+            "SET ROLE other",
+            "RESET ROLE",
+            "SET SESSION AUTHORIZATION other",
+            "  SeT search_path TO \"odd\"\"name\"",
+        ] {
+            assert!(needs_resync(sql), "{sql}");
+        }
+        for sql in [
+            "SELECT 'SET search_path TO a'",
+            "SET statement_timeout = 0",
+            "SET TimeZone = 'UTC'",
+            "SELECT search_path FROM t",
+            "DISCARD PLANS",
+        ] {
+            assert!(!needs_resync(sql), "{sql}");
+        }
+        assert_eq!(
+            parse_shown("\"$user\", public, \"My Schema\""),
+            Some(vec!["$user".into(), "public".into(), "My Schema".into()])
+        );
     }
 }

@@ -30,6 +30,9 @@ const DECOY_SQL: &str = "pgseal_statement_refused_by_proxy";
 /// What the proxy sends (a syntax error) to make the server fail a transaction block in which
 /// the proxy failed a result the server had produced without error.
 pub(super) const ABORT_SQL: &str = "pgseal_result_refused_by_proxy_aborts_transaction";
+/// What the proxy asks the server after a statement that may have changed name resolution.
+pub(super) const RESYNC_SQL: &str =
+    "SELECT pg_catalog.current_setting('search_path'), current_user /* pgseal */";
 /// A statement name that does not exist upstream: stands in for a refused Bind.
 pub(super) const DECOY_STATEMENT: &str = "pgseal\u{1}refused\u{1}statement";
 
@@ -81,6 +84,9 @@ enum DescribedError {
 #[derive(Debug, Clone, Default)]
 struct Effects {
     search_path: Option<Change>,
+    /// The statement may change name resolution in ways only the server knows (see
+    /// [`search_path::needs_resync`]).
+    resync: bool,
 }
 
 /// A prepared statement as the client named it.
@@ -182,6 +188,11 @@ enum Pending {
         error: Bytes,
         simple: bool,
     },
+    /// The proxy's own query of the server's `search_path` and `current_user`: its answers are
+    /// not forwarded, except its ReadyForQuery when the client's own was held back for it.
+    Resync {
+        forward_ready: bool,
+    },
 }
 
 /// The encrypting interceptor of one session.
@@ -198,6 +209,14 @@ pub(crate) struct EncryptSession {
     discard_until_ready: bool,
     /// The proxy failed a result since the last ReadyForQuery (the server saw no error).
     failed_result: bool,
+    /// A statement that may change name resolution completed: re-read the server's values at
+    /// the next ReadyForQuery.
+    resync_pending: bool,
+    /// Such a statement ran inside the current transaction block: the server may undo it
+    /// (`SET LOCAL`, rollback), so re-read at its end and after a rollback to a savepoint.
+    resync_at_txn_end: bool,
+    /// A `ROLLBACK` completed since the last ReadyForQuery.
+    rolled_back: bool,
     /// Sequence number of the last frontend message.
     fe_seq: u64,
     /// Sequence numbers of CopyDone/CopyFail messages whose COPY has not started yet.
@@ -247,6 +266,9 @@ impl EncryptSession {
             skip_until_sync: false,
             discard_until_ready: false,
             failed_result: false,
+            resync_pending: false,
+            resync_at_txn_end: false,
+            rolled_back: false,
             fe_seq: 0,
             copy_ends: VecDeque::new(),
             in_copy_in: false,
@@ -575,6 +597,7 @@ impl EncryptSession {
         let sql = wire::parse_query(frame.body()).map_err(proto)?;
         let effects = Effects {
             search_path: search_path::change_in(sql),
+            resync: search_path::needs_resync(sql),
         };
         let outcome = self.plan(sql);
         match &*outcome {
@@ -603,6 +626,7 @@ impl EncryptSession {
         let name = msg.name.to_owned();
         let effects = Effects {
             search_path: search_path::change_in(msg.query),
+            resync: search_path::needs_resync(msg.query),
         };
         let outcome = self.plan(msg.query);
         let mut keys = Some(KeyVersions::default());
@@ -898,6 +922,12 @@ impl EncryptSession {
             }
             self.search_path = search_path::expand(&self.setting, &self.user);
             self.plan_memo.clear();
+        }
+        if effects.resync {
+            self.resync_pending = true;
+        }
+        if tag == "ROLLBACK" {
+            self.rolled_back = true;
         }
         let ddl = ["CREATE", "ALTER", "DROP", "COMMENT"]
             .iter()
@@ -1246,6 +1276,14 @@ impl EncryptSession {
     }
 
     fn on_ready(&mut self, frame: Frame, out: &mut Outbox<'_>) {
+        if let Some(Pending::Resync { forward_ready }) = self.queue.front() {
+            let forward = *forward_ready;
+            self.queue.pop_front();
+            if forward {
+                out.to_client.extend_from_slice(frame.raw());
+            }
+            return;
+        }
         while let Some(p) = self.queue.pop_front() {
             if matches!(
                 p,
@@ -1272,7 +1310,82 @@ impl EncryptSession {
             });
             return;
         }
+        if self.resync(frame.body().first().copied(), out) {
+            return;
+        }
         out.to_client.extend_from_slice(frame.raw());
+    }
+
+    /// At a ReadyForQuery with transaction `status`: re-reads the server's `search_path` and
+    /// `current_user` when a statement may have changed them in ways the proxy cannot follow
+    /// (see [`search_path::needs_resync`]). When the client has nothing in flight, its
+    /// ReadyForQuery is held back until the answer is in (returns true: the caller must not
+    /// forward it), so its next statement is analysed with the server's values. With messages
+    /// in flight the query goes after them at the next batch boundary; without one, it waits
+    /// for the next ReadyForQuery.
+    fn resync(&mut self, status: Option<u8>, out: &mut Outbox<'_>) -> bool {
+        let in_block = matches!(status, Some(b'T' | b'E'));
+        if self.resync_pending && in_block {
+            self.resync_at_txn_end = true;
+        }
+        let due = self.resync_pending
+            || (self.resync_at_txn_end && (status == Some(b'I') || self.rolled_back));
+        if status == Some(b'I') {
+            self.resync_at_txn_end = false;
+        }
+        self.rolled_back = false;
+        if !due || status == Some(b'E') {
+            // In a failed block the query would fail too; the block's end re-reads.
+            self.resync_pending = false;
+            return false;
+        }
+        let hold = self.queue.is_empty();
+        let boundary = matches!(
+            self.queue.back(),
+            Some(Pending::Sync(_) | Pending::Query(_) | Pending::Refused { simple: true, .. })
+        );
+        if !hold && !boundary {
+            self.resync_pending = true;
+            return false;
+        }
+        self.resync_pending = false;
+        wire::write_query(out.to_upstream, RESYNC_SQL);
+        self.queue.push_back(Pending::Resync {
+            forward_ready: hold,
+        });
+        hold
+    }
+
+    /// An answer to the proxy's own `search_path` query (not forwarded).
+    fn on_resync_answer(&mut self, frame: &Frame) {
+        match frame.tag() {
+            b'D' => {
+                let values = wire::parse_data_row(frame.body()).unwrap_or_default();
+                let text = |i: usize| {
+                    values
+                        .get(i)
+                        .copied()
+                        .flatten()
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                };
+                match (text(0).and_then(search_path::parse_shown), text(1)) {
+                    (Some(setting), Some(user)) => {
+                        self.setting = setting;
+                        self.user = user.to_owned();
+                        self.search_path = search_path::expand(&self.setting, &self.user);
+                        self.plan_memo.clear();
+                    }
+                    _ => warn!(
+                        "the server's search_path could not be read back; keeping the proxy's"
+                    ),
+                }
+            }
+            b'E' => {
+                warn!("the server refused the search_path query; retrying at the next idle point");
+                self.resync_pending = true;
+            }
+            _ => {}
+        }
     }
 
     /// CopyInResponse: the server ignores Syncs until the client's CopyDone/CopyFail, so
@@ -1429,6 +1542,13 @@ impl MessageInterceptor for EncryptSession {
         if tag == b'S' {
             self.on_parameter_status(frame, out);
             return Ok(());
+        }
+        if let Some(Pending::Resync { .. }) = self.queue.front() {
+            // (Notices and notifications pass as usual.)
+            if matches!(tag, b'T' | b'D' | b'C' | b'E' | b'I' | b'n') {
+                self.on_resync_answer(&frame);
+                return Ok(());
+            }
         }
         if self.discard_until_ready {
             return Ok(());

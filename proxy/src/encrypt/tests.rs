@@ -10,7 +10,7 @@ use pgseal_crypto::{ColumnId, IndexGroup, SecretKey};
 
 use super::cells;
 use super::rows::RowPlan;
-use super::session::ABORT_SQL;
+use super::session::{ABORT_SQL, RESYNC_SQL};
 use super::wire::{self, BindMsg, Field, ParseMsg};
 use super::EncryptionFactory;
 use crate::catalog::{CatalogSnapshot, StaticCatalog};
@@ -1282,15 +1282,119 @@ fn set_search_path_is_followed() {
     let mut h = harness();
     // With search_path = other, "patients" does not resolve to the protected table.
     h.client(&query("SET search_path TO other"));
-    h.server(&cat(&[&complete("SET"), &ready(b'I')]));
+    h.settle(&cat(&[&complete("SET"), &ready(b'I')]), "other", "app");
     let q = query("SELECT id FROM patients WHERE email = 'x'");
     let (up, _) = h.client(&q);
     assert_eq!(&up[..], &q[..]);
     h.server(&cat(&[&complete("SELECT 0"), &ready(b'I')]));
     h.client(&query("RESET search_path"));
-    h.server(&cat(&[&complete("RESET"), &ready(b'I')]));
+    h.settle(
+        &cat(&[&complete("RESET"), &ready(b'I')]),
+        "\"$user\", public",
+        "app",
+    );
     let (up, _) = h.client(&q);
     assert_ne!(&up[..], &q[..]);
+}
+
+/// The answers of the proxy's own search_path query.
+fn resync_answer(search_path: &str, user: &str, status: u8) -> Vec<u8> {
+    cat(&[
+        &row_description(&[
+            field("current_setting", 0, 0, 25, 0),
+            field("current_user", 0, 0, 19, 0),
+        ]),
+        &data_row(&[Some(search_path.as_bytes()), Some(user.as_bytes())]),
+        &complete("SELECT 1"),
+        &ready(status),
+    ])
+}
+
+impl Harness {
+    /// Feeds the server's answers to a statement that may change name resolution: the proxy
+    /// holds its ReadyForQuery back and asks the server; `search_path` and `user` are the
+    /// server's answer. Returns what the client got (its own ReadyForQuery last).
+    fn settle(&mut self, answers: &[u8], search_path: &str, user: &str) -> BytesMut {
+        let status = *frames(answers).last().unwrap().1.first().unwrap();
+        let (up, mut cl) = self.drive(answers, false);
+        assert_eq!(tags(&up), "Q", "the proxy asks the server");
+        assert!(contains(&up, RESYNC_SQL.as_bytes()));
+        assert!(
+            !tags(&cl).ends_with('Z'),
+            "the client's ReadyForQuery waits"
+        );
+        cl.extend_from_slice(&self.server(&resync_answer(search_path, user, status)));
+        assert!(tags(&cl).ends_with('Z'));
+        cl
+    }
+}
+
+/// `SET LOCAL search_path` ends with its transaction, and a rolled-back `SET` is undone: the
+/// proxy re-reads the server's values instead of keeping its own guess, so a protected table
+/// named without its schema afterwards is encrypted again.
+#[test]
+fn search_path_undone_by_the_server_is_read_back() {
+    let mut h = harness();
+    let insert = query("INSERT INTO patients (id, email) VALUES (1, 'zz-resync@example.com')");
+    let encrypted = |h: &mut Harness| {
+        let (up, _) = h.client(&insert);
+        h.server(&cat(&[&complete("INSERT 0 1"), &ready(b'I')]));
+        !contains(&up, b"zz-resync")
+    };
+    assert!(encrypted(&mut h));
+    // SET LOCAL in a block: followed inside it, re-read at its end.
+    h.client(&query("BEGIN; SET LOCAL search_path TO other"));
+    let cl = h.settle(
+        &cat(&[&complete("BEGIN"), &complete("SET"), &ready(b'T')]),
+        "other",
+        "app",
+    );
+    assert_eq!(tags(&cl), "CCZ");
+    let (up, _) = h.client(&query("SELECT email FROM patients"));
+    assert!(
+        contains(&up, b"SELECT email FROM patients"),
+        "other.patients is not protected"
+    );
+    h.server(&cat(&[&complete("SELECT 0"), &ready(b'T')]));
+    h.client(&query("COMMIT"));
+    h.settle(
+        &cat(&[&complete("COMMIT"), &ready(b'I')]),
+        "\"$user\", public",
+        "app",
+    );
+    assert!(
+        encrypted(&mut h),
+        "after COMMIT the server's search_path is back"
+    );
+    // A SET rolled back.
+    h.client(&query("BEGIN"));
+    h.server(&cat(&[&complete("BEGIN"), &ready(b'T')]));
+    h.client(&query("SET search_path TO other"));
+    h.settle(&cat(&[&complete("SET"), &ready(b'T')]), "other", "app");
+    h.client(&query("ROLLBACK"));
+    h.settle(
+        &cat(&[&complete("ROLLBACK"), &ready(b'I')]),
+        "\"$user\", public",
+        "app",
+    );
+    assert!(encrypted(&mut h), "after ROLLBACK");
+    // SET ROLE: "$user" follows the server's current_user.
+    h.client(&query("SET ROLE other"));
+    h.settle(
+        &cat(&[&complete("SET"), &ready(b'I')]),
+        "\"$user\"",
+        "other",
+    );
+    let (up, _) = h.client(&insert);
+    assert!(
+        contains(&up, b"zz-resync"),
+        "$user is now other: other.patients"
+    );
+    h.server(&cat(&[&complete("INSERT 0 1"), &ready(b'I')]));
+    // An unrelated SET asks nothing.
+    h.client(&query("SET statement_timeout = 0"));
+    let cl = h.server(&cat(&[&complete("SET"), &ready(b'I')]));
+    assert_eq!(tags(&cl), "CZ");
 }
 
 #[test]
