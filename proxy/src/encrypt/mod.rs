@@ -49,9 +49,12 @@
 //! remembered per catalog generation, for all sessions). A field from a tainted relation (a
 //! view over a protected table) fails the statement with `0A000`.
 //! Values arrive as the client asked (text `\x…` or escape format, or binary) and leave in the
-//! same format, rendered from the logical type. An Execute on a portal whose columns are not
-//! known yet (its statement was never described) is preceded by a Describe of the portal,
-//! whose answer the proxy keeps to itself. A cell that fails to decrypt ends the statement with
+//! same format, rendered from the logical type. Protected columns are asked of the server in
+//! binary once a statement's columns are known (a Describe), or for a `SELECT` on a statement
+//! parsed again with the same plan, from the columns last described (`plan_memo.rs`; a hint
+//! only: the RowDescription must confirm it before any row is handled). An Execute on a portal
+//! whose columns are not known yet (its statement was never described) is preceded by a
+//! Describe of the portal, whose answer the proxy keeps to itself. A cell that fails to decrypt ends the statement with
 //! `XX001` (`58000` when keys are unavailable); the rest of its answers are dropped until
 //! ReadyForQuery. When that ReadyForQuery says the server is inside a transaction block (`T`)
 //! and the client has nothing else in flight, the proxy makes the server fail the transaction

@@ -4,7 +4,14 @@
 //! check and one comparison. Entries are valid for one catalog generation under the session's
 //! current `search_path` (the session clears the memo when that changes); only plans, never
 //! refusals, are remembered (a refusal may come from a failed catalog refresh).
+//!
+//! An entry also keeps the result columns a statement with that plan was last described with:
+//! a hint for the next execution of the same statement (see the session's Bind), never used to
+//! decrypt rows without the RowDescription that confirms it.
 
+use std::sync::Arc;
+
+use super::rows::RowPlan;
 use super::Outcome;
 
 /// How many plans a session remembers.
@@ -12,10 +19,19 @@ const CAPACITY: usize = 8;
 /// Longer statements are not remembered (they are rarely repeated, and would pin memory).
 const MAX_SQL: usize = 4096;
 
+/// A remembered plan.
+struct Entry {
+    sql: Box<str>,
+    generation: u64,
+    outcome: Outcome,
+    /// The result columns a statement with this plan was last described with.
+    rows: Option<Arc<RowPlan>>,
+}
+
 /// The memo of one session.
 #[derive(Default)]
 pub struct PlanMemo {
-    entries: Vec<(Box<str>, u64, Outcome)>,
+    entries: Vec<Entry>,
     /// The slot the next new entry replaces once the memo is full.
     next: usize,
 }
@@ -25,8 +41,28 @@ impl PlanMemo {
     pub fn get(&self, sql: &str, generation: u64) -> Option<Outcome> {
         self.entries
             .iter()
-            .find(|(s, g, _)| *g == generation && **s == *sql)
-            .map(|(_, _, o)| o.clone())
+            .find(|e| e.generation == generation && *e.sql == *sql)
+            .map(|e| e.outcome.clone())
+    }
+
+    /// The result columns last described for a statement planned as `outcome` (the very
+    /// plan this memo handed out: same text, search_path and catalog generation).
+    pub fn rows_hint(&self, outcome: &Outcome) -> Option<Arc<RowPlan>> {
+        self.entries
+            .iter()
+            .find(|e| Arc::ptr_eq(&e.outcome, outcome))
+            .and_then(|e| e.rows.clone())
+    }
+
+    /// Remembers the result columns a statement planned as `outcome` was described with.
+    pub fn set_rows_hint(&mut self, outcome: &Outcome, rows: &Arc<RowPlan>) {
+        if let Some(e) = self
+            .entries
+            .iter_mut()
+            .find(|e| Arc::ptr_eq(&e.outcome, outcome))
+        {
+            e.rows = Some(rows.clone());
+        }
     }
 
     /// Remembers `outcome` for `sql` at catalog `generation` (refusals and long statements
@@ -35,7 +71,12 @@ impl PlanMemo {
         if outcome.is_err() || sql.len() > MAX_SQL {
             return;
         }
-        let entry = (sql.into(), generation, outcome.clone());
+        let entry = Entry {
+            sql: sql.into(),
+            generation,
+            outcome: outcome.clone(),
+            rows: None,
+        };
         if self.entries.len() < CAPACITY {
             self.entries.push(entry);
             return;
@@ -44,6 +85,13 @@ impl PlanMemo {
             *slot = entry;
         }
         self.next = (self.next + 1) % CAPACITY;
+    }
+
+    /// Forgets every remembered set of result columns (one turned out wrong).
+    pub fn forget_rows_hints(&mut self) {
+        for e in &mut self.entries {
+            e.rows = None;
+        }
     }
 
     /// Forgets everything (the session's `search_path` changed).
@@ -72,8 +120,22 @@ mod tests {
         assert!(m.get("SELECT 1", 4).is_none(), "another catalog generation");
         assert!(m.get("SELECT 2", 3).is_none());
         assert!(m.get("SELECT 1 ", 3).is_none());
+        // Result columns are remembered per plan handed out (by identity).
+        let rows = Arc::new(RowPlan::default());
+        assert!(m.rows_hint(&o).is_none());
+        m.set_rows_hint(&o, &rows);
+        assert!(m.rows_hint(&o).is_some_and(|r| Arc::ptr_eq(&r, &rows)));
+        assert!(
+            m.rows_hint(&pass()).is_none(),
+            "an equal plan, not the same one"
+        );
+        m.forget_rows_hints();
+        assert!(m.rows_hint(&o).is_none());
+        assert!(m.get("SELECT 1", 3).is_some(), "the plan stays");
+        m.set_rows_hint(&o, &rows);
         m.clear();
         assert!(m.get("SELECT 1", 3).is_none());
+        assert!(m.rows_hint(&o).is_none());
     }
 
     #[test]

@@ -20,7 +20,7 @@ use super::{Outcome, Shared};
 use crate::keys::ColumnCrypto;
 use crate::protocol::messages::{error_response, Severity};
 use crate::protocol::ProtocolError;
-use crate::rewrite::plan::LookupWidths;
+use crate::rewrite::plan::{LookupWidths, Piece};
 use crate::rewrite::{Plan, ProtectedColumn, RewritePlan, Slot, UpstreamParam};
 use crate::session::{Frame, InterceptError, MessageInterceptor, Outbox, SessionInfo, TagSet};
 use pgseal_crypto::value::LogicalType;
@@ -314,6 +314,21 @@ impl EncryptSession {
         let outcome = self.shared.plan(sql, &self.search_path);
         self.plan_memo.put(sql, generation, &outcome);
         outcome
+    }
+
+    /// The columns statement `s` was last described with under the same plan, when it is
+    /// a query whose shape the hint may predict (a `SELECT`: a wrong guess fails the result,
+    /// and for a statement that writes, the write would already be done).
+    fn rows_hint(&self, s: &Stmt) -> Option<Arc<RowPlan>> {
+        let Ok(Plan::Rewrite(plan)) = &*s.outcome else {
+            return None;
+        };
+        let select = matches!(plan.template.first(), Some(Piece::Sql(t))
+            if t.trim_start().get(..6).is_some_and(|w| w.eq_ignore_ascii_case("select")));
+        if !select {
+            return None;
+        }
+        self.plan_memo.rows_hint(&s.outcome)
     }
 
     fn crypto(
@@ -702,24 +717,39 @@ impl EncryptSession {
         // error in its parameter format codes.)
         let nf = bind.param_formats.len();
         let well_formed = nf <= 1 || nf == bind.params.len();
-        let (rows, binary) = match stmt.and_then(|s| s.rows.as_ref()) {
+        // Columns not known yet (an unnamed statement, parsed again for every execution):
+        // the columns the same plan was last described with are a hint for the upstream
+        // formats only. The portal's columns stay unknown, so its rows wait for the
+        // RowDescription, which must confirm the hint (a plain column in another format than
+        // the client asked for fails the result, never reaches the client).
+        let (rows, binary, client_formats) = match stmt.and_then(|s| s.rows.as_ref()) {
             Some(r) if !well_formed => (
                 Some(Arc::new(r.with_result_formats(&bind.result_formats))),
                 None,
+                None,
             ),
             Some(r) => match r.with_binary_upstream(&bind.result_formats) {
-                Some((plan, upstream)) => (Some(Arc::new(plan)), Some(upstream)),
+                Some((plan, upstream)) => {
+                    let client = plan.client_formats().to_vec();
+                    (Some(Arc::new(plan)), Some(upstream), Some(client))
+                }
                 None => (
                     Some(Arc::new(r.with_result_formats(&bind.result_formats))),
                     None,
+                    None,
                 ),
             },
-            None => (None, None),
+            None => match stmt
+                .filter(|_| well_formed)
+                .and_then(|s| self.rows_hint(s))
+                .and_then(|h| h.with_binary_upstream(&bind.result_formats))
+            {
+                Some((plan, upstream)) => {
+                    (None, Some(upstream), Some(plan.client_formats().to_vec()))
+                }
+                None => (None, None, None),
+            },
         };
-        let client_formats = binary
-            .as_ref()
-            .and(rows.as_ref())
-            .map(|r| r.client_formats().to_vec());
         let result_formats: &[i16] = binary.as_deref().unwrap_or(&bind.result_formats);
         let effects = stmt.map(|s| s.effects.clone()).unwrap_or_default();
         let statement = (bind.statement.to_owned(), stmt.map_or(0, |s| s.id));
@@ -1052,6 +1082,11 @@ impl EncryptSession {
             Ok(p) => p,
             Err(DescribedError::Protocol(e)) => return Err(proto(e)),
             Err(DescribedError::Refused((code, e))) => {
+                if client_formats.is_some() {
+                    // The columns were not what the proxy expected: guess no more from what
+                    // was seen before (until a Describe shows them again).
+                    self.plan_memo.forget_rows_hints();
+                }
                 self.fail_results(code, &e, out);
                 return Ok(());
             }
@@ -1102,6 +1137,7 @@ impl EncryptSession {
                         .filter(|s| s.id == s_id && s.rows.is_none())
                     {
                         s.rows = Some(plan.clone());
+                        self.plan_memo.set_rows_hint(&s.outcome, &plan);
                     }
                 }
                 // Executes of this portal sent before the answer arrived.

@@ -651,6 +651,110 @@ fn describe_statement_and_binary_results() {
     );
 }
 
+/// The unnamed statement of `-M extended` / `PQexecParams` is parsed again for every execution:
+/// the columns the same plan was last described with are used as a hint to ask for protected
+/// columns in binary, and the RowDescription (which always comes before rows) must confirm it.
+#[test]
+fn unnamed_statements_ask_binary_results_from_a_confirmed_hint() {
+    let mut h = harness();
+    let stored = h.seal("patients", "email", "alice");
+    let sql = "SELECT id, email FROM patients WHERE email = $1";
+    let lookup = |h: &mut Harness| {
+        let (up, _) = h.client(&cat(&[
+            &parse("", sql, &[]),
+            &bind("", "", &[], &[Some(b"alice")], &[]),
+            &describe(b'P', ""),
+            &execute("", 0),
+            &simple(b'S'),
+        ]));
+        let f = frames(&up);
+        let result_formats = BindMsg::parse(&f[1].1).unwrap().result_formats;
+        (up, result_formats)
+    };
+    let answer = |formats: [i16; 2], email: &[u8]| {
+        cat(&[
+            &simple(b'1'),
+            &simple(b'2'),
+            &row_description(&[
+                field("id", PATIENTS, 1, 23, formats[0]),
+                field("email", PATIENTS, 2, 17, formats[1]),
+            ]),
+            &data_row(&[Some(b"1"), Some(email)]),
+            &complete("SELECT 1"),
+            &ready(b'I'),
+        ])
+    };
+    let text_row = |cl: &[u8]| {
+        let f = frames(cl);
+        let d = f.iter().find(|(t, _)| *t == b'D').unwrap();
+        let r =
+            wire::parse_row_description(&f.iter().find(|(t, _)| *t == b'T').unwrap().1).unwrap();
+        let formats: Vec<i16> = r.iter().map(|f| f.format).collect();
+        let values: Vec<Vec<u8>> = wire::parse_data_row(&d.1)
+            .unwrap()
+            .iter()
+            .map(|v| v.unwrap().to_vec())
+            .collect();
+        (formats, values)
+    };
+    let expected = (vec![0, 0], vec![b"1".to_vec(), b"alice".to_vec()]);
+    // First execution: nothing known, text as the client asked.
+    let (_, formats) = lookup(&mut h);
+    assert_eq!(formats, Vec::<i16>::new());
+    let cl = h.server(&answer([0, 0], &hex_text(&stored)));
+    assert_eq!(text_row(&cl), expected);
+    // Next executions: the protected column is asked in binary; the client still gets text.
+    for _ in 0..2 {
+        let (up, formats) = lookup(&mut h);
+        assert_eq!(formats, vec![0, 1]);
+        assert!(!contains(&up, b"alice"));
+        let cl = h.server(&answer([0, 1], &stored));
+        assert_eq!(text_row(&cl), expected);
+    }
+    // The hint turns out wrong (the column is plain now, the catalog not reloaded yet): the
+    // result fails, the plain column's binary bytes never reach the client.
+    lookup(&mut h);
+    let cl = h.server(&cat(&[
+        &simple(b'1'),
+        &simple(b'2'),
+        &row_description(&[field("id", PATIENTS, 1, 23, 0), field("email", 0, 0, 17, 1)]),
+        &data_row(&[Some(b"1"), Some(b"\x00raw")]),
+        &complete("SELECT 1"),
+        &ready(b'I'),
+    ]));
+    assert_eq!(tags(&cl), "12EZ");
+    assert_eq!(error_of(&frames(&cl)[2].1).0, "XX000");
+    assert!(!contains(&cl, b"\x00raw"));
+    // … and is dropped: the next execution asks as the client did, and succeeds.
+    let (_, formats) = lookup(&mut h);
+    assert_eq!(formats, Vec::<i16>::new());
+    let cl = h.server(&answer([0, 0], &hex_text(&stored)));
+    assert_eq!(text_row(&cl), expected);
+    // A statement that writes is never hinted.
+    let insert = "INSERT INTO patients (id, email) VALUES (2, $1) RETURNING email";
+    for round in 0..2 {
+        let (up, _) = h.client(&cat(&[
+            &parse("", insert, &[]),
+            &bind("", "", &[], &[Some(b"bob")], &[]),
+            &describe(b'P', ""),
+            &execute("", 0),
+            &simple(b'S'),
+        ]));
+        let f = frames(&up);
+        let b = BindMsg::parse(&f[1].1).unwrap();
+        assert_eq!(b.result_formats, Vec::<i16>::new(), "round {round}");
+        let bob = h.seal("patients", "email", "bob");
+        h.server(&cat(&[
+            &simple(b'1'),
+            &simple(b'2'),
+            &row_description(&[field("email", PATIENTS, 2, 17, 0)]),
+            &data_row(&[Some(&hex_text(&bob))]),
+            &complete("INSERT 0 1"),
+            &ready(b'I'),
+        ]));
+    }
+}
+
 #[test]
 fn protected_results_are_asked_in_binary_once_the_statement_is_described() {
     let mut h = harness();
