@@ -96,14 +96,19 @@ mod tests {
         Arc::new(ColumnCrypto::derive(&col, &[(version, &key)], Some(version)).unwrap())
     }
 
-    #[test]
-    fn remembers_within_an_epoch_and_refetches_after() {
-        let src = Counting {
+    /// Version-1 keys at epoch 1, nothing asked yet.
+    fn counting() -> Counting {
+        Counting {
             keys: Mutex::new(crypto(1)),
             epoch: Mutex::new(Some(1)),
             asked: AtomicUsize::new(0),
             fail: AtomicU64::new(0),
-        };
+        }
+    }
+
+    #[test]
+    fn remembers_within_an_epoch_and_refetches_after() {
+        let src = counting();
         let id = ColumnId::parse("public.t.c").unwrap();
         let other = ColumnId::parse("public.t.d").unwrap();
         let mut cache = KeyCache::default();
@@ -134,12 +139,7 @@ mod tests {
 
     #[test]
     fn keeps_at_most_capacity_columns() {
-        let src = Counting {
-            keys: Mutex::new(crypto(1)),
-            epoch: Mutex::new(Some(1)),
-            asked: AtomicUsize::new(0),
-            fail: AtomicU64::new(0),
-        };
+        let src = counting();
         let mut cache = KeyCache::default();
         let ids: Vec<ColumnId> = (0..CAPACITY + 1)
             .map(|i| ColumnId::parse(&format!("public.t.c{i}")).unwrap())
