@@ -62,6 +62,9 @@ fn columns() -> Vec<ColumnSpec> {
     c.push(ColumnSpec::new("public.tam.c", "text", KR).indexed());
     // search_path undone by the server
     c.push(ColumnSpec::new("public.sp.v", "text", KR).indexed());
+    // functions returning protected columns
+    c.push(ColumnSpec::new("public.fnr.v", "text", KR).indexed());
+    c.push(ColumnSpec::new("public.fnr.note", "text", KR));
     // psycopg
     c.push(ColumnSpec::new("public.py_t.email", "text", KR).unique());
     c.push(ColumnSpec::new("public.py_t.name", "text", KR));
@@ -843,6 +846,150 @@ async fn search_path_undone_by_the_server_is_followed() {
         .get(0);
     assert_eq!(n, 1);
     env.assert_no_leak(&s, &["public.sp"], &[("public.sp", "v", true)]);
+}
+
+/// All data of a `COPY … TO STDOUT`.
+async fn copy_out_all(
+    c: &tokio_postgres::Client,
+    sql: &str,
+) -> Result<Vec<u8>, tokio_postgres::Error> {
+    use futures_util::TryStreamExt;
+    let stream = c.copy_out(sql).await?;
+    let chunks: Vec<bytes::Bytes> = stream.try_collect().await?;
+    Ok(chunks.concat())
+}
+
+/// A function returning a protected table's rows reports table OID 0 for its columns, so the
+/// proxy cannot tell which protected column a value belongs to and cannot decrypt it. Such
+/// values (and ciphertext copied into a plain `bytea` column upstream) are refused with 0A000,
+/// in text and binary results and in COPY out (text, CSV, binary); plain `bytea` values,
+/// look-alikes included, pass unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protected_values_returned_by_functions_are_refused() {
+    let env = env();
+    let mut s = Vec::new();
+    let c = env.client().await;
+    c.batch_execute(
+        "CREATE TABLE fnr (id int4 PRIMARY KEY, v text, note text); CREATE INDEX ON fnr (v); \
+         CREATE TABLE fnr_blob (id int4 PRIMARY KEY, b bytea)",
+    )
+    .await
+    .unwrap();
+    for id in 1..=3i32 {
+        c.execute(
+            "INSERT INTO fnr (id, v, note) VALUES ($1, $2, $3)",
+            &[&id, &secret(&mut s, "fnrV"), &secret(&mut s, "fnrNote")],
+        )
+        .await
+        .unwrap();
+    }
+    // Created straight upstream: what an application's migration might do.
+    env.direct(
+        "CREATE FUNCTION fnr_rows() RETURNS SETOF fnr LANGUAGE sql AS 'SELECT * FROM fnr'; \
+         CREATE FUNCTION fnr_notes() RETURNS TABLE (id int4, n bytea) LANGUAGE sql \
+         AS 'SELECT id, note FROM fnr'",
+    );
+    let refused = |e: &tokio_postgres::Error, column: &str| {
+        assert_eq!(sqlstate(e), "0A000", "{}", db_message(e));
+        assert!(db_message(e).contains(column), "{}", db_message(e));
+    };
+    for sql in [
+        "SELECT * FROM fnr_rows()",
+        "SELECT * FROM fnr_rows() WHERE id = 2",
+    ] {
+        // binary results (tokio-postgres asks binary for every column)
+        let e = c.query(sql, &[]).await.unwrap_err();
+        refused(&e, "public.fnr.v");
+        // text results
+        let e = c.simple_query(sql).await.unwrap_err();
+        refused(&e, "public.fnr.v");
+    }
+    let e = c.query("SELECT n FROM fnr_notes()", &[]).await.unwrap_err();
+    refused(&e, "public.fnr.note");
+    let e = c
+        .simple_query("SELECT n FROM fnr_notes()")
+        .await
+        .unwrap_err();
+    refused(&e, "public.fnr.note");
+    // Columns that are not protected still come back, and the connection is usable.
+    let ids: Vec<i32> = c
+        .query("SELECT id FROM fnr_rows() ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, vec![1, 2, 3]);
+    // Ciphertext copied into a plain bytea column directly upstream.
+    env.direct("INSERT INTO fnr_blob SELECT id, note FROM fnr WHERE id = 1");
+    let e = c
+        .query("SELECT b FROM fnr_blob WHERE id = 1", &[])
+        .await
+        .unwrap_err();
+    refused(&e, "public.fnr.note");
+    // COPY out of the function (text, CSV, binary) and of the plain column holding ciphertext.
+    for sql in [
+        "COPY (SELECT * FROM fnr_rows()) TO STDOUT",
+        "COPY (SELECT * FROM fnr_rows()) TO STDOUT (FORMAT csv)",
+        "COPY (SELECT * FROM fnr_rows()) TO STDOUT (FORMAT binary)",
+        "COPY fnr_blob TO STDOUT (FORMAT binary)",
+    ] {
+        let e = copy_out_all(&c, sql).await.unwrap_err();
+        assert_eq!(sqlstate(&e), "0A000", "{sql}: {}", db_message(&e));
+        assert!(db_message(&e).contains("public.fnr."), "{}", db_message(&e));
+    }
+    // Plain bytea, one looking like an envelope header (format 1, key version 1): unchanged.
+    let lookalike: Vec<u8> = [&[1u8, 0, 0, 0, 1][..], &[0x5a; 60][..]].concat();
+    c.execute(
+        "INSERT INTO fnr_blob (id, b) VALUES (2, $1), (3, $2)",
+        &[&lookalike, &b"plain".to_vec()],
+    )
+    .await
+    .unwrap();
+    let got: Vec<Vec<u8>> = c
+        .query("SELECT b FROM fnr_blob WHERE id >= 2 ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(got, vec![lookalike.clone(), b"plain".to_vec()]);
+    for (sql, expect) in [
+        (
+            "COPY (SELECT id, b FROM fnr_blob WHERE id >= 2 ORDER BY id) TO STDOUT",
+            format!(
+                "2\t\\\\x0100000001{}\n3\t\\\\x706c61696e\n",
+                "5a".repeat(60)
+            ),
+        ),
+        (
+            "COPY (SELECT id, b FROM fnr_blob WHERE id = 2) TO STDOUT (FORMAT csv)",
+            format!("2,\\x0100000001{}\n", "5a".repeat(60)),
+        ),
+    ] {
+        let got = copy_out_all(&c, sql).await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&got), expect, "{sql}");
+    }
+    let bin = copy_out_all(
+        &c,
+        "COPY (SELECT b FROM fnr_blob WHERE id = 2) TO STDOUT (FORMAT binary)",
+    )
+    .await
+    .unwrap();
+    assert!(bin.windows(lookalike.len()).any(|w| w == lookalike));
+    let text = simple_one(&c, "SELECT b FROM fnr_blob WHERE id = 2").await;
+    assert_eq!(
+        text[0].as_deref(),
+        Some(format!("\\x0100000001{}", "5a".repeat(60)).as_str())
+    );
+    // The protected table itself still reads back.
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM fnr WHERE note IS NOT NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3);
+    env.assert_no_leak(&s, &["public.fnr"], &[("public.fnr", "v", true)]);
 }
 
 /// (f) every refusal class: the client gets the SQLSTATE and the column, and the statement text

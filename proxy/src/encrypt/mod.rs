@@ -14,6 +14,9 @@
 //!   epoch: a new key snapshot or an expired grace period invalidates them), `row_memo.rs`
 //!   (RowDescriptions and their result plans), `named.rs` (the unnamed statement and portal
 //!   outside the hash maps).
+//! - `leak_guard.rs` checks `bytea` result columns the proxy does not decrypt: a cell that a
+//!   protected column's keys open (a function returning a protected table's rows) fails the
+//!   result instead of reaching the client as ciphertext.
 //!
 //! # Lookups and key rotation
 //! A rewritten statement with scalar lookups (`col = $1`) is rendered for the blind-index key
@@ -87,6 +90,7 @@
 mod cache;
 pub mod cells;
 mod key_cache;
+mod leak_guard;
 mod named;
 mod plan_memo;
 mod row_memo;
@@ -377,6 +381,7 @@ impl EncryptionFactory {
         out: &mut bytes::BytesMut,
     ) -> Result<(), rows::RowError> {
         rows::decrypt_data_row(
+            &self.shared.schema,
             &*self.shared.keys,
             &mut key_cache::KeyCache::default(),
             rows,

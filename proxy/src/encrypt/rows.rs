@@ -8,12 +8,13 @@ use pgseal_crypto::value::datetime::SessionZone;
 
 use super::cells::{self, CellError};
 use super::key_cache::KeyCache;
+use super::leak_guard;
 use super::wire::{self, Field};
 use crate::catalog::CatalogSnapshot;
 use crate::keys::{ColumnCrypto, KeySource};
 use crate::protocol::messages::put_message;
 use crate::rewrite::plan::BYTEA_OID;
-use crate::rewrite::ProtectedColumn;
+use crate::rewrite::{ProtectedColumn, ProtectedSchema};
 
 /// How to treat each column of a result.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -28,6 +29,11 @@ pub struct RowPlan {
     formats: Vec<i16>,
     /// Whether any column is protected.
     any: bool,
+    /// Per column: a `bytea` column the proxy does not decrypt, whose cells are checked for
+    /// values of protected columns before they are handed over ([`super::leak_guard`]).
+    guard: Arc<[bool]>,
+    /// Whether any column is guarded.
+    any_guard: bool,
 }
 
 /// Why a DataRow could not be decrypted.
@@ -39,6 +45,28 @@ pub enum RowError {
     /// The DataRow does not match its description.
     #[error("pgseal: a result row does not match its description")]
     Shape,
+    /// A column the proxy does not decrypt holds values of a protected column.
+    #[error(
+        "pgseal: result column {position} holds encrypted values of protected column {column} \
+         without coming from it (a function, view or expression returning it): it cannot be \
+         decrypted here and is not handed over; select the column from its table"
+    )]
+    Unmapped {
+        /// 1-based position of the result column.
+        position: usize,
+        /// The protected column whose keys opened the value.
+        column: String,
+    },
+    /// The data of a `COPY … TO STDOUT` holds values of a protected column.
+    #[error(
+        "pgseal: COPY data holds encrypted values of protected column {column} (copied from a \
+         function, a view or a column holding its ciphertext): it cannot be decrypted here and \
+         is not handed over"
+    )]
+    UnmappedCopy {
+        /// The protected column whose keys opened the value.
+        column: String,
+    },
 }
 
 impl RowError {
@@ -47,6 +75,9 @@ impl RowError {
         match self {
             Self::Cell(c) => c.sqlstate(),
             Self::Shape => "XX000",
+            Self::Unmapped { .. } | Self::UnmappedCopy { .. } => {
+                crate::rewrite::refusal::FEATURE_NOT_SUPPORTED
+            }
         }
     }
 }
@@ -67,12 +98,26 @@ impl RowPlan {
     /// A plan from the protected column of each result column and their formats (the same
     /// for the upstream and the client).
     pub fn new(cols: Vec<Option<ProtectedColumn>>, formats: Vec<i16>) -> Self {
+        let guard = vec![false; cols.len()];
+        Self::guarded(cols, guard, formats)
+    }
+
+    /// Like [`RowPlan::new`], with the columns whose cells are checked for values of protected
+    /// columns (`guard`, one flag per column; see [`FieldMap::guard`]).
+    pub fn guarded(
+        cols: Vec<Option<ProtectedColumn>>,
+        guard: Vec<bool>,
+        formats: Vec<i16>,
+    ) -> Self {
         let any = cols.iter().any(Option::is_some);
+        let any_guard = guard.iter().any(|g| *g);
         Self {
             cols: cols.into(),
             upstream: formats.clone(),
             formats,
             any,
+            guard: guard.into(),
+            any_guard,
         }
     }
 
@@ -81,15 +126,27 @@ impl RowPlan {
         self.any
     }
 
+    /// Whether the rows need looking at (a column to decrypt or to check).
+    pub fn inspect(&self) -> bool {
+        self.any || self.any_guard
+    }
+
+    /// The same plan for other formats.
+    fn with(&self, upstream: Vec<i16>, formats: Vec<i16>) -> Self {
+        Self {
+            cols: self.cols.clone(),
+            upstream,
+            formats,
+            any: self.any,
+            guard: self.guard.clone(),
+            any_guard: self.any_guard,
+        }
+    }
+
     /// The same columns under a Bind's result format codes, forwarded unchanged.
     pub fn with_result_formats(&self, result_formats: &[i16]) -> Self {
         let formats = per_column(result_formats, self.cols.len());
-        Self {
-            cols: self.cols.clone(),
-            upstream: formats.clone(),
-            formats,
-            any: self.any,
-        }
+        self.with(formats.clone(), formats)
     }
 
     /// The same columns bound with the client's `result_formats`, but protected columns asked
@@ -112,13 +169,7 @@ impl RowPlan {
         if upstream == formats {
             return None;
         }
-        let plan = Self {
-            cols: self.cols.clone(),
-            upstream: upstream.clone(),
-            formats,
-            any: self.any,
-        };
-        Some((plan, upstream))
+        Some((self.with(upstream.clone(), formats), upstream))
     }
 
     /// This plan (made from an upstream RowDescription) for a client that asked for
@@ -135,12 +186,7 @@ impl RowPlan {
             .iter()
             .zip(self.upstream.iter().zip(client))
             .all(|(c, (u, f))| c.is_some() || u == f);
-        consistent.then(|| Self {
-            cols: self.cols.clone(),
-            upstream: self.upstream.clone(),
-            formats: client.to_vec(),
-            any: self.any,
-        })
+        consistent.then(|| self.with(self.upstream.clone(), client.to_vec()))
     }
 
     /// The client's format code of every column.
@@ -155,6 +201,9 @@ pub struct FieldMap {
     /// The protected column behind each field (bytea fields of protected tables and their
     /// descendants).
     pub cols: Vec<Option<ProtectedColumn>>,
+    /// Per field: a `bytea` field with no protected column behind it (a function's result, an
+    /// expression, a plain column), whose cells must not carry a protected column's values.
+    pub guard: Vec<bool>,
     /// Table OIDs of fields the snapshot does not know (a refresh may reveal a new partition or
     /// view).
     pub unknown: Vec<u32>,
@@ -169,7 +218,7 @@ pub struct FieldMap {
 pub fn map_fields(fields: &[Field], snapshot: &CatalogSnapshot) -> FieldMap {
     let mut unknown = Vec::new();
     let mut tainted = None;
-    let cols = fields
+    let cols: Vec<Option<ProtectedColumn>> = fields
         .iter()
         .map(|f| {
             if f.table_oid == 0 {
@@ -188,8 +237,14 @@ pub fn map_fields(fields: &[Field], snapshot: &CatalogSnapshot) -> FieldMap {
             snapshot.protected_at(f.table_oid, f.attnum).cloned()
         })
         .collect();
+    let guard = fields
+        .iter()
+        .zip(cols.iter())
+        .map(|(f, c)| f.type_oid == BYTEA_OID && c.is_none())
+        .collect();
     FieldMap {
         cols,
+        guard,
         unknown,
         tainted,
     }
@@ -215,8 +270,59 @@ pub fn write_client_row_description(out: &mut BytesMut, fields: &[Field], plan: 
     wire::write_row_description(out, &fields);
 }
 
-/// Decrypts one DataRow body into `out` as a complete DataRow message in the client's formats.
+/// Checks one cell of a guarded column (see [`super::leak_guard`]): an error when it holds a
+/// value of a protected column, or may and the keys to tell are unavailable.
+fn check_guarded(
+    schema: &ProtectedSchema,
+    keys: &dyn KeySource,
+    plan: &RowPlan,
+    i: usize,
+    v: &[u8],
+    raw: &mut Vec<u8>,
+) -> Result<(), RowError> {
+    let stored: &[u8] = if plan.upstream.get(i).copied().unwrap_or(0) == 0 {
+        match leak_guard::may_be_stored_text(v, raw) {
+            Some(true) => raw,
+            // Not bytea text (the server would not send it) or not like a stored value.
+            Some(false) | None => return Ok(()),
+        }
+    } else {
+        v
+    };
+    match leak_guard::column_of(schema, keys, stored).map_err(CellError::Key)? {
+        Some(col) => Err(RowError::Unmapped {
+            position: i + 1,
+            column: col.id.to_string(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Checks the guarded cells of a DataRow body whose plan decrypts nothing (the row is then
+/// forwarded as it is).
+pub fn check_data_row(
+    schema: &ProtectedSchema,
+    keys: &dyn KeySource,
+    plan: &RowPlan,
+    body: &[u8],
+) -> Result<(), RowError> {
+    let values = wire::parse_data_row(body).map_err(|_| RowError::Shape)?;
+    if values.len() != plan.cols.len() {
+        return Err(RowError::Shape);
+    }
+    let mut raw = Vec::new();
+    for (i, (v, g)) in values.iter().zip(plan.guard.iter()).enumerate() {
+        if let (Some(v), true) = (v, *g) {
+            check_guarded(schema, keys, plan, i, v, &mut raw)?;
+        }
+    }
+    Ok(())
+}
+
+/// Decrypts one DataRow body into `out` as a complete DataRow message in the client's formats
+/// (and checks its guarded cells).
 pub fn decrypt_data_row(
+    schema: &ProtectedSchema,
     keys: &dyn KeySource,
     cache: &mut KeyCache,
     plan: &RowPlan,
@@ -234,6 +340,9 @@ pub fn decrypt_data_row(
     let mut crypto: Vec<(usize, Arc<ColumnCrypto>)> = Vec::new();
     for (i, (v, c)) in values.iter().zip(plan.cols.iter()).enumerate() {
         let (Some(v), Some(col)) = (v, c) else {
+            if let (Some(v), Some(true)) = (v, plan.guard.get(i)) {
+                check_guarded(schema, keys, plan, i, v, &mut stored)?;
+            }
             spans.push(None);
             continue;
         };

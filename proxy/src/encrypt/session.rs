@@ -9,6 +9,7 @@ use tracing::warn;
 
 use super::cells::{self, CellError};
 use super::key_cache::KeyCache;
+use super::leak_guard;
 use super::named::Named;
 use super::plan_memo::PlanMemo;
 use super::row_memo::RowMemo;
@@ -64,6 +65,9 @@ const BACKEND_TAGS: TagSet = TagSet::EMPTY
     .with(b'N')
     .with(b'V')
     .with(b'G')
+    .with(b'H')
+    .with(b'd')
+    .with(b'c')
     .with(b'S');
 
 /// An upstream Bind parameter: format code and value (None = NULL).
@@ -209,6 +213,9 @@ pub(crate) struct EncryptSession {
     discard_until_ready: bool,
     /// The proxy failed a result since the last ReadyForQuery (the server saw no error).
     failed_result: bool,
+    /// In a `COPY … TO STDOUT`: whether its format is binary (its data is checked for values
+    /// of protected columns, see [`super::leak_guard`]).
+    copy_out: Option<bool>,
     /// A statement that may change name resolution completed: re-read the server's values at
     /// the next ReadyForQuery.
     resync_pending: bool,
@@ -266,6 +273,7 @@ impl EncryptSession {
             skip_until_sync: false,
             discard_until_ready: false,
             failed_result: false,
+            copy_out: None,
             resync_pending: false,
             resync_at_txn_end: false,
             rolled_back: false,
@@ -1019,7 +1027,7 @@ impl EncryptSession {
             return Err((crate::rewrite::refusal::FEATURE_NOT_SUPPORTED, why));
         }
         let formats = fields.iter().map(|f| f.format).collect();
-        Ok((RowPlan::new(map.cols, formats), generation))
+        Ok((RowPlan::guarded(map.cols, map.guard, formats), generation))
     }
 
     /// The result plan of a RowDescription and the RowDescription the client gets (None: the
@@ -1231,6 +1239,34 @@ impl EncryptSession {
         Ok(())
     }
 
+    /// CopyData of a `COPY … TO STDOUT`: forwarded unless it carries a value a protected
+    /// column's keys open (COPY from a function or a plain column holding ciphertext).
+    fn on_copy_out_data(&mut self, frame: Frame, out: &mut Outbox<'_>) {
+        let Some(binary) = self.copy_out else {
+            out.to_client.extend_from_slice(frame.raw());
+            return;
+        };
+        let found = leak_guard::copy_data_column_of(
+            &self.shared.schema,
+            &*self.shared.keys,
+            frame.body(),
+            binary,
+        );
+        let e = match found {
+            Ok(None) => {
+                out.to_client.extend_from_slice(frame.raw());
+                return;
+            }
+            Ok(Some(col)) => rows::RowError::UnmappedCopy {
+                column: col.id.to_string(),
+            },
+            Err(e) => rows::RowError::Cell(CellError::Key(e)),
+        };
+        self.copy_out = None;
+        warn!(error = %e, "COPY data refused");
+        self.fail_results(e.sqlstate(), &e.to_string(), out);
+    }
+
     fn on_data_row(&mut self, frame: Frame, out: &mut Outbox<'_>) {
         let plan = match self.queue.front() {
             Some(Pending::Execute { rows: None, .. }) => {
@@ -1246,12 +1282,24 @@ impl EncryptSession {
             Some(Pending::Query(q)) => q.rows.clone(),
             _ => None,
         };
-        let Some(plan) = plan.filter(|p| p.any()) else {
+        let Some(plan) = plan.filter(|p| p.inspect()) else {
             out.to_client.extend_from_slice(frame.raw());
             return;
         };
+        if !plan.any() {
+            match rows::check_data_row(&self.shared.schema, &*self.shared.keys, &plan, frame.body())
+            {
+                Ok(()) => out.to_client.extend_from_slice(frame.raw()),
+                Err(e) => {
+                    warn!(error = %e, "result row refused");
+                    self.fail_results(e.sqlstate(), &e.to_string(), out);
+                }
+            }
+            return;
+        }
         let mark = out.to_client.len();
         if let Err(e) = rows::decrypt_data_row(
+            &self.shared.schema,
             &*self.shared.keys,
             self.key_cache.get_mut(),
             &plan,
@@ -1599,6 +1647,15 @@ impl MessageInterceptor for EncryptSession {
             b'1' | b'2' | b'3' | b's' | b'I' => self.on_simple_completion(frame, out),
             b'G' => {
                 self.on_copy_in();
+                out.to_client.extend_from_slice(frame.raw());
+            }
+            b'H' => {
+                self.copy_out = Some(frame.body().first() == Some(&1));
+                out.to_client.extend_from_slice(frame.raw());
+            }
+            b'd' => self.on_copy_out_data(frame, out),
+            b'c' => {
+                self.copy_out = None;
                 out.to_client.extend_from_slice(frame.raw());
             }
             _ => out.to_client.extend_from_slice(frame.raw()),

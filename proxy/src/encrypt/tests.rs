@@ -1243,6 +1243,157 @@ fn unprotected_results_are_forwarded_byte_for_byte() {
     assert_eq!(&cl[..], &input[..]);
 }
 
+#[test]
+fn protected_values_in_columns_the_proxy_does_not_decrypt_are_refused() {
+    let mut h = harness();
+    let email = h.seal("patients", "email", "guarded@example.com");
+    let notes = h.seal("patients", "notes", "guarded note");
+    // Looks like an envelope (format 1, key version 1) but no key opens it.
+    let mut lookalike = vec![1u8, 0, 0, 0, 1];
+    lookalike.extend_from_slice(&[0x5a; 60]);
+    // `SELECT * FROM f()` where f returns patients rows: table OID 0, bytea columns.
+    let desc = row_description(&[
+        field("id", 0, 0, 23, 0),
+        field("email", 0, 0, 17, 0),
+        field("notes", 0, 0, 17, 0),
+    ]);
+    h.client(&query("SELECT * FROM f()"));
+    let cl = h.server(&cat(&[
+        &desc,
+        &data_row(&[Some(b"1"), Some(b"\\x00"), Some(&hex_text(&lookalike))]),
+        &data_row(&[Some(b"2"), Some(&hex_text(&email)), None]),
+        &complete("SELECT 2"),
+        &ready(b'I'),
+    ]));
+    assert_eq!(tags(&cl), "TDEZ");
+    let f = frames(&cl);
+    let (code, msg) = error_of(&f[2].1);
+    assert_eq!(code, "0A000");
+    assert!(
+        msg.contains("column 2") && msg.contains("public.patients.email"),
+        "{msg}"
+    );
+    assert!(!contains(&cl, &hex_text(&email)));
+    // Binary cells (a binary cursor), an unindexed column's envelope at offset 0.
+    let bin = row_description(&[field("id", 0, 0, 23, 1), field("notes", 0, 0, 17, 1)]);
+    h.client(&query("FETCH 1 FROM c"));
+    let cl = h.server(&cat(&[
+        &bin,
+        &data_row(&[Some(&[0, 0, 0, 7]), Some(&notes)]),
+        &complete("FETCH 1"),
+        &ready(b'I'),
+    ]));
+    let f = frames(&cl);
+    assert_eq!(tags(&cl), "TEZ");
+    let (code, msg) = error_of(&f[1].1);
+    assert_eq!(code, "0A000");
+    assert!(msg.contains("public.patients.notes"), "{msg}");
+    assert!(!contains(&cl, &notes));
+    // A plain table's bytea column that ciphertext was copied into directly upstream.
+    h.client(&query("SELECT data FROM plain"));
+    let cl = h.server(&cat(&[
+        &row_description(&[field("data", 99999, 1, 17, 0)]),
+        &data_row(&[Some(&hex_text(&notes))]),
+        &complete("SELECT 1"),
+        &ready(b'I'),
+    ]));
+    assert_eq!(tags(&cl), "TEZ");
+    // Plain values, look-alikes included, pass byte for byte, and the session goes on.
+    h.client(&query("SELECT * FROM f()"));
+    let input = cat(&[
+        &desc,
+        &data_row(&[Some(b"3"), Some(&hex_text(&lookalike)), Some(b"\\x")]),
+        &data_row(&[Some(b"4"), Some(&lookalike[..20]), None]),
+        &complete("SELECT 2"),
+        &ready(b'I'),
+    ]);
+    let cl = h.server(&input);
+    assert_eq!(&cl[..], &input[..]);
+}
+
+fn copy_out_response(binary: bool, columns: i16) -> BytesMut {
+    let mut b = BytesMut::new();
+    put_message(&mut b, b'H', |b| {
+        b.put_u8(u8::from(binary));
+        b.put_i16(columns);
+        for _ in 0..columns {
+            b.put_i16(i16::from(binary));
+        }
+    });
+    b
+}
+
+fn copy_data(data: &[u8]) -> BytesMut {
+    let mut b = BytesMut::new();
+    put_message(&mut b, b'd', |b| b.put_slice(data));
+    b
+}
+
+#[test]
+fn copy_out_of_protected_values_is_refused() {
+    let mut h = harness();
+    let email = h.seal("patients", "email", "copied@example.com");
+    let notes = h.seal("patients", "notes", "copied note");
+    let mut lookalike = vec![1u8, 0, 0, 0, 1];
+    lookalike.extend_from_slice(&[0x5a; 60]);
+    let text_row = |id: &str, v: &[u8]| {
+        // COPY text format doubles the backslash of bytea hex output.
+        let mut r = format!("{id}\t\\").into_bytes();
+        r.extend_from_slice(&hex_text(v));
+        r.push(b'\n');
+        r
+    };
+    let binary_row = |v: &[u8]| {
+        let mut r = vec![0u8, 2, 0, 0, 0, 4, 0, 0, 0, 9];
+        r.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        r.extend_from_slice(v);
+        r
+    };
+    let csv_row = |v: &[u8]| {
+        let mut r = b"9,".to_vec();
+        r.extend_from_slice(&hex_text(v));
+        r.push(b'\n');
+        r
+    };
+    for (binary, ok_row, bad_row, column) in [
+        (
+            false,
+            text_row("1", &lookalike),
+            text_row("2", &email),
+            "email",
+        ),
+        (false, csv_row(&lookalike), csv_row(&notes), "notes"),
+        (true, binary_row(&lookalike), binary_row(&email), "email"),
+        (true, binary_row(&lookalike), binary_row(&notes), "notes"),
+    ] {
+        h.client(&query("COPY (SELECT * FROM f()) TO STDOUT"));
+        let cl = h.server(&cat(&[
+            &copy_out_response(binary, 2),
+            &copy_data(&ok_row),
+            &copy_data(&bad_row),
+            &simple(b'c'),
+            &complete("COPY 2"),
+            &ready(b'I'),
+        ]));
+        assert_eq!(tags(&cl), "HdEZ", "binary: {binary}, {column}");
+        let f = frames(&cl);
+        let (code, msg) = error_of(&f[2].1);
+        assert_eq!(code, "0A000");
+        assert!(msg.contains(&format!("public.patients.{column}")), "{msg}");
+        assert!(!contains(&cl, &bad_row));
+        // Plain data (look-alikes included) passes byte for byte.
+        h.client(&query("COPY plain TO STDOUT"));
+        let input = cat(&[
+            &copy_out_response(binary, 2),
+            &copy_data(&ok_row),
+            &simple(b'c'),
+            &complete("COPY 1"),
+            &ready(b'I'),
+        ]);
+        assert_eq!(&h.server(&input)[..], &input[..]);
+    }
+}
+
 /// Samples of every logical type in PostgreSQL text format.
 fn sample(ty: LogicalType) -> &'static str {
     match ty {
@@ -1796,9 +1947,13 @@ fn statement_described_late_does_not_leak_into_a_newer_one_of_the_same_name() {
         &complete("SELECT 1"),
         &ready(b'I'),
     ]));
-    // The second statement's bytea is not decrypted with the first one's description.
-    assert_eq!(tags(&cl), "1tT12DCZ");
-    assert!(contains(&cl, &hex_text(&stored)));
+    // The second statement's bytea is not decrypted with the first one's description; holding
+    // ciphertext in a column the proxy does not decrypt, it is refused (leak guard).
+    assert_eq!(tags(&cl), "1tT12EZ");
+    assert!(!contains(&cl, b"p@q"));
+    assert!(!contains(&cl, &hex_text(&stored)));
+    let (code, _) = error_of(&frames(&cl)[5].1);
+    assert_eq!(code, "0A000");
 }
 
 /// The blind-index tags of `text` in `column` under `keys` (newest version first).

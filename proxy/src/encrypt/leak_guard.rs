@@ -1,0 +1,198 @@
+//! The last line against handing ciphertext to a client as if it were data.
+//!
+//! A result column is decrypted only when its RowDescription names a protected column (table
+//! OID and attribute number). Values of a protected column can also reach a result without that
+//! name: a function returning rows of a protected table (`SELECT * FROM f()`, table OID 0), a
+//! plain `bytea` column someone copied ciphertext into directly upstream. Every `bytea` result
+//! column the proxy does not decrypt is therefore checked cell by cell: a cell whose bytes could
+//! be a stored value (an envelope header at offset 0, or at offset 16 behind a blind index) is
+//! opened with the keys of every protected column; if one authenticates it, the result is
+//! refused. A false refusal needs a forged AES-GCM-SIV tag; plain `bytea` values pay a few byte
+//! comparisons (and only those that look like a header pay the trial decryptions).
+
+use pgseal_crypto::envelope::{FORMAT_VERSION, OVERHEAD};
+use pgseal_crypto::BLIND_INDEX_LEN;
+
+use super::cells;
+use crate::keys::{KeyError, KeySource};
+use crate::rewrite::{ProtectedColumn, ProtectedSchema};
+
+/// Bytes of a stored value the pre-check looks at: an optional blind index, the format byte
+/// and the two high bytes of the key version.
+const PREFIX_LEN: usize = BLIND_INDEX_LEN + 3;
+
+/// Whether an envelope header could start at `at`: the format byte, then a key version below
+/// 65 536 (the two high bytes of the big-endian u32 are zero), with room for the whole
+/// envelope overhead. Key versions count rotations from 1, so every real envelope passes.
+fn header_at(stored: &[u8], at: usize) -> bool {
+    stored.len() >= at + OVERHEAD && head_at(stored, at)
+}
+
+/// Whether the first bytes of a header (format, two high bytes of the key version) are at `at`.
+fn head_at(bytes: &[u8], at: usize) -> bool {
+    matches!(bytes.get(at..at + 3), Some([f, 0, 0]) if *f == FORMAT_VERSION)
+}
+
+/// Whether `stored` (raw bytea bytes) could be a protected column's stored value.
+pub fn may_be_stored_value(stored: &[u8]) -> bool {
+    header_at(stored, 0) || header_at(stored, BLIND_INDEX_LEN)
+}
+
+/// Whether a bytea cell in PostgreSQL's text format (`\x` hex, or the escape format) could be
+/// a stored value; when it could, its raw bytes are decoded into `raw` (cleared first). Hex
+/// cells are pre-checked on their first bytes only. None: not valid bytea text.
+pub fn may_be_stored_text(text: &[u8], raw: &mut Vec<u8>) -> Option<bool> {
+    raw.clear();
+    if let Some(hex) = text.strip_prefix(b"\\x") {
+        // Shortest envelope: OVERHEAD bytes, 2 hex digits each.
+        if hex.len() < 2 * OVERHEAD {
+            return Some(false);
+        }
+        let head = hex.get(..2 * PREFIX_LEN).unwrap_or(hex);
+        let mut prefix = Vec::with_capacity(PREFIX_LEN + 2);
+        prefix.extend_from_slice(b"\\x");
+        prefix.extend_from_slice(head);
+        let mut bytes = Vec::with_capacity(PREFIX_LEN);
+        cells::decode_bytea_text(&prefix, &mut bytes)?;
+        if !head_at(&bytes, 0) && !head_at(&bytes, BLIND_INDEX_LEN) {
+            return Some(false);
+        }
+    }
+    cells::decode_bytea_text(text, raw)?;
+    Some(may_be_stored_value(raw))
+}
+
+/// The protected column whose keys authenticate `stored` (raw bytea bytes), if any. Errors
+/// when the keys of a column are unavailable while `stored` looks like a stored value: the
+/// proxy cannot rule out that it is one.
+pub fn column_of<'a>(
+    schema: &'a ProtectedSchema,
+    keys: &dyn KeySource,
+    stored: &[u8],
+) -> Result<Option<&'a ProtectedColumn>, KeyError> {
+    if !may_be_stored_value(stored) {
+        return Ok(None);
+    }
+    for col in schema.columns() {
+        let at = if col.index.is_some() {
+            BLIND_INDEX_LEN
+        } else {
+            0
+        };
+        if !header_at(stored, at) {
+            continue;
+        }
+        let crypto = keys.column(&col.id)?;
+        match cells::open(&crypto, col, stored) {
+            Ok(_) => return Ok(Some(col)),
+            Err(cells::CellError::Key(KeyError::VersionUnavailable { .. })) => {
+                // A version the column does not have (any more): if it ever sealed this value,
+                // the proxy cannot tell, but neither can anyone read it with these keys.
+            }
+            Err(cells::CellError::Key(e)) => return Err(e),
+            Err(_) => {}
+        }
+    }
+    Ok(None)
+}
+
+/// The protected column whose keys authenticate a value inside one CopyData message of a
+/// `COPY … TO STDOUT`, if any. COPY carries no column types, so every value that could be a
+/// stored `bytea` value is tried: in text and CSV formats every `\x` hex run, in binary format
+/// every stretch behind a plausible length word.
+pub fn copy_data_column_of<'a>(
+    schema: &'a ProtectedSchema,
+    keys: &dyn KeySource,
+    data: &[u8],
+    binary: bool,
+) -> Result<Option<&'a ProtectedColumn>, KeyError> {
+    if binary {
+        let mut at = 0;
+        while let Some(len_bytes) = data.get(at..at + 4) {
+            let len = <[u8; 4]>::try_from(len_bytes).map_or(0, u32::from_be_bytes);
+            let value = usize::try_from(len)
+                .ok()
+                .filter(|l| *l >= OVERHEAD)
+                .and_then(|l| data.get(at + 4..at + 4 + l));
+            if let Some(v) = value {
+                if let Some(col) = column_of(schema, keys, v)? {
+                    return Ok(Some(col));
+                }
+            }
+            at += 1;
+        }
+        return Ok(None);
+    }
+    let mut raw = Vec::new();
+    let mut rest = data;
+    while let Some(x) = rest.iter().position(|b| *b == b'x') {
+        let after = rest.get(x + 1..).unwrap_or_default();
+        let preceded = x > 0 && rest.get(x - 1) == Some(&b'\\');
+        rest = after;
+        if !preceded {
+            continue;
+        }
+        let run = after.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+        let hex = after.get(..run - run % 2).unwrap_or_default();
+        if hex.len() < 2 * OVERHEAD {
+            continue;
+        }
+        let mut text = Vec::with_capacity(hex.len() + 2);
+        text.extend_from_slice(b"\\x");
+        text.extend_from_slice(hex);
+        if may_be_stored_text(&text, &mut raw) == Some(true) {
+            if let Some(col) = column_of(schema, keys, &raw)? {
+                return Ok(Some(col));
+            }
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    #[test]
+    fn the_pre_check_passes_headers_at_either_offset_only() {
+        let mut v = vec![0xabu8; 64];
+        assert!(!may_be_stored_value(&v));
+        v[0] = FORMAT_VERSION;
+        v[1] = 0;
+        v[2] = 0;
+        assert!(may_be_stored_value(&v));
+        // too short for an envelope
+        assert!(!may_be_stored_value(&v[..OVERHEAD - 1]));
+        let mut w = vec![0xabu8; 64];
+        w[BLIND_INDEX_LEN] = FORMAT_VERSION;
+        w[BLIND_INDEX_LEN + 1] = 0;
+        w[BLIND_INDEX_LEN + 2] = 0;
+        assert!(may_be_stored_value(&w));
+        // a key version of 65 536 or more is not taken for one
+        w[BLIND_INDEX_LEN + 2] = 1;
+        assert!(!may_be_stored_value(&w));
+    }
+
+    #[test]
+    fn text_cells_are_decoded_only_when_their_head_could_be_a_header() {
+        let mut raw = Vec::new();
+        let plain = format!("\\x{}", "ab".repeat(64));
+        assert_eq!(may_be_stored_text(plain.as_bytes(), &mut raw), Some(false));
+        assert!(raw.is_empty(), "a plain cell is not decoded in full");
+        let looks = format!("\\x01000000{}", "cc".repeat(OVERHEAD));
+        assert_eq!(may_be_stored_text(looks.as_bytes(), &mut raw), Some(true));
+        assert_eq!(raw.len(), (looks.len() - 2) / 2);
+        let behind_index = format!("\\x{}01000000{}", "ff".repeat(16), "7".repeat(2 * OVERHEAD));
+        assert_eq!(
+            may_be_stored_text(behind_index.as_bytes(), &mut raw),
+            Some(true)
+        );
+        // escape format is decoded in full and then checked
+        assert_eq!(may_be_stored_text(b"plain text", &mut raw), Some(false));
+        // short and malformed cells
+        assert_eq!(may_be_stored_text(b"\\x01", &mut raw), Some(false));
+        let odd = format!("\\x0100{}z", "0".repeat(2 * OVERHEAD));
+        assert_eq!(may_be_stored_text(odd.as_bytes(), &mut raw), None);
+    }
+}
