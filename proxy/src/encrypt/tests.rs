@@ -261,6 +261,9 @@ impl Harness {
 
 // ---- message builders ----
 
+#[path = "tests_fuzz.rs"]
+mod fuzz;
+
 fn query(sql: &str) -> BytesMut {
     let mut b = BytesMut::new();
     wire::write_query(&mut b, sql);
