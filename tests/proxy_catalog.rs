@@ -397,8 +397,52 @@ fn check_reports_columns_and_schema_prints_the_fix() {
         "{stdout}"
     );
     assert!(
-        !stdout.contains("error:") && !stdout.contains("warning:"),
+        !stdout.contains("error:") && !stdout.contains("warning:") && !stdout.contains("info:"),
         "{stdout}"
+    );
+
+    // What else reaches the protected table: an inheritance child (protected like it), a view
+    // over it and functions naming it (refused through the proxy) are reported, not errors.
+    env.pg.psql(
+        &db,
+        "CREATE TABLE public.people_old () INHERITS (public.people); \
+         CREATE VIEW public.people_v AS SELECT id, email FROM public.people; \
+         CREATE FUNCTION public.people_rows() RETURNS SETOF public.people LANGUAGE sql \
+           AS 'SELECT * FROM people'; \
+         CREATE FUNCTION public.n_people(min int) RETURNS bigint LANGUAGE sql \
+           BEGIN ATOMIC SELECT count(*) FROM public.people WHERE id >= min; END; \
+         CREATE FUNCTION public.not_people() RETURNS text LANGUAGE sql AS $$SELECT 'people'::text$$",
+    );
+    let out = run("check", &config);
+    let stdout = text(&out.stdout);
+    eprintln!("check with dependents:\n{stdout}");
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    let has = |prefix: &str| stdout.lines().any(|l| l.starts_with(prefix));
+    assert!(
+        has("info: public.people_old: partition or inheritance child of protected table public.people"),
+        "{stdout}"
+    );
+    assert!(
+        has("warning: public.people_v: a view over protected table public.people"),
+        "{stdout}"
+    );
+    assert!(
+        has("warning: function public.people_rows(): its body names protected relation(s) people"),
+        "{stdout}"
+    );
+    assert!(
+        has("warning: function public.n_people(min integer): its body names"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("not_people"),
+        "a string literal is not a use: {stdout}"
+    );
+    env.pg.psql(
+        &db,
+        "DROP VIEW public.people_v; DROP TABLE public.people_old; \
+         DROP FUNCTION public.people_rows(); DROP FUNCTION public.n_people(int); \
+         DROP FUNCTION public.not_people()",
     );
 
     // A non-unique index where unique = true is configured is an error; a missing plain

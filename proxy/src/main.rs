@@ -4,12 +4,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use pgseal_proxy::catalog::load::load_snapshot;
 use pgseal_proxy::catalog::verify::{self, Severity};
-use pgseal_proxy::catalog::{CatalogConnector, UpstreamCatalog};
+use pgseal_proxy::catalog::{dependents, CatalogConnector, CatalogError, UpstreamCatalog};
 use pgseal_proxy::config::{EncryptionSettings, Resolved};
 use pgseal_proxy::encrypt::EncryptionFactory;
 use pgseal_proxy::keys::{KeySource, KeyserverKeys};
+use pgseal_proxy::rewrite::ProtectedSchema;
 use pgseal_proxy::session::InterceptorFactory;
+use pgseal_proxy::upstream::simple_query::SimpleClient;
 use pgseal_proxy::{Config, PassThrough, Server};
 
 const USAGE: &str = "usage: pgseal-proxy <serve|check|schema|reencrypt> --config FILE\n\
@@ -82,15 +85,24 @@ fn current_thread() -> Result<tokio::runtime::Runtime> {
 /// `check` with `[[columns]]`: every protected column against the upstream catalog; returns
 /// the number of errors.
 fn check_columns(connector: &CatalogConnector, settings: &EncryptionSettings) -> Result<usize> {
-    let states = current_thread()?.block_on(async {
+    let (states, notes) = current_thread()?.block_on(async {
         let mut client = connector.connect().await?;
         let states = verify::inspect(&mut client, &settings.schema).await;
+        let notes = dependent_notes(&mut client, &settings.schema).await;
         client.close().await;
-        states
+        states.map(|s| (s, notes))
     })?;
     let findings = verify::findings(&settings.schema, &states);
     for f in &findings {
         println!("{f}");
+    }
+    match notes {
+        Ok(notes) => {
+            for n in &notes {
+                println!("{n}");
+            }
+        }
+        Err(e) => println!("warning: partitions, views and functions not inspected: {e}"),
     }
     let errors = findings
         .iter()
@@ -102,6 +114,18 @@ fn check_columns(connector: &CatalogConnector, settings: &EncryptionSettings) ->
         );
     }
     Ok(errors)
+}
+
+/// Partitions and children of the protected tables, views over them and functions naming them
+/// (`check` prints them; none is an error).
+async fn dependent_notes(
+    client: &mut SimpleClient,
+    schema: &ProtectedSchema,
+) -> Result<Vec<dependents::Note>, CatalogError> {
+    let snapshot = load_snapshot(client, schema, 1).await?;
+    let mut notes = dependents::relation_notes(&snapshot);
+    notes.extend(dependents::function_notes(client, &snapshot).await?);
+    Ok(notes)
 }
 
 /// `check` with `[[columns]]`: the keyserver as `serve` would use it (mTLS handshake with the

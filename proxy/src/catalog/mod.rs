@@ -22,9 +22,11 @@
 //!
 //! [`UpstreamCatalog`] is the source the proxy runs with (its own thread and upstream
 //! connection); [`StaticCatalog`] serves a fixed snapshot for tests. [`verify`] inspects the
-//! configured columns for `pgseal-proxy check` and `pgseal-proxy schema`.
+//! configured columns for `pgseal-proxy check` and `pgseal-proxy schema`; [`dependents`] lists what
+//! else reaches the protected tables (descendants, views, functions) for `check`.
 
 pub mod connection;
+pub mod dependents;
 pub mod load;
 pub mod upstream;
 pub mod verify;

@@ -109,6 +109,16 @@ impl ProtectedSchema {
             .map(|(s, t)| (s.as_str(), t.as_str()))
     }
 
+    /// Every descendant alias: `((schema, child), (root schema, root))`.
+    pub fn aliases(&self) -> impl Iterator<Item = (&(String, String), &(String, String))> {
+        self.aliases.iter()
+    }
+
+    /// Every tainted relation: `((schema, name), why)`.
+    pub fn tainted_relations(&self) -> impl Iterator<Item = (&(String, String), &str)> {
+        self.tainted.iter().map(|(k, v)| (k, v.as_str()))
+    }
+
     /// Why `(schema, name)` must not be named, when it is tainted.
     pub fn tainted(&self, schema: &str, name: &str) -> Option<&str> {
         self.tainted
