@@ -845,6 +845,37 @@ async fn search_path_undone_by_the_server_is_followed() {
         .unwrap()
         .get(0);
     assert_eq!(n, 1);
+    // set_config changes search_path from inside a query: followed like SET. Here it moves the
+    // path back from the plain schema to public, so the INSERT after it must be encrypted.
+    c.batch_execute("SET search_path TO sp_other, public")
+        .await
+        .unwrap();
+    c.query("SELECT set_config('search_path', 'public', false)", &[])
+        .await
+        .unwrap();
+    let v = secret(&mut s, "spSetConfig");
+    c.execute("INSERT INTO sp (id, v) VALUES (5, $1)", &[&v])
+        .await
+        .unwrap();
+    assert!(in_public(5));
+    // In one query string the proxy cannot follow the change before the next statement runs:
+    // refused, nothing executed.
+    c.batch_execute("SET search_path TO sp_other, public")
+        .await
+        .unwrap();
+    let v = secret(&mut s, "spOneString");
+    let e = c
+        .batch_execute(&format!(
+            "SET search_path TO public; INSERT INTO sp (id, v) VALUES (6, '{v}')"
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000", "{}", db_message(&e));
+    let none = env.direct(
+        "SELECT (SELECT count(*) FROM public.sp WHERE id = 6) + (SELECT count(*) FROM sp_other.sp WHERE id = 6)",
+    );
+    assert_eq!(none, "0");
+    c.batch_execute("RESET search_path").await.unwrap();
     env.assert_no_leak(&s, &["public.sp"], &[("public.sp", "v", true)]);
 }
 

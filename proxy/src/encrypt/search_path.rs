@@ -119,25 +119,13 @@ pub fn change_in(sql: &str) -> Option<Change> {
 /// Whether `sql` may change how the server resolves unqualified names in ways the proxy cannot
 /// follow from the text alone: a part starting with `SET`, `RESET` or `DISCARD` that names
 /// `search_path`, a role (`SET ROLE`, `SET SESSION AUTHORIZATION`: `$user` changes), or resets
-/// everything (`RESET ALL`, `DISCARD ALL`). `SET LOCAL` and a rolled-back `SET` are undone by the
+/// everything (`RESET ALL`, `DISCARD ALL`), or a call of `set_config`
+/// ([`crate::rewrite::resolution`]). `SET LOCAL` and a rolled-back `SET` are undone by the
 /// server at the end of the transaction, so after such a statement the session re-reads the
 /// server's values at the next idle point (and again when the transaction ends).
 pub fn needs_resync(sql: &str) -> bool {
-    sql.split(';').any(|part| {
-        let p = part.trim_start();
-        let kw = |k: &[u8]| {
-            p.as_bytes()
-                .get(..k.len())
-                .is_some_and(|b| b.eq_ignore_ascii_case(k))
-        };
-        if !(kw(b"set") || kw(b"reset") || kw(b"discard")) {
-            return false;
-        }
-        let b = p.as_bytes();
-        ["search_path", "role", "authorization", " all"]
-            .iter()
-            .any(|w| super::contains_ignore_ascii_case(b, w.as_bytes()))
-    })
+    sql.split(';')
+        .any(crate::rewrite::resolution::changes_resolution)
 }
 
 /// The setting as the server shows it (`current_setting('search_path')`).

@@ -101,6 +101,7 @@ pub mod plan;
 mod predicate;
 mod query;
 pub mod refusal;
+pub mod resolution;
 pub mod schema;
 mod scope;
 mod template;
@@ -119,6 +120,39 @@ pub use schema::{InMemoryResolver, IndexSpec, ProtectedColumn, ProtectedSchema, 
 
 use analyze::StatementKind;
 use ctx::Ctx;
+
+/// A statement naming a protected table after one that changes name resolution in the same
+/// string ([`resolution`]): the server resolves it with a setting the proxy does not know yet.
+fn refuse_after_resolution_change(
+    statements: &[sqlparser::ast::Statement],
+    schema: &ProtectedSchema,
+) -> Result<(), Refusal> {
+    let Some(first) = statements
+        .iter()
+        .position(|st| resolution::changes_resolution(&st.to_string()))
+    else {
+        return Ok(());
+    };
+    for st in statements.iter().skip(first + 1) {
+        let text = st.to_string();
+        if mention::text_mentions_protected_table(&text, schema) {
+            let lower = text.to_lowercase();
+            let table = schema
+                .all_tables()
+                .find(|(_, t)| lower.contains(&t.to_lowercase()))
+                .map(|(s, t)| format!("{s}.{t}"))
+                .unwrap_or_default();
+            return Err(Refusal::new(
+                refusal::FEATURE_NOT_SUPPORTED,
+                format!(
+                    "pgseal: this query string changes search_path or the role before a \
+                     statement on protected table {table}; send the change as its own statement"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// Analyses `sql` (one statement, or several separated by `;` as in the simple protocol) and
 /// returns how to forward it, or why it must not be forwarded.
@@ -159,6 +193,7 @@ pub fn rewrite(
             }
         }
     }
+    refuse_after_resolution_change(&statements, schema)?;
     let mut ctx = Ctx::new(sql, schema, resolver, search_path);
     let mut dml = false;
     for st in statements.iter_mut() {

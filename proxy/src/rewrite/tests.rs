@@ -1432,3 +1432,30 @@ fn print_rendered_for_postgres() {
         println!("{out};");
     }
 }
+
+#[test]
+fn a_name_resolution_change_before_a_protected_statement_in_one_string_is_refused() {
+    // other.patients is plain: analysed with the session's path the INSERT would pass through,
+    // while the server, after the SET, inserts into public.patients.
+    for sql in [
+        "SET search_path TO public; INSERT INTO patients (name) VALUES ('Zq9xSecret')",
+        "SELECT set_config('search_path', 'public', false); INSERT INTO patients (name) VALUES ('Zq9xSecret')",
+        "SET ROLE admin; SELECT * FROM patients WHERE name = 'Zq9xSecret'",
+        "RESET ALL; UPDATE patients SET notes = 'Zq9xSecret'",
+    ] {
+        let r = rw_path(sql, &["other", "public"]).unwrap_err();
+        assert_eq!(r.sqlstate, "0A000", "{sql}");
+        assert!(r.message.contains("public.patients"), "{}", r.message);
+        assert!(!r.message.contains("Zq9xSecret"));
+    }
+    // The change as the last statement, or before statements on plain tables only, is fine.
+    assert!(rw_path(
+        "INSERT INTO public.patients (name) VALUES ('a'); SET search_path TO other",
+        &["public"]
+    )
+    .is_ok());
+    assert_eq!(
+        rw_path("SET search_path TO public; SELECT 1", &["other"]),
+        Ok(Plan::PassThrough)
+    );
+}
