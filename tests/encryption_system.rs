@@ -858,6 +858,22 @@ async fn search_path_undone_by_the_server_is_followed() {
         .await
         .unwrap();
     assert!(in_public(5));
+    // A statement prepared while `sp` meant the plain table is not run once it means the
+    // protected one (PostgreSQL would analyse it again and store its literal unencrypted).
+    c.batch_execute("SET search_path TO sp_other, public")
+        .await
+        .unwrap();
+    let ins = c
+        .prepare("INSERT INTO sp (id, v) VALUES (7, 'plain literal 7')")
+        .await
+        .unwrap();
+    c.batch_execute("SET search_path TO public").await.unwrap();
+    let e = c.execute(&ins, &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000", "{}", db_message(&e));
+    assert_eq!(
+        env.direct("SELECT count(*) FROM public.sp WHERE id = 7"),
+        "0"
+    );
     // In one query string the proxy cannot follow the change before the next statement runs:
     // refused, nothing executed.
     c.batch_execute("SET search_path TO sp_other, public")

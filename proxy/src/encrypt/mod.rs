@@ -161,7 +161,7 @@ const NAMES_NO_RELATION: &[&str] = &[
 impl Shared {
     /// Whether `sql` may name a protected table, a descendant of one or a tainted relation
     /// (the rewriter's own textual pre-check, without allocating for ASCII text).
-    fn mentions_protected(&self, sql: &str, snapshot: &CatalogSnapshot) -> bool {
+    pub(crate) fn mentions_protected(&self, sql: &str, snapshot: &CatalogSnapshot) -> bool {
         if self.lower_names.is_empty() {
             return false;
         }

@@ -93,6 +93,13 @@ struct Effects {
     resync: bool,
 }
 
+impl Effects {
+    /// Whether the statement may change how the server resolves names.
+    fn changes_resolution(&self) -> bool {
+        self.search_path.is_some() || self.resync
+    }
+}
+
 /// A prepared statement as the client named it.
 struct Stmt {
     /// Distinguishes a statement from a later one of the same name.
@@ -105,6 +112,10 @@ struct Stmt {
     /// (keys unavailable at Parse, or a re-prepare that did not complete): the next Bind
     /// re-prepares it.
     keys: Option<KeyVersions>,
+    /// The session's name-resolution epoch the statement was analysed at.
+    path_epoch: u64,
+    /// The client's Parse message (its SQL is analysed again when the epoch has changed).
+    parse: Bytes,
 }
 
 /// The blind-index key versions a rendering of a rewrite plan depends on: for each scalar lookup
@@ -213,6 +224,10 @@ pub(crate) struct EncryptSession {
     discard_until_ready: bool,
     /// The proxy failed a result since the last ReadyForQuery (the server saw no error).
     failed_result: bool,
+    /// Bumped whenever the proxy's view of name resolution (search_path, user) changes: a
+    /// statement analysed at another epoch is checked again before it is bound (PostgreSQL
+    /// re-analyses a prepared statement after a search_path change).
+    path_epoch: u64,
     /// In a `COPY … TO STDOUT`: whether its format is binary (its data is checked for values
     /// of protected columns, see [`super::leak_guard`]).
     copy_out: Option<bool>,
@@ -273,6 +288,7 @@ impl EncryptSession {
             skip_until_sync: false,
             discard_until_ready: false,
             failed_result: false,
+            path_epoch: 0,
             copy_out: None,
             resync_pending: false,
             resync_at_txn_end: false,
@@ -616,8 +632,85 @@ impl EncryptSession {
         self.skip_until_sync = true;
     }
 
+    /// Whether a statement sent now may run after a change of name resolution the proxy has
+    /// not applied yet (a `SET search_path`, `set_config`… still in flight, or its read-back
+    /// pending): the server would resolve it with a setting the proxy does not know.
+    fn resolution_unsettled(&self) -> bool {
+        self.resync_pending
+            || self.queue.iter().any(|p| match p {
+                Pending::Execute { effects, .. } => effects.changes_resolution(),
+                Pending::Query(q) => q.effects.changes_resolution(),
+                Pending::Resync { .. } => true,
+                _ => false,
+            })
+    }
+
+    /// The refusal of `sql` when it names a protected table and was sent before a change of
+    /// name resolution was settled.
+    fn ahead_of_resolution_change(&self, sql: &str) -> Option<Refused> {
+        if !self.resolution_unsettled() {
+            return None;
+        }
+        let snapshot = self.shared.catalog.snapshot();
+        self.shared.mentions_protected(sql, &snapshot).then(|| {
+            (
+                crate::rewrite::refusal::FEATURE_NOT_SUPPORTED,
+                "pgseal: this statement names a protected table and was sent before the \
+                 server answered a statement changing search_path or the role; wait for \
+                 that answer before sending it"
+                    .to_owned(),
+            )
+        })
+    }
+
+    /// The refusal of a Bind of statement `name` when the statement was analysed under another
+    /// name resolution than the one it will run under (PostgreSQL analyses a prepared statement
+    /// again after a search_path change) and that changes its plan. A statement whose plan is
+    /// unchanged is marked as checked at the current epoch.
+    fn analysed_under_other_resolution(&mut self, name: &str) -> Option<Refused> {
+        let unsettled = self.resolution_unsettled();
+        let epoch = self.path_epoch;
+        let stmt = self.statements.get(name)?;
+        if stmt.path_epoch == epoch && !unsettled {
+            return None;
+        }
+        let parse = stmt.parse.clone();
+        let old = stmt.outcome.clone();
+        let sql = ParseMsg::parse(parse.get(5..).unwrap_or_default())
+            .map(|m| m.query)
+            .unwrap_or_default();
+        let snapshot = self.shared.catalog.snapshot();
+        if !self.shared.mentions_protected(sql, &snapshot) {
+            return None;
+        }
+        let refused = || {
+            (
+                crate::rewrite::refusal::FEATURE_NOT_SUPPORTED,
+                "pgseal: this prepared statement names a protected table and search_path or \
+                 the role changed since it was prepared, which changes what it refers to; \
+                 prepare it again"
+                    .to_owned(),
+            )
+        };
+        if unsettled {
+            return Some(refused());
+        }
+        let now = self.plan(sql);
+        if *now != *old {
+            return Some(refused());
+        }
+        if let Some(s) = self.statements.get_mut(name) {
+            s.path_epoch = epoch;
+        }
+        None
+    }
+
     fn on_query(&mut self, frame: Frame, out: &mut Outbox<'_>) -> Result<(), InterceptError> {
         let sql = wire::parse_query(frame.body()).map_err(proto)?;
+        if let Some((code, message)) = self.ahead_of_resolution_change(sql) {
+            self.refuse_simple(code, &message, out);
+            return Ok(());
+        }
         let effects = Effects {
             search_path: search_path::change_in(sql),
             resync: search_path::needs_resync(sql),
@@ -653,7 +746,9 @@ impl EncryptSession {
         };
         let outcome = self.plan(msg.query);
         let mut keys = Some(KeyVersions::default());
+        let ahead = self.ahead_of_resolution_change(msg.query);
         let refusal = match &*outcome {
+            _ if ahead.is_some() => ahead,
             Err(r) => Some((r.sqlstate, r.message.clone())),
             Ok(Plan::PassThrough) => {
                 out.to_upstream.extend_from_slice(frame.raw());
@@ -710,6 +805,8 @@ impl EncryptSession {
                 rows: None,
                 effects,
                 keys,
+                path_epoch: self.path_epoch,
+                parse: frame.raw().clone(),
             },
         );
         self.queue.push_back(Pending::Parse);
@@ -718,6 +815,13 @@ impl EncryptSession {
 
     fn on_bind(&mut self, frame: Frame, out: &mut Outbox<'_>) -> Result<(), InterceptError> {
         let bind = BindMsg::parse(frame.body()).map_err(proto)?;
+        if let Some((code, message)) = self.analysed_under_other_resolution(bind.statement) {
+            let portal = bind.portal.to_owned();
+            self.portals.remove(&portal);
+            let decoy = |b: &mut BytesMut| wire::write_bind(b, &portal, DECOY_STATEMENT, &[], &[]);
+            self.refuse_extended(decoy, code, &message, out);
+            return Ok(());
+        }
         let stmt = self.statements.get(bind.statement);
         // Result columns known from a Describe of this very statement: protected ones are asked
         // of the upstream in binary.
@@ -950,6 +1054,15 @@ impl EncryptSession {
 
     // ---- backend ----
 
+    /// The search_path statements are analysed with from now on.
+    fn set_search_path(&mut self, path: Vec<String>) {
+        if path != self.search_path {
+            self.search_path = path;
+            self.path_epoch += 1;
+        }
+        self.plan_memo.clear();
+    }
+
     /// Applies a completed statement's effects.
     fn complete(&mut self, tag: &str, effects: &Effects) {
         if tag.starts_with("SET") || tag.starts_with("RESET") {
@@ -958,8 +1071,7 @@ impl EncryptSession {
                 Some(Change::Reset) => self.setting = self.initial.clone(),
                 None => {}
             }
-            self.search_path = search_path::expand(&self.setting, &self.user);
-            self.plan_memo.clear();
+            self.set_search_path(search_path::expand(&self.setting, &self.user));
         }
         if effects.resync {
             self.resync_pending = true;
@@ -1456,8 +1568,7 @@ impl EncryptSession {
                     (Some(setting), Some(user)) => {
                         self.setting = setting;
                         self.user = user.to_owned();
-                        self.search_path = search_path::expand(&self.setting, &self.user);
-                        self.plan_memo.clear();
+                        self.set_search_path(search_path::expand(&self.setting, &self.user));
                     }
                     _ => warn!(
                         "the server's search_path could not be read back; keeping the proxy's"

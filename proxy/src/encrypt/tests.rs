@@ -1587,6 +1587,47 @@ impl Harness {
     }
 }
 
+/// A statement naming a protected table, pipelined behind a `SET search_path` the server has
+/// not answered yet, would run under a setting the proxy does not know: refused, in order.
+#[test]
+fn statements_pipelined_behind_a_search_path_change_are_refused() {
+    let mut h = harness();
+    let (up, cl) = h.client(&cat(&[
+        &parse("", "SET search_path TO other, public", &[]),
+        &bind("", "", &[], &[], &[]),
+        &execute("", 0),
+        &parse(
+            "s2",
+            "INSERT INTO patients (id, email) VALUES (1, 'pipelined@x.org')",
+            &[],
+        ),
+        &bind("p2", "s2", &[], &[], &[]),
+        &execute("p2", 0),
+        &simple(b'S'),
+    ]));
+    assert!(cl.is_empty());
+    assert!(!contains(&up, b"pipelined@x.org"));
+    assert!(contains(&up, b"pgseal_statement_refused_by_proxy"));
+    let answers = cat(&[
+        &simple(b'1'),
+        &simple(b'2'),
+        &simple(b'n'),
+        &complete("SET"),
+        &error("42601"),
+        &ready(b'I'),
+    ]);
+    let cl = h.settle(&answers, "other, public", "app");
+    assert_eq!(tags(&cl), "12CEZ");
+    let (code, msg) = error_of(&frames(&cl)[3].1);
+    assert_eq!(code, "0A000");
+    assert!(msg.contains("search_path"), "{msg}");
+    // Once settled, the same statement is analysed under the new setting.
+    let (up, _) = h.client(&query(
+        "INSERT INTO patients (id, email) VALUES (1, 'settled@x.org')",
+    ));
+    assert!(!contains(&up, b"pgseal_statement_refused_by_proxy"));
+}
+
 /// `SET LOCAL search_path` ends with its transaction, and a rolled-back `SET` is undone: the
 /// proxy re-reads the server's values instead of keeping its own guess, so a protected table
 /// named without its schema afterwards is encrypted again.
