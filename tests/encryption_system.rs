@@ -951,6 +951,25 @@ async fn protected_values_returned_by_functions_are_refused() {
         let e = c.simple_query(sql).await.unwrap_err();
         refused(&e, "public.fnr.v");
     }
+    // Embedded in an array, a record (the function's row type) or a domain over bytea.
+    env.direct(
+        "CREATE FUNCTION fnr_array() RETURNS bytea[] LANGUAGE sql \
+           AS 'SELECT array_agg(note ORDER BY id) FROM fnr'; \
+         CREATE DOMAIN fnr_blob_d AS bytea; \
+         CREATE FUNCTION fnr_dom() RETURNS SETOF fnr_blob_d LANGUAGE sql \
+           AS 'SELECT note::fnr_blob_d FROM fnr'",
+    );
+    for sql in [
+        "SELECT fnr_array()",
+        "SELECT fnr_rows()",
+        "SELECT r FROM fnr_rows() r",
+        "SELECT fnr_dom()",
+    ] {
+        let e = c.simple_query(sql).await.unwrap_err();
+        refused(&e, "public.fnr.");
+        let e = c.query(sql, &[]).await.unwrap_err();
+        refused(&e, "public.fnr.");
+    }
     let e = c.query("SELECT n FROM fnr_notes()", &[]).await.unwrap_err();
     refused(&e, "public.fnr.note");
     let e = c

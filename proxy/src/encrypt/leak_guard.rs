@@ -3,9 +3,11 @@
 //! A result column is decrypted only when its RowDescription names a protected column (table
 //! OID and attribute number). Values of a protected column can also reach a result without that
 //! name: a function returning rows of a protected table (`SELECT * FROM f()`, table OID 0), a
-//! plain `bytea` column someone copied ciphertext into directly upstream. Every `bytea` result
-//! column the proxy does not decrypt is therefore checked cell by cell: a cell whose bytes could
-//! be a stored value (an envelope header at offset 0, or at offset 16 behind a blind index) is
+//! plain `bytea` column someone copied ciphertext into directly upstream, an array or record
+//! built from it, `COPY` out of any of these. Every `bytea` result column the proxy does not
+//! decrypt is therefore checked cell by cell, and so are columns of types that can embed `bytea`
+//! values (arrays, records, user-defined types) and COPY data: a value whose bytes could be a
+//! stored value (an envelope header at offset 0, or at offset 16 behind a blind index) is
 //! opened with the keys of every protected column; if one authenticates it, the result is
 //! refused. A false refusal needs a forged AES-GCM-SIV tag; plain `bytea` values pay a few byte
 //! comparisons (and only those that look like a header pay the trial decryptions).
@@ -96,11 +98,12 @@ pub fn column_of<'a>(
     Ok(None)
 }
 
-/// The protected column whose keys authenticate a value inside one CopyData message of a
-/// `COPY … TO STDOUT`, if any. COPY carries no column types, so every value that could be a
-/// stored `bytea` value is tried: in text and CSV formats every `\x` hex run, in binary format
-/// every stretch behind a plausible length word.
-pub fn copy_data_column_of<'a>(
+/// The protected column whose keys authenticate a value embedded in `data`, if any: one
+/// CopyData message of a `COPY … TO STDOUT` (which carries no column types), or a result cell
+/// of a type that can hold `bytea` values (an array, a record). Every value that could be a
+/// stored `bytea` value is tried: in text formats (text, CSV, array and record literals) every
+/// `\x` hex run, in binary formats every stretch behind a plausible length word.
+pub fn embedded_column_of<'a>(
     schema: &'a ProtectedSchema,
     keys: &dyn KeySource,
     data: &[u8],

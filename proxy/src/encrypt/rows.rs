@@ -16,6 +16,38 @@ use crate::protocol::messages::put_message;
 use crate::rewrite::plan::BYTEA_OID;
 use crate::rewrite::{ProtectedColumn, ProtectedSchema};
 
+/// Whether and how the cells of a result column the proxy does not decrypt are checked for
+/// values of protected columns ([`super::leak_guard`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guard {
+    /// Not checked (a decrypted column, or a type that cannot carry raw `bytea`).
+    Off,
+    /// A `bytea` column: each cell is checked as one stored value.
+    Bytea,
+    /// A type that can hold `bytea` values inside it (`bytea[]`, records, composite and other
+    /// user-defined types such as domains): every embedded value that could be a stored value
+    /// is checked.
+    Embedded,
+}
+
+/// Type OIDs of `bytea[]`, `record` and `record[]`.
+const EMBEDDING_OIDS: [u32; 3] = [1001, 2249, 2287];
+/// The first OID of objects created in a database (below are the built-in types).
+const FIRST_USER_OID: u32 = 16384;
+
+impl Guard {
+    /// The guard of an undecrypted result column of type `type_oid`.
+    pub fn for_type(type_oid: u32) -> Self {
+        if type_oid == BYTEA_OID {
+            Self::Bytea
+        } else if EMBEDDING_OIDS.contains(&type_oid) || type_oid >= FIRST_USER_OID {
+            Self::Embedded
+        } else {
+            Self::Off
+        }
+    }
+}
+
 /// How to treat each column of a result.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RowPlan {
@@ -31,7 +63,7 @@ pub struct RowPlan {
     any: bool,
     /// Per column: a `bytea` column the proxy does not decrypt, whose cells are checked for
     /// values of protected columns before they are handed over ([`super::leak_guard`]).
-    guard: Arc<[bool]>,
+    guard: Arc<[Guard]>,
     /// Whether any column is guarded.
     any_guard: bool,
 }
@@ -98,7 +130,7 @@ impl RowPlan {
     /// A plan from the protected column of each result column and their formats (the same
     /// for the upstream and the client).
     pub fn new(cols: Vec<Option<ProtectedColumn>>, formats: Vec<i16>) -> Self {
-        let guard = vec![false; cols.len()];
+        let guard = vec![Guard::Off; cols.len()];
         Self::guarded(cols, guard, formats)
     }
 
@@ -106,11 +138,11 @@ impl RowPlan {
     /// columns (`guard`, one flag per column; see [`FieldMap::guard`]).
     pub fn guarded(
         cols: Vec<Option<ProtectedColumn>>,
-        guard: Vec<bool>,
+        guard: Vec<Guard>,
         formats: Vec<i16>,
     ) -> Self {
         let any = cols.iter().any(Option::is_some);
-        let any_guard = guard.iter().any(|g| *g);
+        let any_guard = guard.iter().any(|g| *g != Guard::Off);
         Self {
             cols: cols.into(),
             upstream: formats.clone(),
@@ -201,9 +233,9 @@ pub struct FieldMap {
     /// The protected column behind each field (bytea fields of protected tables and their
     /// descendants).
     pub cols: Vec<Option<ProtectedColumn>>,
-    /// Per field: a `bytea` field with no protected column behind it (a function's result, an
-    /// expression, a plain column), whose cells must not carry a protected column's values.
-    pub guard: Vec<bool>,
+    /// Per field without a protected column behind it (a function's result, an expression, a
+    /// plain column): how its cells are checked for a protected column's values.
+    pub guard: Vec<Guard>,
     /// Table OIDs of fields the snapshot does not know (a refresh may reveal a new partition or
     /// view).
     pub unknown: Vec<u32>,
@@ -240,7 +272,10 @@ pub fn map_fields(fields: &[Field], snapshot: &CatalogSnapshot) -> FieldMap {
     let guard = fields
         .iter()
         .zip(cols.iter())
-        .map(|(f, c)| f.type_oid == BYTEA_OID && c.is_none())
+        .map(|(f, c)| match c {
+            Some(_) => Guard::Off,
+            None => Guard::for_type(f.type_oid),
+        })
         .collect();
     FieldMap {
         cols,
@@ -280,7 +315,19 @@ fn check_guarded(
     v: &[u8],
     raw: &mut Vec<u8>,
 ) -> Result<(), RowError> {
-    let stored: &[u8] = if plan.upstream.get(i).copied().unwrap_or(0) == 0 {
+    let binary = plan.upstream.get(i).copied().unwrap_or(0) != 0;
+    if plan.guard.get(i) == Some(&Guard::Embedded) {
+        return match leak_guard::embedded_column_of(schema, keys, v, binary)
+            .map_err(CellError::Key)?
+        {
+            Some(col) => Err(RowError::Unmapped {
+                position: i + 1,
+                column: col.id.to_string(),
+            }),
+            None => Ok(()),
+        };
+    }
+    let stored: &[u8] = if !binary {
         match leak_guard::may_be_stored_text(v, raw) {
             Some(true) => raw,
             // Not bytea text (the server would not send it) or not like a stored value.
@@ -312,7 +359,7 @@ pub fn check_data_row(
     }
     let mut raw = Vec::new();
     for (i, (v, g)) in values.iter().zip(plan.guard.iter()).enumerate() {
-        if let (Some(v), true) = (v, *g) {
+        if let (Some(v), true) = (v, *g != Guard::Off) {
             check_guarded(schema, keys, plan, i, v, &mut raw)?;
         }
     }
@@ -340,7 +387,7 @@ pub fn decrypt_data_row(
     let mut crypto: Vec<(usize, Arc<ColumnCrypto>)> = Vec::new();
     for (i, (v, c)) in values.iter().zip(plan.cols.iter()).enumerate() {
         let (Some(v), Some(col)) = (v, c) else {
-            if let (Some(v), Some(true)) = (v, plan.guard.get(i)) {
+            if let (Some(v), Some(Guard::Bytea | Guard::Embedded)) = (v, plan.guard.get(i)) {
                 check_guarded(schema, keys, plan, i, v, &mut stored)?;
             }
             spans.push(None);

@@ -1358,7 +1358,7 @@ impl EncryptSession {
             out.to_client.extend_from_slice(frame.raw());
             return;
         };
-        let found = leak_guard::copy_data_column_of(
+        let found = leak_guard::embedded_column_of(
             &self.shared.schema,
             &*self.shared.keys,
             frame.body(),

@@ -1301,7 +1301,46 @@ fn protected_values_in_columns_the_proxy_does_not_decrypt_are_refused() {
         &ready(b'I'),
     ]));
     assert_eq!(tags(&cl), "TEZ");
+    // Values embedded in arrays, records and user-defined types (a domain over bytea).
+    let array_text = {
+        let mut v = b"{\"\\\\".to_vec();
+        v.extend_from_slice(&hex_text(&notes)[1..]);
+        v.extend_from_slice(b"\"}");
+        v
+    };
+    let record_binary = {
+        let mut v = vec![0, 0, 0, 1, 0, 0, 0, 17];
+        v.extend_from_slice(&(email.len() as u32).to_be_bytes());
+        v.extend_from_slice(&email);
+        v
+    };
+    for (ty, format, cell, column) in [
+        (1001u32, 0i16, array_text, "notes"),
+        (2249, 1, record_binary, "email"),
+        (16999, 0, hex_text(&notes), "notes"),
+    ] {
+        h.client(&query("SELECT f()"));
+        let cl = h.server(&cat(&[
+            &row_description(&[field("f", 0, 0, ty, format)]),
+            &data_row(&[Some(&cell)]),
+            &complete("SELECT 1"),
+            &ready(b'I'),
+        ]));
+        assert_eq!(tags(&cl), "TEZ", "type {ty}");
+        let (code, msg) = error_of(&frames(&cl)[1].1);
+        assert_eq!(code, "0A000");
+        assert!(msg.contains(&format!("public.patients.{column}")), "{msg}");
+    }
     // Plain values, look-alikes included, pass byte for byte, and the session goes on.
+    let plain_array = format!("{{\"\\\\x0100000001{}\"}}", "5a".repeat(40));
+    h.client(&query("SELECT f()"));
+    let input = cat(&[
+        &row_description(&[field("f", 0, 0, 1001, 0), field("e", 0, 0, 16998, 0)]),
+        &data_row(&[Some(plain_array.as_bytes()), Some(b"an enum value")]),
+        &complete("SELECT 1"),
+        &ready(b'I'),
+    ]);
+    assert_eq!(&h.server(&input)[..], &input[..]);
     h.client(&query("SELECT * FROM f()"));
     let input = cat(&[
         &desc,
