@@ -17,6 +17,17 @@ pub(crate) fn text_mentions_protected_table(sql: &str, schema: &ProtectedSchema)
     names.iter().any(|n| lower.contains(n.as_str()))
 }
 
+/// `schema.table` of the first protected table whose name occurs in `sql` (case-insensitive
+/// substring, like [`text_mentions_protected_table`]), for refusal messages; empty when none.
+pub(crate) fn first_protected_table(sql: &str, schema: &ProtectedSchema) -> String {
+    let lower = sql.to_lowercase();
+    schema
+        .all_tables()
+        .find(|(_, t)| lower.contains(&t.to_lowercase()))
+        .map(|(s, t)| format!("{s}.{t}"))
+        .unwrap_or_default()
+}
+
 /// Calls `f` with every word of `sql` (identifiers and keywords; unquoted ones ASCII-lowercased
 /// as PostgreSQL folds them, quoted ones as written), skipping string literals (standard,
 /// `E'…'` and dollar-quoted), comments and numbers. A hand-written scanner: it runs on every

@@ -136,12 +136,7 @@ fn refuse_after_resolution_change(
     for st in statements.iter().skip(first + 1) {
         let text = st.to_string();
         if mention::text_mentions_protected_table(&text, schema) {
-            let lower = text.to_lowercase();
-            let table = schema
-                .all_tables()
-                .find(|(_, t)| lower.contains(&t.to_lowercase()))
-                .map(|(s, t)| format!("{s}.{t}"))
-                .unwrap_or_default();
+            let table = mention::first_protected_table(&text, schema);
             return Err(Refusal::new(
                 refusal::FEATURE_NOT_SUPPORTED,
                 format!(
@@ -171,12 +166,7 @@ pub fn rewrite(
     let mut statements = match Parser::parse_sql(&dialect, sql) {
         Ok(s) => s,
         Err(_) => {
-            let lower = sql.to_lowercase();
-            let table = schema
-                .all_tables()
-                .find(|(_, t)| lower.contains(&t.to_lowercase()))
-                .map(|(s, t)| format!("{s}.{t}"))
-                .unwrap_or_default();
+            let table = mention::first_protected_table(sql, schema);
             return Err(Refusal::new(
                 refusal::SYNTAX_ERROR,
                 format!("pgseal: a statement that mentions protected table {table} could not be parsed, so it is not forwarded"),
