@@ -806,7 +806,8 @@ impl EncryptSession {
                 effects,
                 keys,
                 path_epoch: self.path_epoch,
-                parse: frame.raw().clone(),
+                // A copy: a slice of the read buffer would keep all of it alive.
+                parse: Bytes::copy_from_slice(frame.raw()),
             },
         );
         self.queue.push_back(Pending::Parse);
