@@ -124,8 +124,7 @@ pub fn change_in(sql: &str) -> Option<Change> {
 /// server at the end of the transaction, so after such a statement the session re-reads the
 /// server's values at the next idle point (and again when the transaction ends).
 pub fn needs_resync(sql: &str) -> bool {
-    sql.split(';')
-        .any(crate::rewrite::resolution::changes_resolution)
+    crate::rewrite::resolution::changes_resolution(sql)
 }
 
 /// The setting as the server shows it (`current_setting('search_path')`).

@@ -645,6 +645,35 @@ impl EncryptSession {
             })
     }
 
+    /// What `sql` may do to name resolution. Ending a transaction block in which search_path
+    /// was set locally (or set and rolled back to a savepoint) counts as a change.
+    fn effects(&self, sql: &str) -> Effects {
+        Effects {
+            search_path: search_path::change_in(sql),
+            resync: search_path::needs_resync(sql)
+                || (self.resync_at_txn_end && crate::rewrite::resolution::ends_block(sql, false)),
+        }
+    }
+
+    /// The refusal of a query string that ends a transaction block in which search_path was
+    /// set locally and then, in the same string, names a protected table (the server resolves
+    /// it with the setting restored at the block's end, which the proxy reads back only after).
+    fn behind_block_end(&self, sql: &str) -> Option<Refused> {
+        if !self.resync_at_txn_end || !crate::rewrite::resolution::ends_block(sql, true) {
+            return None;
+        }
+        let snapshot = self.shared.catalog.snapshot();
+        self.shared.mentions_protected(sql, &snapshot).then(|| {
+            (
+                crate::rewrite::refusal::FEATURE_NOT_SUPPORTED,
+                "pgseal: this query string ends a transaction block that changed search_path \
+                 and then names a protected table; send the statements after the block's end \
+                 in their own query"
+                    .to_owned(),
+            )
+        })
+    }
+
     /// The refusal of `sql` when it names a protected table and was sent before a change of
     /// name resolution was settled.
     fn ahead_of_resolution_change(&self, sql: &str) -> Option<Refused> {
@@ -707,14 +736,14 @@ impl EncryptSession {
 
     fn on_query(&mut self, frame: Frame, out: &mut Outbox<'_>) -> Result<(), InterceptError> {
         let sql = wire::parse_query(frame.body()).map_err(proto)?;
-        if let Some((code, message)) = self.ahead_of_resolution_change(sql) {
+        if let Some((code, message)) = self
+            .ahead_of_resolution_change(sql)
+            .or_else(|| self.behind_block_end(sql))
+        {
             self.refuse_simple(code, &message, out);
             return Ok(());
         }
-        let effects = Effects {
-            search_path: search_path::change_in(sql),
-            resync: search_path::needs_resync(sql),
-        };
+        let effects = self.effects(sql);
         let outcome = self.plan(sql);
         match &*outcome {
             Err(r) => {
@@ -740,10 +769,7 @@ impl EncryptSession {
     fn on_parse(&mut self, frame: Frame, out: &mut Outbox<'_>) -> Result<(), InterceptError> {
         let msg = ParseMsg::parse(frame.body()).map_err(proto)?;
         let name = msg.name.to_owned();
-        let effects = Effects {
-            search_path: search_path::change_in(msg.query),
-            resync: search_path::needs_resync(msg.query),
-        };
+        let effects = self.effects(msg.query);
         let outcome = self.plan(msg.query);
         let mut keys = Some(KeyVersions::default());
         let ahead = self.ahead_of_resolution_change(msg.query);

@@ -1667,6 +1667,52 @@ fn statements_pipelined_behind_a_search_path_change_are_refused() {
     assert!(!contains(&up, b"pgseal_statement_refused_by_proxy"));
 }
 
+/// The end of a block that set search_path locally restores the server's setting: statements
+/// naming a protected table sent behind it, in the same string or pipelined before its answer,
+/// are refused.
+#[test]
+fn statements_behind_the_end_of_a_block_that_set_search_path_are_refused() {
+    let mut h = harness();
+    let set_local = |h: &mut Harness| {
+        h.client(&query("BEGIN; SET LOCAL search_path TO other"));
+        h.settle(
+            &cat(&[&complete("BEGIN"), &complete("SET"), &ready(b'T')]),
+            "other",
+            "app",
+        );
+    };
+    set_local(&mut h);
+    let (up, _) = h.client(&query(
+        "COMMIT; INSERT INTO patients (id, email) VALUES (1, 'behind@x.org')",
+    ));
+    assert!(!contains(&up, b"behind@x.org"));
+    assert!(contains(&up, b"pgseal_statement_refused_by_proxy"));
+    let cl = h.server(&cat(&[&error("42601"), &ready(b'E')]));
+    assert_eq!(tags(&cl), "EZ");
+    assert_eq!(error_of(&frames(&cl)[0].1).0, "0A000");
+    h.client(&query("ROLLBACK"));
+    h.settle(
+        &cat(&[&complete("ROLLBACK"), &ready(b'I')]),
+        "\"$user\", public",
+        "app",
+    );
+    // Pipelined behind the COMMIT.
+    set_local(&mut h);
+    let (up, _) = h.client(&cat(&[
+        &query("COMMIT"),
+        &parse(
+            "",
+            "INSERT INTO patients (id, email) VALUES (2, 'pipelined-behind@x.org')",
+            &[],
+        ),
+        &bind("", "", &[], &[], &[]),
+        &execute("", 0),
+        &simple(b'S'),
+    ]));
+    assert!(!contains(&up, b"pipelined-behind@x.org"));
+    assert!(contains(&up, b"pgseal_statement_refused_by_proxy"));
+}
+
 /// `SET LOCAL search_path` ends with its transaction, and a rolled-back `SET` is undone: the
 /// proxy re-reads the server's values instead of keeping its own guess, so a protected table
 /// named without its schema afterwards is encrypted again.
