@@ -789,7 +789,7 @@ async fn search_path_undone_by_the_server_is_followed() {
     // SET LOCAL: in force inside the block (the plain table is used), gone after COMMIT.
     // (Separate Query messages: within one, the proxy analyses every statement with the
     // search_path in force before it — here it would refuse the INSERT as one on public.sp.)
-    c.batch_execute("BEGIN; SET LOCAL search_path TO sp_other, public")
+    c.batch_execute("BEGIN; SET LOCAL search_path TO sp_other")
         .await
         .unwrap();
     c.batch_execute("INSERT INTO sp VALUES (100, 'plain table, plain value')")
@@ -807,7 +807,7 @@ async fn search_path_undone_by_the_server_is_followed() {
     assert!(in_public(1));
     // The same through the extended protocol, and a parameter.
     c.batch_execute("BEGIN").await.unwrap();
-    c.execute("SET LOCAL search_path TO sp_other, public", &[])
+    c.execute("SET LOCAL search_path TO sp_other", &[])
         .await
         .unwrap();
     c.batch_execute("COMMIT").await.unwrap();
@@ -817,7 +817,7 @@ async fn search_path_undone_by_the_server_is_followed() {
         .unwrap();
     assert!(in_public(2));
     // A SET rolled back.
-    c.batch_execute("BEGIN; SET search_path TO sp_other, public; ROLLBACK")
+    c.batch_execute("BEGIN; SET search_path TO sp_other; ROLLBACK")
         .await
         .unwrap();
     let v = secret(&mut s, "spRolledBack");
@@ -828,7 +828,7 @@ async fn search_path_undone_by_the_server_is_followed() {
     // A SET rolled back to a savepoint, inside the same transaction.
     c.batch_execute("BEGIN").await.unwrap();
     c.batch_execute("SAVEPOINT a").await.unwrap();
-    c.batch_execute("SET search_path TO sp_other, public")
+    c.batch_execute("SET search_path TO sp_other")
         .await
         .unwrap();
     c.batch_execute("ROLLBACK TO SAVEPOINT a").await.unwrap();
@@ -847,7 +847,7 @@ async fn search_path_undone_by_the_server_is_followed() {
     assert_eq!(n, 1);
     // set_config changes search_path from inside a query: followed like SET. Here it moves the
     // path back from the plain schema to public, so the INSERT after it must be encrypted.
-    c.batch_execute("SET search_path TO sp_other, public")
+    c.batch_execute("SET search_path TO sp_other")
         .await
         .unwrap();
     c.query("SELECT set_config('search_path', 'public', false)", &[])
@@ -860,7 +860,7 @@ async fn search_path_undone_by_the_server_is_followed() {
     assert!(in_public(5));
     // A statement prepared while `sp` meant the plain table is not run once it means the
     // protected one (PostgreSQL would analyse it again and store its literal unencrypted).
-    c.batch_execute("SET search_path TO sp_other, public")
+    c.batch_execute("SET search_path TO sp_other")
         .await
         .unwrap();
     let ins = c
@@ -876,7 +876,7 @@ async fn search_path_undone_by_the_server_is_followed() {
     );
     // In one query string the proxy cannot follow the change before the next statement runs:
     // refused, nothing executed.
-    c.batch_execute("SET search_path TO sp_other, public")
+    c.batch_execute("SET search_path TO sp_other")
         .await
         .unwrap();
     let v = secret(&mut s, "spOneString");
@@ -892,7 +892,36 @@ async fn search_path_undone_by_the_server_is_followed() {
     );
     assert_eq!(none, "0");
     c.batch_execute("RESET search_path").await.unwrap();
-    env.assert_no_leak(&s, &["public.sp"], &[("public.sp", "v", true)]);
+    // The database host creates a schema named after the application's user ("$user" comes
+    // first on the default search_path) holding a plain table named like the protected one:
+    // unqualified statements would write there in plaintext. Refused; qualified names work.
+    env.direct(
+        "CREATE SCHEMA app AUTHORIZATION app; \
+         CREATE TABLE app.sp (id int4, v text); ALTER TABLE app.sp OWNER TO app",
+    );
+    // (DDL through the proxy reloads its catalog at once; otherwise within 2 s.)
+    c.batch_execute("CREATE TABLE sp_reload (x int4)")
+        .await
+        .unwrap();
+    let v = secret(&mut s, "spShadowed");
+    let e = c
+        .batch_execute(&format!("INSERT INTO sp (id, v) VALUES (9, '{v}')"))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000", "{}", db_message(&e));
+    assert!(db_message(&e).contains("app.sp"), "{}", db_message(&e));
+    let e = c
+        .execute("INSERT INTO sp (id, v) VALUES (9, $1)", &[&v])
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000", "{}", db_message(&e));
+    c.execute("INSERT INTO public.sp (id, v) VALUES (9, $1)", &[&v])
+        .await
+        .unwrap();
+    assert!(in_public(9));
+    assert_eq!(env.direct("SELECT count(*) FROM app.sp"), "0");
+    env.assert_no_leak(&s, &["public.sp", "app.sp"], &[("public.sp", "v", true)]);
+    env.direct("DROP SCHEMA app CASCADE"); // (sp_reload was created in app too)
 }
 
 /// All data of a `COPY … TO STDOUT`.

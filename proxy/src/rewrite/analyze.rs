@@ -59,7 +59,7 @@ impl Ctx<'_> {
             Statement::Copy { source, .. } => {
                 match source {
                     CopySource::Table { table_name, .. } => {
-                        if let Some((s, t)) = self.resolve_table(table_name) {
+                        if let Some((s, t)) = self.resolve_table(table_name)? {
                             if self.schema.table(&s, &t).is_some() {
                                 return Err(Refusal::unsupported_statement(
                                     &format!("{s}.{t}"),

@@ -64,12 +64,22 @@ impl<'a> Ctx<'a> {
 
     /// Resolves a table name to (schema, table). A name the resolver does not know but that
     /// names a protected table in a search_path schema is taken to be that table (fail closed).
-    pub(crate) fn resolve_table(&self, name: &ObjectName) -> Option<(String, String)> {
-        let parts = name_parts(name)?;
+    /// An unqualified name that resolves to a plain relation while a protected table of that
+    /// name sits later on the search_path is refused ([`Ctx::not_shadowing`]).
+    pub(crate) fn resolve_table(
+        &self,
+        name: &ObjectName,
+    ) -> Result<Option<(String, String)>, Refusal> {
+        let Some(parts) = name_parts(name) else {
+            return Ok(None);
+        };
         if let Some(r) = self.resolver.resolve(&parts, self.search_path) {
-            return Some(r);
+            if parts.len() == 1 {
+                self.not_shadowing(&r.0, &r.1)?;
+            }
+            return Ok(Some(r));
         }
-        match parts.as_slice() {
+        Ok(match parts.as_slice() {
             [t] => self
                 .search_path
                 .iter()
@@ -77,6 +87,32 @@ impl<'a> Ctx<'a> {
                 .map(|s| (s.clone(), t.clone())),
             [s, t] | [_, s, t] => Some((s.clone(), t.clone())),
             _ => None,
+        })
+    }
+
+    /// Refuses an unqualified name that resolved to `schema.table`, a relation that is not
+    /// protected, when a protected table of the same name comes later on the search_path: a
+    /// relation created earlier on the path (for instance by the database host, in a schema
+    /// named after the application's user) would otherwise receive the plaintext meant for the
+    /// protected table. Qualified names are taken as written.
+    fn not_shadowing(&self, schema: &str, table: &str) -> Result<(), Refusal> {
+        if self.schema.table(schema, table).is_some() {
+            return Ok(());
+        }
+        let later = match self.search_path.iter().position(|s| s == schema) {
+            Some(i) => self.search_path.get(i + 1..).unwrap_or_default(),
+            None => self.search_path,
+        };
+        match later.iter().find(|s| self.schema.table(s, table).is_some()) {
+            Some(p) => Err(Refusal::new(
+                super::refusal::FEATURE_NOT_SUPPORTED,
+                format!(
+                    "pgseal: {table} resolves to {schema}.{table}, which is not protected but \
+                     comes before protected table {p}.{table} on the search_path; qualify the \
+                     name ({p}.{table} or {schema}.{table})"
+                ),
+            )),
+            None => Ok(()),
         }
     }
 

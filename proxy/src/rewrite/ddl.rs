@@ -120,7 +120,7 @@ impl Ctx<'_> {
                 return Err(Refusal::unsupported(&p.id, "a FOREIGN KEY"));
             }
         }
-        let Some((fs, ft)) = self.resolve_table(&fk.foreign_table) else {
+        let Some((fs, ft)) = self.resolve_table(&fk.foreign_table)? else {
             return Ok(());
         };
         if self.schema.table(&fs, &ft).is_none() {
@@ -205,7 +205,7 @@ impl Ctx<'_> {
 
     /// ALTER TABLE.
     pub(crate) fn alter_table(&mut self, at: &mut AlterTable) -> Result<(), Refusal> {
-        let Some((s, t)) = self.resolve_table(&at.name) else {
+        let Some((s, t)) = self.resolve_table(&at.name)? else {
             return Ok(());
         };
         if self.schema.table(&s, &t).is_none() {
@@ -256,7 +256,7 @@ impl Ctx<'_> {
 
     /// CREATE [UNIQUE] INDEX.
     pub(crate) fn create_index(&mut self, ci: &mut CreateIndex) -> Result<(), Refusal> {
-        let Some((s, t)) = self.resolve_table(&ci.table_name) else {
+        let Some((s, t)) = self.resolve_table(&ci.table_name)? else {
             return Ok(());
         };
         if self.schema.table(&s, &t).is_none() {

@@ -120,7 +120,7 @@ impl Ctx<'_> {
                 "INSERT into a table function",
             );
         };
-        let (s, t) = self.resolve_table(name).unwrap_or_default();
+        let (s, t) = self.resolve_table(name)?.unwrap_or_default();
         let table_rel = Relation::table(self.schema, &s, &t);
         let mut scope = Scope::default();
         let binding = ins

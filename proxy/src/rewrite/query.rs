@@ -267,7 +267,7 @@ impl Ctx<'_> {
                         None,
                         parts.and_then(|p| p.last().cloned()).unwrap_or_default(),
                     ),
-                    None => match self.resolve_table(name) {
+                    None => match self.resolve_table(name)? {
                         Some((s, t)) => {
                             let rel = Relation::table(self.schema, &s, &t);
                             (rel, Some(s), t)

@@ -190,10 +190,28 @@ fn unparseable_text_mentioning_protected_table_is_refused() {
 
 #[test]
 fn search_path_same_named_unprotected_table() {
-    // other.patients is not protected
+    // other.patients is not protected: used where protected public.patients is not on the path
+    assert_eq!(
+        rw_path("SELECT * FROM patients WHERE name = 'x'", &["other"]),
+        Ok(Plan::PassThrough)
+    );
+    // ... but not where it shadows public.patients (a relation created earlier on the path,
+    // e.g. by the database host, would receive the plaintext): refused, qualified names pass.
+    let r = rw_path(
+        "INSERT INTO patients (name) VALUES ('Zq9xSecret')",
+        &["other", "public"],
+    )
+    .unwrap_err();
+    assert_eq!(r.sqlstate, "0A000");
+    assert!(
+        r.message.contains("other.patients") && r.message.contains("public.patients"),
+        "{}",
+        r.message
+    );
+    assert!(!r.message.contains("Zq9xSecret"));
     assert_eq!(
         rw_path(
-            "SELECT * FROM patients WHERE name = 'x'",
+            "SELECT * FROM other.patients WHERE name = 'x'",
             &["other", "public"]
         ),
         Ok(Plan::PassThrough)
