@@ -49,6 +49,12 @@ const SQL: &[&str] = &[
     "SELECT id FROM public.patients WHERE email = ANY($1)",
     "SELECT f(email) FROM public.patients WHERE notes = 'LEAKME-p'",
     "INSERT INTO public.typed (c_text, c_int8) VALUES ('LEAKME-q', 5)",
+    "/* a comment */ SET search_path TO other",
+    "COMMIT; INSERT INTO public.patients (email) VALUES ('LEAKME-r@x.org')",
+    "DO $$ BEGIN PERFORM 1; END $$",
+    "SELECT set_config('search_path', 'other', false)",
+    "BEGIN; SET LOCAL search_path TO other",
+    "INSERT INTO patients (id, email) VALUES (3, 'unqualified@x.org')",
 ];
 
 const NAMES: &[&str] = &["", "s1", "s2"];
