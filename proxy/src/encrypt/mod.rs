@@ -4,9 +4,10 @@
 //! - [`EncryptionFactory`] holds what every session shares: the protected schema, the key and
 //!   catalog sources, and an LRU of rewrite plans keyed by (SQL, search_path, catalog
 //!   generation). Sessions to other databases get [`crate::session::PassThrough`].
-//! - `session.rs` is the per-connection state machine: statements, portals, and an ordered queue
+//! - `session/` is the per-connection state machine: statements, portals, and an ordered queue
 //!   of in-flight expectations so refusals, upstream answers and decrypted rows reach the client
-//!   in protocol order, pipelines included.
+//!   in protocol order, pipelines included; `session/name_resolution.rs` keeps its view of
+//!   `search_path` and the role in step with the server's (and refuses what it cannot follow).
 //! - `cells.rs` seals and opens cells; `rows.rs` maps RowDescriptions to protected columns and
 //!   decrypts DataRows; `wire.rs` parses and builds the messages involved.
 //! - Per-session memos keep the hot path off shared locks and hashes: `plan_memo.rs` (the last

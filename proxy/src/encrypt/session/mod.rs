@@ -26,6 +26,8 @@ use crate::rewrite::{Plan, ProtectedColumn, RewritePlan, Slot, UpstreamParam};
 use crate::session::{Frame, InterceptError, MessageInterceptor, Outbox, SessionInfo, TagSet};
 use pgseal_crypto::value::LogicalType;
 
+mod name_resolution;
+
 /// SQL the upstream rejects at parse time: stands in for a refused Query or Parse.
 const DECOY_SQL: &str = "pgseal_statement_refused_by_proxy";
 /// What the proxy sends (a syntax error) to make the server fail a transaction block in which
@@ -632,108 +634,6 @@ impl EncryptSession {
         self.skip_until_sync = true;
     }
 
-    /// Whether a statement sent now may run after a change of name resolution the proxy has
-    /// not applied yet (a `SET search_path`, `set_config`… still in flight, or its read-back
-    /// pending): the server would resolve it with a setting the proxy does not know.
-    fn resolution_unsettled(&self) -> bool {
-        self.resync_pending
-            || self.queue.iter().any(|p| match p {
-                Pending::Execute { effects, .. } => effects.changes_resolution(),
-                Pending::Query(q) => q.effects.changes_resolution(),
-                Pending::Resync { .. } => true,
-                _ => false,
-            })
-    }
-
-    /// What `sql` may do to name resolution. Ending a transaction block in which search_path
-    /// was set locally (or set and rolled back to a savepoint) counts as a change.
-    fn effects(&self, sql: &str) -> Effects {
-        Effects {
-            search_path: search_path::change_in(sql),
-            resync: search_path::needs_resync(sql)
-                || (self.resync_at_txn_end && crate::rewrite::resolution::ends_block(sql, false)),
-        }
-    }
-
-    /// The refusal of a query string that ends a transaction block in which search_path was
-    /// set locally and then, in the same string, names a protected table (the server resolves
-    /// it with the setting restored at the block's end, which the proxy reads back only after).
-    fn behind_block_end(&self, sql: &str) -> Option<Refused> {
-        if !self.resync_at_txn_end || !crate::rewrite::resolution::ends_block(sql, true) {
-            return None;
-        }
-        let snapshot = self.shared.catalog.snapshot();
-        self.shared.mentions_protected(sql, &snapshot).then(|| {
-            (
-                crate::rewrite::refusal::FEATURE_NOT_SUPPORTED,
-                "pgseal: this query string ends a transaction block that changed search_path \
-                 and then names a protected table; send the statements after the block's end \
-                 in their own query"
-                    .to_owned(),
-            )
-        })
-    }
-
-    /// The refusal of `sql` when it names a protected table and was sent before a change of
-    /// name resolution was settled.
-    fn ahead_of_resolution_change(&self, sql: &str) -> Option<Refused> {
-        if !self.resolution_unsettled() {
-            return None;
-        }
-        let snapshot = self.shared.catalog.snapshot();
-        self.shared.mentions_protected(sql, &snapshot).then(|| {
-            (
-                crate::rewrite::refusal::FEATURE_NOT_SUPPORTED,
-                "pgseal: this statement names a protected table and was sent before the \
-                 server answered a statement changing search_path or the role; wait for \
-                 that answer before sending it"
-                    .to_owned(),
-            )
-        })
-    }
-
-    /// The refusal of a Bind of statement `name` when the statement was analysed under another
-    /// name resolution than the one it will run under (PostgreSQL analyses a prepared statement
-    /// again after a search_path change) and that changes its plan. A statement whose plan is
-    /// unchanged is marked as checked at the current epoch.
-    fn analysed_under_other_resolution(&mut self, name: &str) -> Option<Refused> {
-        let unsettled = self.resolution_unsettled();
-        let epoch = self.path_epoch;
-        let stmt = self.statements.get(name)?;
-        if stmt.path_epoch == epoch && !unsettled {
-            return None;
-        }
-        let parse = stmt.parse.clone();
-        let old = stmt.outcome.clone();
-        let sql = ParseMsg::parse(parse.get(5..).unwrap_or_default())
-            .map(|m| m.query)
-            .unwrap_or_default();
-        let snapshot = self.shared.catalog.snapshot();
-        if !self.shared.mentions_protected(sql, &snapshot) {
-            return None;
-        }
-        let refused = || {
-            (
-                crate::rewrite::refusal::FEATURE_NOT_SUPPORTED,
-                "pgseal: this prepared statement names a protected table and search_path or \
-                 the role changed since it was prepared, which changes what it refers to; \
-                 prepare it again"
-                    .to_owned(),
-            )
-        };
-        if unsettled {
-            return Some(refused());
-        }
-        let now = self.plan(sql);
-        if *now != *old {
-            return Some(refused());
-        }
-        if let Some(s) = self.statements.get_mut(name) {
-            s.path_epoch = epoch;
-        }
-        None
-    }
-
     fn on_query(&mut self, frame: Frame, out: &mut Outbox<'_>) -> Result<(), InterceptError> {
         let sql = wire::parse_query(frame.body()).map_err(proto)?;
         if let Some((code, message)) = self
@@ -1080,15 +980,6 @@ impl EncryptSession {
     }
 
     // ---- backend ----
-
-    /// The search_path statements are analysed with from now on.
-    fn set_search_path(&mut self, path: Vec<String>) {
-        if path != self.search_path {
-            self.search_path = path;
-            self.path_epoch += 1;
-        }
-        self.plan_memo.clear();
-    }
 
     /// Applies a completed statement's effects.
     fn complete(&mut self, tag: &str, effects: &Effects) {
