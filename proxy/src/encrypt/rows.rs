@@ -17,7 +17,7 @@ use crate::rewrite::plan::BYTEA_OID;
 use crate::rewrite::{ProtectedColumn, ProtectedSchema};
 
 /// Whether and how the cells of a result column the proxy does not decrypt are checked for
-/// values of protected columns ([`super::leak_guard`]).
+/// values of protected columns (`encrypt/leak_guard.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Guard {
     /// Not checked (a decrypted column, or a type that cannot carry raw `bytea`).
