@@ -229,9 +229,14 @@ const HEX_VALUE: [u8; 256] = {
 /// Decodes a bytea in text output format (`\x` hex, or the escape format when the session set
 /// `bytea_output = escape`) into `out`. None when malformed.
 pub fn decode_bytea_text(text: &[u8], out: &mut Vec<u8>) -> Option<()> {
-    let Some(hex) = text.strip_prefix(b"\\x") else {
-        return decode_bytea_escape(text, out);
-    };
+    match text.strip_prefix(b"\\x") {
+        Some(hex) => decode_hex(hex, out),
+        None => decode_bytea_escape(text, out),
+    }
+}
+
+/// Appends the bytes of hex digits `hex` (an even number of them) to `out`.
+pub fn decode_hex(hex: &[u8], out: &mut Vec<u8>) -> Option<()> {
     if hex.len() % 2 != 0 {
         return None;
     }

@@ -41,26 +41,34 @@ pub fn may_be_stored_value(stored: &[u8]) -> bool {
 }
 
 /// Whether a bytea cell in PostgreSQL's text format (`\x` hex, or the escape format) could be
-/// a stored value; when it could, its raw bytes are decoded into `raw` (cleared first). Hex
-/// cells are pre-checked on their first bytes only. None: not valid bytea text.
+/// a stored value; when it could, its raw bytes are in `raw` (cleared first). None: not valid
+/// bytea text.
 pub fn may_be_stored_text(text: &[u8], raw: &mut Vec<u8>) -> Option<bool> {
     raw.clear();
-    if let Some(hex) = text.strip_prefix(b"\\x") {
-        // Shortest envelope: OVERHEAD bytes, 2 hex digits each.
-        if hex.len() < 2 * OVERHEAD {
-            return Some(false);
-        }
-        let head = hex.get(..2 * PREFIX_LEN).unwrap_or(hex);
-        let mut prefix = Vec::with_capacity(PREFIX_LEN + 2);
-        prefix.extend_from_slice(b"\\x");
-        prefix.extend_from_slice(head);
-        let mut bytes = Vec::with_capacity(PREFIX_LEN);
-        cells::decode_bytea_text(&prefix, &mut bytes)?;
-        if !head_at(&bytes, 0) && !head_at(&bytes, BLIND_INDEX_LEN) {
-            return Some(false);
+    match text.strip_prefix(b"\\x") {
+        Some(hex) => may_be_stored_hex(hex, raw),
+        None => {
+            cells::decode_bytea_text(text, raw)?;
+            Some(may_be_stored_value(raw))
         }
     }
-    cells::decode_bytea_text(text, raw)?;
+}
+
+/// Like [`may_be_stored_text`] for bare hex digits: the rest is decoded only when the first
+/// bytes look like a header (`raw` holds all the bytes when true, nothing otherwise).
+fn may_be_stored_hex(hex: &[u8], raw: &mut Vec<u8>) -> Option<bool> {
+    raw.clear();
+    // Shortest envelope: OVERHEAD bytes, 2 hex digits each.
+    if hex.len() < 2 * OVERHEAD {
+        return Some(false);
+    }
+    cells::decode_hex(hex.get(..2 * PREFIX_LEN).unwrap_or(hex), raw)?;
+    let head = head_at(raw, 0) || head_at(raw, BLIND_INDEX_LEN);
+    raw.clear();
+    if !head {
+        return Some(false);
+    }
+    cells::decode_hex(hex, raw)?;
     Some(may_be_stored_value(raw))
 }
 
@@ -127,23 +135,14 @@ pub fn embedded_column_of<'a>(
         return Ok(None);
     }
     let mut raw = Vec::new();
-    let mut rest = data;
-    while let Some(x) = rest.iter().position(|b| *b == b'x') {
-        let after = rest.get(x + 1..).unwrap_or_default();
-        let preceded = x > 0 && rest.get(x - 1) == Some(&b'\\');
-        rest = after;
-        if !preceded {
+    for x in memchr::memchr_iter(b'x', data) {
+        if x == 0 || data.get(x - 1) != Some(&b'\\') {
             continue;
         }
+        let after = data.get(x + 1..).unwrap_or_default();
         let run = after.iter().take_while(|b| b.is_ascii_hexdigit()).count();
         let hex = after.get(..run - run % 2).unwrap_or_default();
-        if hex.len() < 2 * OVERHEAD {
-            continue;
-        }
-        let mut text = Vec::with_capacity(hex.len() + 2);
-        text.extend_from_slice(b"\\x");
-        text.extend_from_slice(hex);
-        if may_be_stored_text(&text, &mut raw) == Some(true) {
+        if may_be_stored_hex(hex, &mut raw) == Some(true) {
             if let Some(col) = column_of(schema, keys, &raw)? {
                 return Ok(Some(col));
             }
