@@ -6,8 +6,20 @@
 use super::{Effects, EncryptSession, Pending, Refused};
 use crate::encrypt::search_path;
 use crate::encrypt::wire::ParseMsg;
+use crate::rewrite::refusal::FEATURE_NOT_SUPPORTED;
+
+/// A `0A000` refusal with `message`.
+fn refused(message: &str) -> Refused {
+    (FEATURE_NOT_SUPPORTED, message.to_owned())
+}
 
 impl EncryptSession {
+    /// Whether `sql` names a protected table (or a descendant or view of one), by text.
+    fn names_protected(&self, sql: &str) -> bool {
+        let snapshot = self.shared.catalog.snapshot();
+        self.shared.mentions_protected(sql, &snapshot)
+    }
+
     /// Whether a statement sent now may run after a change of name resolution the proxy has
     /// not applied yet (a `SET search_path`, `set_config`… still in flight, or its read-back
     /// pending): the server would resolve it with a setting the proxy does not know.
@@ -38,14 +50,11 @@ impl EncryptSession {
         if !self.resync_at_txn_end || !crate::rewrite::resolution::ends_block(sql, true) {
             return None;
         }
-        let snapshot = self.shared.catalog.snapshot();
-        self.shared.mentions_protected(sql, &snapshot).then(|| {
-            (
-                crate::rewrite::refusal::FEATURE_NOT_SUPPORTED,
+        self.names_protected(sql).then(|| {
+            refused(
                 "pgseal: this query string ends a transaction block that changed search_path \
                  and then names a protected table; send the statements after the block's end \
-                 in their own query"
-                    .to_owned(),
+                 in their own query",
             )
         })
     }
@@ -56,14 +65,11 @@ impl EncryptSession {
         if !self.resolution_unsettled() {
             return None;
         }
-        let snapshot = self.shared.catalog.snapshot();
-        self.shared.mentions_protected(sql, &snapshot).then(|| {
-            (
-                crate::rewrite::refusal::FEATURE_NOT_SUPPORTED,
+        self.names_protected(sql).then(|| {
+            refused(
                 "pgseal: this statement names a protected table and was sent before the \
                  server answered a statement changing search_path or the role; wait for \
-                 that answer before sending it"
-                    .to_owned(),
+                 that answer before sending it",
             )
         })
     }
@@ -84,25 +90,15 @@ impl EncryptSession {
         let sql = ParseMsg::parse(parse.get(5..).unwrap_or_default())
             .map(|m| m.query)
             .unwrap_or_default();
-        let snapshot = self.shared.catalog.snapshot();
-        if !self.shared.mentions_protected(sql, &snapshot) {
+        if !self.names_protected(sql) {
             return None;
         }
-        let refused = || {
-            (
-                crate::rewrite::refusal::FEATURE_NOT_SUPPORTED,
+        if unsettled || *self.plan(sql) != *old {
+            return Some(refused(
                 "pgseal: this prepared statement names a protected table and search_path or \
                  the role changed since it was prepared, which changes what it refers to; \
-                 prepare it again"
-                    .to_owned(),
-            )
-        };
-        if unsettled {
-            return Some(refused());
-        }
-        let now = self.plan(sql);
-        if *now != *old {
-            return Some(refused());
+                 prepare it again",
+            ));
         }
         if let Some(s) = self.statements.get_mut(name) {
             s.path_epoch = epoch;
