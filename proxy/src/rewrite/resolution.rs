@@ -52,17 +52,61 @@ fn statements(sql: &str) -> Vec<(String, bool)> {
 }
 
 /// Whether `sql` (one or more statements) may change name resolution. Cheap for statements
-/// that cannot (no `set`, `discard`, `do` or `call` in the text): this runs for every
-/// statement.
+/// that cannot (this runs for every statement): only when a statement may start with one of
+/// the words above (at the start or after a `;`, past blanks and comments) is the text read
+/// word by word.
 pub fn changes_resolution(sql: &str) -> bool {
     let b = sql.as_bytes();
     if calls_set_config(b) {
         return true;
     }
-    let maybe = [&b"set"[..], b"discard", b"do", b"call"]
-        .iter()
-        .any(|w| contains_ignore_ascii_case(b, w));
+    let starts = std::iter::once(0).chain(memchr::memchr_iter(b';', b).map(|i| i + 1));
+    let maybe = starts.map(|at| first_word_at(b, at)).any(|w| {
+        ALWAYS
+            .iter()
+            .chain(SETTERS)
+            .any(|k| w.eq_ignore_ascii_case(k.as_bytes()))
+    });
     maybe && statements(sql).iter().any(|(_, changes)| *changes)
+}
+
+/// The letters starting at `at` after blanks and comments (`--` to the end of the line,
+/// nested `/* */`). A `;` inside a literal or comment only adds a candidate.
+fn first_word_at(b: &[u8], mut at: usize) -> &[u8] {
+    let get = |i: usize| b.get(i).copied().unwrap_or(0);
+    loop {
+        match (get(at), get(at + 1)) {
+            (c, _) if c.is_ascii_whitespace() => at += 1,
+            (b'-', b'-') => {
+                while at < b.len() && get(at) != b'\n' {
+                    at += 1;
+                }
+            }
+            (b'/', b'*') => {
+                let mut depth = 0usize;
+                while at < b.len() {
+                    match (get(at), get(at + 1)) {
+                        (b'/', b'*') => {
+                            depth += 1;
+                            at += 2;
+                        }
+                        (b'*', b'/') => {
+                            depth -= 1;
+                            at += 2;
+                            if depth == 0 {
+                                break;
+                            }
+                        }
+                        _ => at += 1,
+                    }
+                }
+            }
+            _ => break,
+        }
+    }
+    let rest = b.get(at..).unwrap_or_default();
+    let len = rest.iter().take_while(|c| c.is_ascii_alphabetic()).count();
+    rest.get(..len).unwrap_or_default()
 }
 
 /// Whether `sql` ends a transaction block (`COMMIT`, `END`, `ROLLBACK` also to a savepoint,
@@ -94,11 +138,6 @@ pub fn calls_set_config(sql: &[u8]) -> bool {
     })
 }
 
-fn contains_ignore_ascii_case(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +159,8 @@ mod tests {
             "SELECT 1; /* ; */ SET search_path TO app",
             "DO $$ BEGIN EXECUTE 'SET search_path TO app'; END $$",
             "CALL my_proc()",
+            "SELECT 1;SET search_path TO app",
+            "/* a /* nested */ comment */ SET search_path TO app",
         ] {
             assert!(changes_resolution(sql), "{sql}");
         }
@@ -132,6 +173,8 @@ mod tests {
             "SELECT 'SET search_path TO x'",
             "UPDATE roles SET role = 'x'",
             "CREATE FUNCTION f() RETURNS int LANGUAGE sql SET search_path = app AS 'SELECT 1'",
+            "SELECT 'x; set search_path to y'",
+            "SELECT 1; -- ; set search_path to y",
             "",
         ] {
             assert!(!changes_resolution(sql), "{sql}");
