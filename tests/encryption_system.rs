@@ -892,15 +892,12 @@ async fn search_path_undone_by_the_server_is_followed() {
     );
     assert_eq!(none, "0");
     c.batch_execute("RESET search_path").await.unwrap();
-    // The database host creates a schema named after the application's user ("$user" comes
-    // first on the default search_path) holding a plain table named like the protected one:
-    // unqualified statements would write there in plaintext. Refused; qualified names work.
-    env.direct(
-        "CREATE SCHEMA app AUTHORIZATION app; \
-         CREATE TABLE app.sp (id int4, v text); ALTER TABLE app.sp OWNER TO app",
-    );
-    // (DDL through the proxy reloads its catalog at once; otherwise within 2 s.)
-    c.batch_execute("CREATE TABLE sp_reload (x int4)")
+    // A plain relation named like the protected table, earlier on the search_path, would
+    // receive the plaintext of unqualified statements — the database host can arrange this by
+    // creating a schema named after the application's user ("$user" comes first on the
+    // default path; not done literally here: other tests share this database and user).
+    // Refused; qualified names work.
+    c.batch_execute("SET search_path TO sp_other, public")
         .await
         .unwrap();
     let v = secret(&mut s, "spShadowed");
@@ -909,7 +906,7 @@ async fn search_path_undone_by_the_server_is_followed() {
         .await
         .unwrap_err();
     assert_eq!(sqlstate(&e), "0A000", "{}", db_message(&e));
-    assert!(db_message(&e).contains("app.sp"), "{}", db_message(&e));
+    assert!(db_message(&e).contains("sp_other.sp"), "{}", db_message(&e));
     let e = c
         .execute("INSERT INTO sp (id, v) VALUES (9, $1)", &[&v])
         .await
@@ -919,9 +916,16 @@ async fn search_path_undone_by_the_server_is_followed() {
         .await
         .unwrap();
     assert!(in_public(9));
-    assert_eq!(env.direct("SELECT count(*) FROM app.sp"), "0");
-    env.assert_no_leak(&s, &["public.sp", "app.sp"], &[("public.sp", "v", true)]);
-    env.direct("DROP SCHEMA app CASCADE"); // (sp_reload was created in app too)
+    assert_eq!(
+        env.direct("SELECT count(*) FROM sp_other.sp WHERE id = 9"),
+        "0"
+    );
+    c.batch_execute("RESET search_path").await.unwrap();
+    env.assert_no_leak(
+        &s,
+        &["public.sp", "sp_other.sp"],
+        &[("public.sp", "v", true)],
+    );
 }
 
 /// All data of a `COPY … TO STDOUT`.
