@@ -166,33 +166,46 @@ impl Harness {
         let mut at = 0;
         while at < input.len() {
             let len = u32::from_be_bytes(input[at + 1..at + 5].try_into().unwrap()) as usize;
-            let raw = bytes::Bytes::copy_from_slice(&input[at..at + 1 + len]);
+            self.feed(&input[at..at + 1 + len], frontend, &mut up, &mut cl)
+                .unwrap();
             at += 1 + len;
-            let tag = raw[0];
-            let mut out = Outbox {
-                to_upstream: &mut up,
-                to_client: &mut cl,
-            };
-            let wanted = if frontend {
-                self.session.frontend_tags().contains(tag)
-            } else {
-                self.session.backend_tags().contains(tag) || tag == b'Z'
-            };
-            if !wanted {
-                if frontend {
-                    out.to_upstream.extend_from_slice(&raw);
-                } else {
-                    out.to_client.extend_from_slice(&raw);
-                }
-                continue;
-            }
-            if frontend {
-                self.session.on_frontend(Frame::new(raw), &mut out).unwrap();
-            } else {
-                self.session.on_backend(Frame::new(raw), &mut out).unwrap();
-            }
         }
         (up, cl)
+    }
+
+    /// One whole message from the client (`frontend`) or the server, as the relay hands it
+    /// over: to the session when it asks for that type, else straight through.
+    fn feed(
+        &mut self,
+        msg: &[u8],
+        frontend: bool,
+        up: &mut BytesMut,
+        cl: &mut BytesMut,
+    ) -> Result<(), crate::session::InterceptError> {
+        let tag = msg[0];
+        let mut out = Outbox {
+            to_upstream: up,
+            to_client: cl,
+        };
+        let wanted = if frontend {
+            self.session.frontend_tags().contains(tag)
+        } else {
+            self.session.backend_tags().contains(tag) || tag == b'Z'
+        };
+        if !wanted {
+            if frontend {
+                out.to_upstream.extend_from_slice(msg);
+            } else {
+                out.to_client.extend_from_slice(msg);
+            }
+            return Ok(());
+        }
+        let frame = Frame::new(bytes::Bytes::copy_from_slice(msg));
+        if frontend {
+            self.session.on_frontend(frame, &mut out)
+        } else {
+            self.session.on_backend(frame, &mut out)
+        }
     }
 
     /// Client → proxy: returns (to upstream, to client).

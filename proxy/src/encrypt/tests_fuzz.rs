@@ -306,41 +306,6 @@ fn step() -> impl Strategy<Value = Step> {
     )
 }
 
-/// Feeds one message; false when the session ended the connection (an error).
-fn feed(
-    h: &mut Harness,
-    msg: &[u8],
-    from_client: bool,
-    up: &mut BytesMut,
-    cl: &mut BytesMut,
-) -> bool {
-    let raw = bytes::Bytes::copy_from_slice(msg);
-    let tag = msg[0];
-    let mut out = Outbox {
-        to_upstream: up,
-        to_client: cl,
-    };
-    let wanted = if from_client {
-        h.session.frontend_tags().contains(tag)
-    } else {
-        h.session.backend_tags().contains(tag) || tag == b'Z'
-    };
-    if !wanted {
-        if from_client {
-            out.to_upstream.extend_from_slice(msg);
-        } else {
-            out.to_client.extend_from_slice(msg);
-        }
-        return true;
-    }
-    let r = if from_client {
-        h.session.on_frontend(Frame::new(raw), &mut out)
-    } else {
-        h.session.on_backend(Frame::new(raw), &mut out)
-    };
-    r.is_ok()
-}
-
 proptest! {
     // PGSEAL_FUZZ_CASES=100000 for a longer search.
     #![proptest_config(ProptestConfig {
@@ -360,7 +325,7 @@ proptest! {
                 backend(&h, kind, a, b, c, d)
             };
             let msg = truncate(msg, cut);
-            if !feed(&mut h, &msg, from_client, &mut up, &mut cl) {
+            if h.feed(&msg, from_client, &mut up, &mut cl).is_err() {
                 break;
             }
             prop_assert!(
