@@ -242,20 +242,76 @@ struct Run {
     failed: u64,
     /// CPU time of the pooler/proxy process per transaction, µs (0 for direct).
     cpu_us_per_tx: f64,
+    /// CPU time of the PostgreSQL cluster (postmaster, backends, background processes) per
+    /// transaction, µs.
+    pg_cpu_us_per_tx: f64,
+    /// CPU time of pgbench per transaction, µs.
+    client_cpu_us_per_tx: f64,
+}
+
+impl Run {
+    /// CPU time per transaction of everything the transaction runs through (PostgreSQL, the
+    /// pooler/proxy, pgbench), µs. On a saturated machine TPS is about the cores divided by
+    /// this, so the ratio of two runs' totals estimates their TPS ratio from CPU accounting,
+    /// which moves much less with the neighbours' load than the TPS itself.
+    fn total_cpu_us_per_tx(&self) -> f64 {
+        self.cpu_us_per_tx + self.pg_cpu_us_per_tx + self.client_cpu_us_per_tx
+    }
+}
+
+/// The fields of `/proc/<pid>/stat` after the parenthesised command name (state is field 0).
+fn stat_fields(pid: &str) -> Vec<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    rest.split_whitespace()
+        .map(|v| v.parse::<u64>().unwrap_or(0))
+        .collect()
 }
 
 /// utime + stime of a process (all threads), in clock ticks (1/100 s).
 fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let f = stat_fields(&pid.to_string());
+    let get = |i: usize| f.get(i).copied().unwrap_or(0);
     get(11) + get(12)
 }
 
-fn pgbench(port: u16, mode: &str, clients: u32, secs: u32, pid: Option<u32>) -> Run {
-    pgbench_script(port, mode, clients, secs, pid, None)
+/// CPU ticks of a PostgreSQL cluster: the postmaster's own and its reaped children's
+/// (cutime, cstime: backends that have exited), plus every live child's.
+fn cluster_ticks(postmaster: u32) -> u64 {
+    let f = stat_fields(&postmaster.to_string());
+    let get = |i: usize| f.get(i).copied().unwrap_or(0);
+    let mut ticks = get(11) + get(12) + get(13) + get(14);
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let f = stat_fields(pid);
+        if f.get(1).copied() == Some(u64::from(postmaster)) {
+            ticks += f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+        }
+    }
+    ticks
+}
+
+/// CPU ticks of this process's reaped children (pgbench once it has been waited for).
+fn children_ticks() -> u64 {
+    let f = stat_fields("self");
+    f.get(13).copied().unwrap_or(0) + f.get(14).copied().unwrap_or(0)
+}
+
+fn pgbench(
+    port: u16,
+    mode: &str,
+    clients: u32,
+    secs: u32,
+    pid: Option<u32>,
+    postmaster: u32,
+) -> Run {
+    pgbench_script(port, mode, clients, secs, pid, postmaster, None)
 }
 
 /// `pgbench -S`, or the custom script `script` (`-f`).
@@ -265,9 +321,11 @@ fn pgbench_script(
     clients: u32,
     secs: u32,
     pid: Option<u32>,
+    postmaster: u32,
     script: Option<&Path>,
 ) -> Run {
     let ticks_before = pid.map(cpu_ticks);
+    let (pg_before, client_before) = (cluster_ticks(postmaster), children_ticks());
     let jobs = if clients > 1 { 2 } else { 1 };
     let out = Command::new(bindir().join("pgbench"))
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", USER])
@@ -282,6 +340,10 @@ fn pgbench_script(
         .env("PGSSLMODE", "disable")
         .output()
         .unwrap();
+    // pgbench's backends exit after it does; give the postmaster a moment to reap them so
+    // their time is counted here rather than in the next run.
+    std::thread::sleep(Duration::from_millis(100));
+    let (pg_after, client_after) = (cluster_ticks(postmaster), children_ticks());
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),
@@ -296,8 +358,15 @@ fn pgbench_script(
             .unwrap_or_else(|| panic!("no {prefix:?} in pgbench output:\n{text}"))
     };
     let tx = find("number of transactions actually processed:");
+    let per_tx = |ticks: u64| {
+        if tx > 0.0 {
+            ticks as f64 * 10_000.0 / tx
+        } else {
+            0.0
+        }
+    };
     let cpu_us_per_tx = match (pid, ticks_before) {
-        (Some(p), Some(b)) if tx > 0.0 => (cpu_ticks(p) - b) as f64 * 10_000.0 / tx,
+        (Some(p), Some(b)) => per_tx(cpu_ticks(p).saturating_sub(b)),
         _ => 0.0,
     };
     Run {
@@ -305,15 +374,35 @@ fn pgbench_script(
         latency_ms: find("latency average ="),
         failed: find("number of failed transactions:") as u64,
         cpu_us_per_tx,
+        pg_cpu_us_per_tx: per_tx(pg_after.saturating_sub(pg_before)),
+        client_cpu_us_per_tx: per_tx(client_after.saturating_sub(client_before)),
     }
 }
 
+/// The run of median TPS, with each CPU figure replaced by its own median over the runs.
 fn median(mut runs: Vec<Run>) -> Run {
+    let mid = |f: fn(&Run) -> f64, runs: &[Run]| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let cpu = mid(|r| r.cpu_us_per_tx, &runs);
+    let pg_cpu = mid(|r| r.pg_cpu_us_per_tx, &runs);
+    let client_cpu = mid(|r| r.client_cpu_us_per_tx, &runs);
     runs.sort_by(|a, b| a.tps.total_cmp(&b.tps));
     let failed = runs.iter().map(|r| r.failed).sum();
     let mut m = runs[runs.len() / 2];
     m.failed = failed;
+    m.cpu_us_per_tx = cpu;
+    m.pg_cpu_us_per_tx = pg_cpu;
+    m.client_cpu_us_per_tx = client_cpu;
     m
+}
+
+/// The median of `v` (sorted in place), and its minimum and maximum.
+fn median_range(v: &mut [f64]) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0], v[v.len() - 1])
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -413,6 +502,7 @@ fn run(plan: &Plan) {
     // Idle memory first, on a fresh proxy process.
     let mem = idle_memory(&proxy, proxy_port);
 
+    let postmaster = pg.postmaster_pid().expect("postmaster.pid");
     let targets = [
         (pg.port, None),
         (bouncer_port, Some(bouncer.0.id())),
@@ -420,7 +510,7 @@ fn run(plan: &Plan) {
     ];
     // Warm-up (caches, pools).
     for (port, _) in targets {
-        pgbench(port, "simple", 8, 1, None);
+        pgbench(port, "simple", 8, 1, None, postmaster);
     }
     let mut results = Vec::new();
     for mode in &plan.modes {
@@ -432,31 +522,34 @@ fn run(plan: &Plan) {
             // ratio is kept (a paired comparison under the same background load).
             let mut runs: [Vec<Run>; 3] = Default::default();
             let mut paired = Vec::new();
+            let mut paired_cpu = Vec::new();
             for round in 0..plan.rounds.max(1) {
                 let order = if round % 2 == 0 { [0, 1, 2] } else { [0, 2, 1] };
                 for i in order {
                     let (port, pid) = targets[i];
-                    runs[i].push(pgbench(port, mode, clients, secs, pid));
+                    runs[i].push(pgbench(port, mode, clients, secs, pid, postmaster));
                 }
-                paired.push(runs[2][round as usize].tps / runs[1][round as usize].tps);
+                let (b, p) = (runs[1][round as usize], runs[2][round as usize]);
+                paired.push(p.tps / b.tps);
+                paired_cpu.push(b.total_cpu_us_per_tx() / p.total_cpu_us_per_tx());
             }
             paired.sort_by(f64::total_cmp);
             let r = runs.map(median);
-            results.push((mode, clients, r, paired));
+            results.push((mode, clients, r, paired, median_range(&mut paired_cpu).0));
         }
     }
     drop(proxy);
     drop(bouncer);
 
     println!();
-    println!("| mode | -c | direct TPS | PgBouncer TPS | proxy TPS | proxy/direct | proxy/PgBouncer | paired proxy/PgBouncer: median (min–max) | direct lat ms | PgBouncer lat ms | proxy lat ms | proxy added µs | PgBouncer CPU µs/tx | proxy CPU µs/tx | failed |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| mode | -c | direct TPS | PgBouncer TPS | proxy TPS | proxy/direct | proxy/PgBouncer | paired proxy/PgBouncer: median (min–max) | direct lat ms | PgBouncer lat ms | proxy lat ms | proxy added µs | PgBouncer CPU µs/tx | proxy CPU µs/tx | PostgreSQL CPU µs/tx direct / PgBouncer / proxy | pgbench CPU µs/tx direct / PgBouncer / proxy | CPU estimate proxy/PgBouncer (paired median) | failed |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut misses = Vec::new();
-    for (mode, clients, r, paired) in &results {
+    for (mode, clients, r, paired, paired_cpu) in &results {
         let [d, b, p] = *r;
         let added_us = (p.latency_ms - d.latency_ms) * 1000.0;
         println!(
-            "| {mode} | {clients} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} ({:.2}–{:.2}) | {:.3} | {:.3} | {:.3} | {:.0} | {:.1} | {:.1} | {} |",
+            "| {mode} | {clients} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} ({:.2}–{:.2}) | {:.3} | {:.3} | {:.3} | {:.0} | {:.1} | {:.1} | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | {paired_cpu:.2} | {} |",
             d.tps,
             b.tps,
             p.tps,
@@ -471,6 +564,12 @@ fn run(plan: &Plan) {
             added_us,
             b.cpu_us_per_tx,
             p.cpu_us_per_tx,
+            d.pg_cpu_us_per_tx,
+            b.pg_cpu_us_per_tx,
+            p.pg_cpu_us_per_tx,
+            d.client_cpu_us_per_tx,
+            b.client_cpu_us_per_tx,
+            p.client_cpu_us_per_tx,
             d.failed + b.failed + p.failed
         );
         let paired_median = paired[paired.len() / 2];
@@ -594,6 +693,7 @@ fn run_encrypted(plan: &Plan) {
     let work = tempfile::tempdir().unwrap();
     let (proxy, port) = start_proxy_encrypted(&pg, work.path());
     let pid = proxy.0.id();
+    let postmaster = pg.postmaster_pid().expect("postmaster.pid");
 
     // Fill both tables through the proxy (prepared INSERTs; the encrypted one is encrypted).
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -661,12 +761,12 @@ fn run_encrypted(plan: &Plan) {
     ];
     // Warm-up.
     for (_, plain, enc) in &scripts {
-        pgbench_script(port, "prepared", 8, 1, None, Some(plain));
-        pgbench_script(port, "prepared", 8, 1, None, Some(enc));
+        pgbench_script(port, "prepared", 8, 1, None, postmaster, Some(plain));
+        pgbench_script(port, "prepared", 8, 1, None, postmaster, Some(enc));
     }
     println!();
-    println!("| script | mode | plain TPS (proxy) | encrypted TPS (proxy) | encrypted/plain | paired ratios: median (min–max) | plain lat ms | encrypted lat ms | proxy CPU µs/tx plain | proxy CPU µs/tx encrypted | failed |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| script | mode | plain TPS (proxy) | encrypted TPS (proxy) | encrypted/plain | paired ratios: median (min–max) | plain lat ms | encrypted lat ms | proxy CPU µs/tx plain → encrypted | PostgreSQL CPU µs/tx plain → encrypted | pgbench CPU µs/tx plain → encrypted | CPU estimate encrypted/plain: paired median (min–max) | failed |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut misses = Vec::new();
     for (name, plain, enc) in scripts
         .iter()
@@ -677,17 +777,26 @@ fn run_encrypted(plan: &Plan) {
             // Each round runs plain then encrypted back to back (alternating which goes first),
             // so a round's ratio compares runs made under the same background load.
             let mut paired = Vec::new();
+            let mut paired_cpu = Vec::new();
             for round in 0..plan.rounds.max(1) {
                 let mut pair = [None, None];
                 for which in if round % 2 == 0 { [0, 1] } else { [1, 0] } {
                     let script = if which == 0 { plain } else { enc };
-                    pair[which] =
-                        Some(pgbench_script(port, mode, 8, secs, Some(pid), Some(script)));
+                    pair[which] = Some(pgbench_script(
+                        port,
+                        mode,
+                        8,
+                        secs,
+                        Some(pid),
+                        postmaster,
+                        Some(script),
+                    ));
                 }
                 let [Some(p), Some(e)] = pair else {
                     unreachable!()
                 };
                 paired.push(e.tps / p.tps);
+                paired_cpu.push(p.total_cpu_us_per_tx() / e.total_cpu_us_per_tx());
                 runs[0].push(p);
                 runs[1].push(e);
             }
@@ -695,8 +804,9 @@ fn run_encrypted(plan: &Plan) {
             let paired_median = paired[paired.len() / 2];
             let [p, e] = runs.map(median);
             let ratio = e.tps / p.tps;
+            let (cpu_median, cpu_min, cpu_max) = median_range(&mut paired_cpu);
             println!(
-                "| {name} | {mode} | {:.0} | {:.0} | {ratio:.2} | {paired_median:.2} ({:.2}–{:.2}) | {:.3} | {:.3} | {:.1} | {:.1} | {} |",
+                "| {name} | {mode} | {:.0} | {:.0} | {ratio:.2} | {paired_median:.2} ({:.2}–{:.2}) | {:.3} | {:.3} | {:.1} → {:.1} | {:.1} → {:.1} | {:.1} → {:.1} | {cpu_median:.2} ({cpu_min:.2}–{cpu_max:.2}) | {} |",
                 p.tps,
                 e.tps,
                 paired[0],
@@ -705,6 +815,10 @@ fn run_encrypted(plan: &Plan) {
                 e.latency_ms,
                 p.cpu_us_per_tx,
                 e.cpu_us_per_tx,
+                p.pg_cpu_us_per_tx,
+                e.pg_cpu_us_per_tx,
+                p.client_cpu_us_per_tx,
+                e.client_cpu_us_per_tx,
                 p.failed + e.failed
             );
             // Judged on the paired ratios (robust to load drifting between rounds); the ratio of

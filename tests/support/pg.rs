@@ -192,6 +192,18 @@ impl PgCluster {
         self.dir.path().join("data")
     }
 
+    /// The postmaster's process id (from `postmaster.pid`), while the cluster runs.
+    #[allow(dead_code)] // used by the benchmark harness only
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        fs::read_to_string(self.data_dir().join("postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     /// The server log file.
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("server.log")
