@@ -3,6 +3,8 @@
 //! - `encrypt/plan_passthrough`: the same lookup for a statement on no protected table;
 //! - `encrypt/datarow_decrypt_10col_3protected`: decrypting and re-encoding one 10-column
 //!   DataRow (text format) with 3 protected columns;
+//! - `encrypt/datarow_check_10col_text`: the leak guard's check of one 10-column DataRow of
+//!   text the proxy does not decrypt (a function's result), forwarded unchanged;
 //! - `encrypt/session_lookup_extended` and `encrypt/session_lookup_prepared`: everything one
 //!   session's interceptor does for one point lookup as pgbench sends it (`-M extended`:
 //!   Parse/Bind/Describe/Execute/Sync; `-M prepared`: Bind/Describe/Execute/Sync on a statement
@@ -21,7 +23,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use pgseal_crypto::value::{LogicalType, Normalisation};
 use pgseal_crypto::{ColumnId, IndexGroup, SecretKey};
 use pgseal_proxy::catalog::{CatalogSnapshot, StaticCatalog};
-use pgseal_proxy::encrypt::rows::RowPlan;
+use pgseal_proxy::encrypt::rows::{Guard, RowPlan};
 use pgseal_proxy::encrypt::wire::{BindMsg, Field, ParseMsg};
 use pgseal_proxy::encrypt::{cells, wire, EncryptionFactory};
 use pgseal_proxy::keys::{KeySource, StaticKeys};
@@ -121,6 +123,24 @@ fn bench(c: &mut Criterion) {
                 .unwrap();
             black_box(&out);
         })
+    });
+
+    // The leak guard on a result the proxy does not decrypt: 10 text columns of a function's
+    // result (table OID 0), ordinary values and one 200-character text with hex digits in it.
+    let mut row: Vec<Vec<u8>> = (0..10).map(|i| format!("value {i}").into_bytes()).collect();
+    row[9] = format!("ref 0100{} end", "7a3f".repeat(48)).into_bytes();
+    let mut msg = BytesMut::new();
+    put_message(&mut msg, b'D', |b| {
+        b.put_i16(10);
+        for v in &row {
+            wire::put_value(b, Some(v));
+        }
+    });
+    let body = msg[5..].to_vec();
+    let guarded = RowPlan::guarded(vec![None; 10], vec![Guard::for_type(25); 10], vec![0; 10]);
+    assert!(guarded.inspect());
+    c.bench_function("encrypt/datarow_check_10col_text", |b| {
+        b.iter(|| factory.check_data_row(&guarded, black_box(&body)).unwrap())
     });
 }
 

@@ -1081,6 +1081,54 @@ async fn protected_values_returned_by_functions_are_refused() {
         text[0].as_deref(),
         Some(format!("\\x0100000001{}", "5a".repeat(60)).as_str())
     );
+    // Functions that re-encode the ciphertext as text (hex, a cast to text, JSON): the text
+    // result columns are checked for hex renderings of stored values.
+    env.direct(
+        "CREATE FUNCTION fnr_hex() RETURNS TABLE (id int4, h text) LANGUAGE sql \
+           AS 'SELECT id, encode(note, ''hex'') FROM fnr'; \
+         CREATE FUNCTION fnr_label() RETURNS SETOF text LANGUAGE sql \
+           AS 'SELECT ''patient '' || upper(encode(v, ''hex'')) FROM fnr'; \
+         CREATE FUNCTION fnr_cast() RETURNS SETOF varchar LANGUAGE sql \
+           AS 'SELECT note::text FROM fnr'; \
+         CREATE FUNCTION fnr_json() RETURNS SETOF json LANGUAGE sql \
+           AS 'SELECT row_to_json(f) FROM fnr f'; \
+         CREATE FUNCTION fnr_jsonb() RETURNS SETOF jsonb LANGUAGE sql \
+           AS 'SELECT to_jsonb(f) FROM fnr f'",
+    );
+    for (sql, column) in [
+        ("SELECT h FROM fnr_hex()", "public.fnr.note"),
+        ("SELECT * FROM fnr_label()", "public.fnr.v"),
+        ("SELECT fnr_cast()", "public.fnr.note"),
+        ("SELECT fnr_json()", "public.fnr."),
+        ("SELECT fnr_jsonb()", "public.fnr."),
+    ] {
+        let e = c.simple_query(sql).await.unwrap_err();
+        refused(&e, column);
+        let e = c.query(sql, &[]).await.unwrap_err();
+        refused(&e, column);
+    }
+    for sql in [
+        "COPY (SELECT * FROM fnr_hex()) TO STDOUT",
+        "COPY (SELECT * FROM fnr_label()) TO STDOUT (FORMAT csv)",
+    ] {
+        let e = copy_out_all(&c, sql).await.unwrap_err();
+        assert_eq!(sqlstate(&e), "0A000", "{sql}: {}", db_message(&e));
+    }
+    // Plain text, hex digits included, still comes back.
+    let plain_hex = format!("0100000001{}", "5a".repeat(60));
+    let text = simple_one(&c, &format!("SELECT 'note {plain_hex}'::text")).await;
+    assert_eq!(
+        text[0].as_deref(),
+        Some(format!("note {plain_hex}").as_str())
+    );
+    let ids: Vec<i32> = c
+        .query("SELECT id FROM fnr_hex() ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, vec![1, 2, 3]);
     // The protected table itself still reads back.
     let n: i64 = c
         .query_one("SELECT count(*) FROM fnr WHERE note IS NOT NULL", &[])

@@ -12,6 +12,9 @@
 //! refused. A false refusal needs a forged AES-GCM-SIV tag; plain `bytea` values pay a few byte
 //! comparisons (and only those that look like a header pay the trial decryptions).
 
+use std::sync::LazyLock;
+
+use memchr::memmem;
 use pgseal_crypto::envelope::{FORMAT_VERSION, OVERHEAD};
 use pgseal_crypto::BLIND_INDEX_LEN;
 
@@ -109,8 +112,8 @@ pub fn column_of<'a>(
 /// The protected column whose keys authenticate a value embedded in `data`, if any: one
 /// CopyData message of a `COPY … TO STDOUT` (which carries no column types), or a result cell
 /// of a type that can hold `bytea` values (an array, a record). Every value that could be a
-/// stored `bytea` value is tried: in text formats (text, CSV, array and record literals) every
-/// `\x` hex run, in binary formats every stretch behind a plausible length word.
+/// stored `bytea` value is tried: hex renderings anywhere (see [`hex_column_of`]), and in
+/// binary formats every stretch behind a plausible length word.
 pub fn embedded_column_of<'a>(
     schema: &'a ProtectedSchema,
     keys: &dyn KeySource,
@@ -132,20 +135,63 @@ pub fn embedded_column_of<'a>(
             }
             at += 1;
         }
+    }
+    // Text inside binary records and arrays is rendered like text: checked the same way.
+    hex_column_of(schema, keys, data)
+}
+
+/// Finds the hex digits of a header's first three bytes (format 1, key version below 65 536);
+/// built once (building a searcher costs more than scanning a short value).
+static HEAD_HEX: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"010000"));
+
+/// The protected column whose keys authenticate a stored value written out in hex inside
+/// `text`, if any: `bytea` text output (`\x…`, also inside arrays, records, JSON and COPY
+/// data) and `encode(…, 'hex')`, in either letter case. A candidate is a run of hex digits
+/// (not preceded by one) that starts with a header, or with 16 bytes of blind index and then a
+/// header, and ends where the digits end. A run glued to other hex digits on either side is
+/// not taken apart; neither are other encodings (base64, escape).
+///
+/// Linear in the length of `text`: at most two candidates per run are decoded, each once.
+pub fn hex_column_of<'a>(
+    schema: &'a ProtectedSchema,
+    keys: &dyn KeySource,
+    text: &[u8],
+) -> Result<Option<&'a ProtectedColumn>, KeyError> {
+    // Shortest stored value: OVERHEAD bytes, two digits each.
+    if text.len() < 2 * OVERHEAD {
         return Ok(None);
     }
+    let hex = |i: usize| text.get(i).is_some_and(u8::is_ascii_hexdigit);
+    let index_digits = 2 * BLIND_INDEX_LEN;
     let mut raw = Vec::new();
-    for x in memchr::memchr_iter(b'x', data) {
-        if x == 0 || data.get(x - 1) != Some(&b'\\') {
+    for at in HEAD_HEX.find_iter(text) {
+        let start = if at == 0 || !hex(at - 1) {
+            at
+        } else if at >= index_digits
+            && (at == index_digits || !hex(at - index_digits - 1))
+            && (at - index_digits..at).all(hex)
+        {
+            at - index_digits
+        } else {
+            continue;
+        };
+        let run = text
+            .get(start..)
+            .unwrap_or_default()
+            .iter()
+            .take_while(|b| b.is_ascii_hexdigit())
+            .count();
+        if run < 2 * OVERHEAD {
             continue;
         }
-        let after = data.get(x + 1..).unwrap_or_default();
-        let run = after.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-        let hex = after.get(..run - run % 2).unwrap_or_default();
-        if may_be_stored_hex(hex, &mut raw) == Some(true) {
-            if let Some(col) = column_of(schema, keys, &raw)? {
-                return Ok(Some(col));
-            }
+        let digits = text.get(start..start + run - run % 2).unwrap_or_default();
+        raw.clear();
+        if cells::decode_hex(digits, &mut raw).is_none() || !may_be_stored_value(&raw) {
+            continue;
+        }
+        if let Some(col) = column_of(schema, keys, &raw)? {
+            return Ok(Some(col));
         }
     }
     Ok(None)

@@ -393,6 +393,14 @@ impl EncryptionFactory {
     }
 }
 
+impl EncryptionFactory {
+    /// Checks one DataRow body of columns the proxy does not decrypt for values of protected
+    /// columns (`leak_guard`), as a session does before forwarding it. Exposed for benchmarks.
+    pub fn check_data_row(&self, rows: &rows::RowPlan, body: &[u8]) -> Result<(), rows::RowError> {
+        rows::check_data_row(&self.shared.schema, &*self.shared.keys, rows, body)
+    }
+}
+
 impl InterceptorFactory for EncryptionFactory {
     fn create(&self, info: &SessionInfo) -> Box<dyn MessageInterceptor> {
         if info.database != self.database || self.shared.schema.is_empty() {

@@ -28,10 +28,20 @@ pub enum Guard {
     /// user-defined types such as domains): every embedded value that could be a stored value
     /// is checked.
     Embedded,
+    /// A text type (and arrays of them): hex renderings of stored values inside it are
+    /// checked (`encode(note, 'hex')`, `note::text`, `to_json(note)` of a function's rows).
+    Text,
 }
 
 /// Type OIDs of `bytea[]`, `record` and `record[]`.
 const EMBEDDING_OIDS: [u32; 3] = [1001, 2249, 2287];
+/// Type OIDs whose values are text a function could have rendered a `bytea` value into:
+/// `name`, `text`, `json`, `xml`, `bpchar`, `varchar`, `unknown`, `cstring`, `jsonb`, and their
+/// arrays.
+const TEXT_OIDS: [u32; 17] = [
+    19, 25, 114, 142, 1042, 1043, 705, 2275, 3802, // scalars
+    1003, 1009, 199, 143, 1014, 1015, 3807, 1263, // arrays (…, cstring[])
+];
 /// The first OID of objects created in a database (below are the built-in types).
 const FIRST_USER_OID: u32 = 16384;
 
@@ -42,6 +52,8 @@ impl Guard {
             Self::Bytea
         } else if EMBEDDING_OIDS.contains(&type_oid) || type_oid >= FIRST_USER_OID {
             Self::Embedded
+        } else if TEXT_OIDS.contains(&type_oid) {
+            Self::Text
         } else {
             Self::Off
         }
@@ -316,10 +328,14 @@ fn check_guarded(
     raw: &mut Vec<u8>,
 ) -> Result<(), RowError> {
     let binary = plan.upstream.get(i).copied().unwrap_or(0) != 0;
-    if plan.guard.get(i) == Some(&Guard::Embedded) {
-        return match leak_guard::embedded_column_of(schema, keys, v, binary)
-            .map_err(CellError::Key)?
-        {
+    let embedded = match plan.guard.get(i) {
+        Some(Guard::Embedded) => Some(leak_guard::embedded_column_of(schema, keys, v, binary)),
+        // Text is the same bytes in both formats (jsonb's binary form adds a version byte).
+        Some(Guard::Text) => Some(leak_guard::hex_column_of(schema, keys, v)),
+        _ => None,
+    };
+    if let Some(found) = embedded {
+        return match found.map_err(CellError::Key)? {
             Some(col) => Err(RowError::Unmapped {
                 position: i + 1,
                 column: col.id.to_string(),
@@ -387,7 +403,9 @@ pub fn decrypt_data_row(
     let mut crypto: Vec<(usize, Arc<ColumnCrypto>)> = Vec::new();
     for (i, (v, c)) in values.iter().zip(plan.cols.iter()).enumerate() {
         let (Some(v), Some(col)) = (v, c) else {
-            if let (Some(v), Some(Guard::Bytea | Guard::Embedded)) = (v, plan.guard.get(i)) {
+            if let (Some(v), Some(Guard::Bytea | Guard::Embedded | Guard::Text)) =
+                (v, plan.guard.get(i))
+            {
                 check_guarded(schema, keys, plan, i, v, &mut stored)?;
             }
             spans.push(None);

@@ -1366,6 +1366,74 @@ fn protected_values_in_columns_the_proxy_does_not_decrypt_are_refused() {
     assert_eq!(&cl[..], &input[..]);
 }
 
+#[test]
+fn hex_renderings_of_protected_values_in_text_results_are_refused() {
+    let mut h = harness();
+    let email = h.seal("patients", "email", "texted@example.com");
+    let notes = h.seal("patients", "notes", "texted note");
+    let bare = |stored: &[u8]| hex_text(stored)[2..].to_vec();
+    let json = {
+        let mut v = b"{\"n\": \"\\\\".to_vec();
+        v.extend_from_slice(&hex_text(&notes)[1..]);
+        v.extend_from_slice(b"\"}");
+        v
+    };
+    // What a function that re-encodes a protected table's values returns: encode(…, 'hex'),
+    // upper(…) of it, a cast to text, to_json, text glued behind a label; also a plain
+    // table's text column the hex was copied into directly upstream.
+    for (ty, table, format, cell, column) in [
+        (25u32, 0u32, 0i16, bare(&email), "email"),
+        (25, 0, 1, bare(&notes).to_ascii_uppercase(), "notes"),
+        (1043, 0, 0, hex_text(&notes), "notes"),
+        (114, 0, 0, json, "notes"),
+        (
+            25,
+            0,
+            0,
+            [&b"ID: "[..], &bare(&email)[..], b" (copy)"].concat(),
+            "email",
+        ),
+        (2275, 0, 0, hex_text(&email), "email"),
+        (25, 99999, 0, bare(&notes), "notes"),
+    ] {
+        h.client(&query("SELECT f()"));
+        let cl = h.server(&cat(&[
+            &row_description(&[field("id", 0, 0, 23, 0), field("f", table, 1, ty, format)]),
+            &data_row(&[Some(b"1"), Some(&cell)]),
+            &complete("SELECT 1"),
+            &ready(b'I'),
+        ]));
+        assert_eq!(tags(&cl), "TEZ", "type {ty}");
+        let (code, msg) = error_of(&frames(&cl)[1].1);
+        assert_eq!(code, "0A000");
+        assert!(
+            msg.contains(&format!("public.patients.{column}")) && msg.contains("column 2"),
+            "{msg}"
+        );
+        assert!(!contains(&cl, &cell), "type {ty}");
+    }
+    // Plain text passes byte for byte: ordinary text, a look-alike header that no key opens,
+    // and a long run of header digits (each run is decoded at most twice, so this is linear).
+    let mut lookalike = vec![1u8, 0, 0, 0, 1];
+    lookalike.extend_from_slice(&[0x5a; 60]);
+    let many = "010000".repeat(64 * 1024);
+    let started = std::time::Instant::now();
+    h.client(&query("SELECT f()"));
+    let input = cat(&[
+        &row_description(&[field("a", 0, 0, 25, 0), field("b", 0, 0, 25, 0)]),
+        &data_row(&[Some(b"note 1"), Some(&bare(&lookalike))]),
+        &data_row(&[Some(many.as_bytes()), Some(b"0100000001")]),
+        &complete("SELECT 2"),
+        &ready(b'I'),
+    ]);
+    assert_eq!(&h.server(&input)[..], &input[..]);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 fn copy_out_response(binary: bool, columns: i16) -> BytesMut {
     let mut b = BytesMut::new();
     put_message(&mut b, b'H', |b| {
