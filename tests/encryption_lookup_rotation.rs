@@ -235,3 +235,125 @@ async fn statement_prepared_before_a_rotation_finds_rows_of_every_version() {
 
     env.assert_no_leak(&s, &["public.lk"], &[("public.lk", "v", true)]);
 }
+
+/// The columns of a DataRow body in text format.
+fn data_row(body: &[u8]) -> Vec<Option<String>> {
+    let n = u16::from_be_bytes([body[0], body[1]]) as usize;
+    let mut at = 2;
+    (0..n)
+        .map(|_| {
+            let len = i32::from_be_bytes(body[at..at + 4].try_into().unwrap());
+            at += 4;
+            (len >= 0).then(|| {
+                let v = String::from_utf8_lossy(&body[at..at + len as usize]).into_owned();
+                at += len as usize;
+                v
+            })
+        })
+        .collect()
+}
+
+/// A portal left suspended (Execute with a row limit, inside a transaction block) keeps its
+/// remaining rows when a Bind of its statement after a rotation makes the proxy re-prepare the
+/// statement upstream (hidden Close and Parse): PostgreSQL keeps a portal when its statement is
+/// closed, and the proxy keeps the portal's result plan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_portal_suspended_across_a_rotation_keeps_its_rows() {
+    use support::raw::{bind, cstr, execute, named, parse, Raw};
+    let env = EncEnv::start(&[ColumnSpec::new("public.sp.v", "text", KR).indexed()]);
+    let mut s = Vec::new();
+    let c = env.client().await;
+    c.batch_execute("CREATE TABLE sp (id int4 PRIMARY KEY, v text); CREATE INDEX ON sp (v)")
+        .await
+        .unwrap();
+    let same = secret(&mut s, "spsame");
+    for id in 1..=3i32 {
+        c.execute("INSERT INTO sp (id, v) VALUES ($1, $2)", &[&id, &same])
+            .await
+            .unwrap();
+    }
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], env.proxy.port));
+    let mut r = Raw::login(
+        addr,
+        support::APP_USER,
+        support::APP_PASSWORD,
+        support::ENC_DB,
+    )
+    .await;
+    r.send_msg(b'Q', &cstr("BEGIN")).await;
+    r.until(b'Z').await;
+    let lookup = "SELECT id, v FROM sp WHERE v = $1 ORDER BY id";
+    r.send_msg(b'P', &parse("S", lookup)).await;
+    r.send_msg(b'B', &bind("P", "S", &[Some(&same)])).await;
+    r.send_msg(b'D', &named(b'P', "P")).await;
+    r.send_msg(b'E', &execute("P", 1)).await;
+    r.send_msg(b'S', &[]).await;
+    let got = r.until(b'Z').await;
+    let tags: String = got.iter().map(|m| m.tag as char).collect();
+    assert_eq!(tags, "12TDsZ", "{got:?}");
+    assert_eq!(
+        data_row(&got[3].body),
+        vec![Some("1".into()), Some(same.clone())]
+    );
+
+    let v = tokio::task::block_in_place(|| env.ks.rotate(KR));
+    assert_eq!(v, 2);
+    let mut id = 100;
+    eventually("new writes use key version 2", || {
+        id += 1;
+        let (c, env, val, this_id) = (&c, &env, secret(&mut s, "spnew"), id);
+        async move {
+            c.execute("INSERT INTO sp (id, v) VALUES ($1, $2)", &[&this_id, &val])
+                .await
+                .unwrap();
+            let cell = env.direct(&format!(
+                "SELECT encode(v, 'hex') FROM sp WHERE id = {this_id}"
+            ));
+            check_cell(&support::hex_decode(&cell), true).unwrap() == 2
+        }
+    })
+    .await;
+
+    // A second portal on the same statement: its Bind re-prepares the statement for two key
+    // versions, and it finds all three rows.
+    r.send_msg(b'B', &bind("P2", "S", &[Some(&same)])).await;
+    r.send_msg(b'E', &execute("P2", 0)).await;
+    r.send_msg(b'S', &[]).await;
+    let got = r.until(b'Z').await;
+    let tags: String = got.iter().map(|m| m.tag as char).collect();
+    assert_eq!(tags, "2DDDCZ", "{got:?}\nproxy log:\n{}", env.proxy.log());
+    // The statement was prepared again upstream (the lookup now searches two versions).
+    r.send_msg(
+        b'Q',
+        &cstr("SELECT count(*) FROM pg_prepared_statements WHERE name = 'S' AND statement LIKE '%IN ($1::bytea, $2::bytea)%'"),
+    )
+    .await;
+    let got = r.until(b'Z').await;
+    let counted: Vec<_> = got.iter().filter(|m| m.tag == b'D').collect();
+    assert_eq!(
+        data_row(&counted[0].body),
+        vec![Some("1".into())],
+        "{got:?}"
+    );
+    // The first portal goes on where it stopped.
+    r.send_msg(b'E', &execute("P", 0)).await;
+    r.send_msg(b'S', &[]).await;
+    let got = r.until(b'Z').await;
+    let tags: String = got.iter().map(|m| m.tag as char).collect();
+    assert_eq!(tags, "DDCZ", "{got:?}\nproxy log:\n{}", env.proxy.log());
+    let rows: Vec<_> = got
+        .iter()
+        .filter(|m| m.tag == b'D')
+        .map(|m| data_row(&m.body))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            vec![Some("2".into()), Some(same.clone())],
+            vec![Some("3".into()), Some(same.clone())],
+        ]
+    );
+    r.send_msg(b'Q', &cstr("COMMIT")).await;
+    r.until(b'Z').await;
+    env.assert_no_leak(&s, &["public.sp"], &[("public.sp", "v", true)]);
+}

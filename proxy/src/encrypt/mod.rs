@@ -27,9 +27,10 @@
 //! rotation, a disabled or re-enabled version), it first re-prepares the statement upstream: a
 //! hidden Close (named statements) and Parse of the re-rendered SQL, whose CloseComplete and
 //! ParseComplete are not forwarded; if that Parse does not complete, the next Bind tries again.
-//! A lookup therefore always searches every version that may be stored. Known limit: the
-//! hidden Close also closes any other portal still open on that statement (a named portal kept
-//! suspended across a rotation).
+//! A lookup therefore always searches every version that may be stored. Portals already bound
+//! to the statement keep their plan: PostgreSQL does not close a portal when its statement is
+//! closed, so one left suspended across a rotation goes on where it stopped (system test
+//! `a_portal_suspended_across_a_rotation_keeps_its_rows`).
 //!
 //! Refusals ride the upstream's own error path: instead of the refused message the proxy sends
 //! a decoy that PostgreSQL rejects (`Query`/`Parse` of a syntax error, `Bind` of a statement that
