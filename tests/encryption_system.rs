@@ -772,7 +772,8 @@ async fn tampered_cells_fail_with_data_corrupted() {
 /// savepoint) change name resolution in ways only the server knows when they end. The proxy
 /// reads the server's values back, so afterwards an unqualified protected table is encrypted
 /// again (the leak scan finds none of the values written), while a same-named plain table in
-/// another schema is used as long as the change is in force.
+/// another schema, named without its schema, is refused as long as the change is in force (and
+/// always reachable by its qualified name).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn search_path_undone_by_the_server_is_followed() {
     let env = env();
@@ -786,16 +787,22 @@ async fn search_path_undone_by_the_server_is_followed() {
     .unwrap();
     let in_public =
         |id: i32| env.direct(&format!("SELECT count(*) FROM public.sp WHERE id = {id}")) == "1";
-    // SET LOCAL: in force inside the block (the plain table is used), gone after COMMIT.
-    // (Separate Query messages: within one, the proxy analyses every statement with the
-    // search_path in force before it — here it would refuse the INSERT as one on public.sp.)
+    // SET LOCAL: in force inside the block, gone after COMMIT. Inside it `sp` means the plain
+    // sp_other.sp, named like the protected public.sp: refused (had the proxy not followed the
+    // change, it would have encrypted the row for public.sp instead).
     c.batch_execute("BEGIN; SET LOCAL search_path TO sp_other")
         .await
         .unwrap();
-    c.batch_execute("INSERT INTO sp VALUES (100, 'plain table, plain value')")
+    let e = c
+        .batch_execute("INSERT INTO sp VALUES (100, 'plain table, plain value')")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000", "{}", db_message(&e));
+    assert!(db_message(&e).contains("sp_other.sp"), "{}", db_message(&e));
+    c.batch_execute("COMMIT").await.unwrap();
+    c.batch_execute("INSERT INTO sp_other.sp VALUES (100, 'plain table, plain value')")
         .await
         .unwrap();
-    c.batch_execute("COMMIT").await.unwrap();
     assert_eq!(
         env.direct("SELECT v FROM sp_other.sp WHERE id = 100"),
         "plain table, plain value"
@@ -858,18 +865,18 @@ async fn search_path_undone_by_the_server_is_followed() {
         .await
         .unwrap();
     assert!(in_public(5));
-    // A statement prepared while `sp` meant the plain table is not run once it means the
-    // protected one (PostgreSQL would analyse it again and store its literal unencrypted).
+    // A statement naming `sp` while it means the plain table cannot be prepared at all (run
+    // later, when it means the protected one, PostgreSQL would analyse it again and store its
+    // literal unencrypted).
     c.batch_execute("SET search_path TO sp_other")
         .await
         .unwrap();
-    let ins = c
+    let e = c
         .prepare("INSERT INTO sp (id, v) VALUES (7, 'plain literal 7')")
         .await
-        .unwrap();
-    c.batch_execute("SET search_path TO public").await.unwrap();
-    let e = c.execute(&ins, &[]).await.unwrap_err();
+        .unwrap_err();
     assert_eq!(sqlstate(&e), "0A000", "{}", db_message(&e));
+    c.batch_execute("SET search_path TO public").await.unwrap();
     assert_eq!(
         env.direct("SELECT count(*) FROM public.sp WHERE id = 7"),
         "0"
@@ -918,6 +925,36 @@ async fn search_path_undone_by_the_server_is_followed() {
     assert!(in_public(9));
     assert_eq!(
         env.direct("SELECT count(*) FROM sp_other.sp WHERE id = 9"),
+        "0"
+    );
+    c.batch_execute("RESET search_path").await.unwrap();
+    // A function that changes the session's search_path in its body: the proxy does not see
+    // the change, so while it still takes `sp` for the plain sp_other.sp the server already
+    // means the protected public.sp. An unqualified name of a plain relation named like a
+    // protected one is refused whatever the path, so the plaintext never goes upstream.
+    env.direct(
+        "CREATE FUNCTION sp_switch() RETURNS void LANGUAGE plpgsql \
+         AS $$ BEGIN PERFORM set_config('search_path', 'public', false); END $$",
+    );
+    c.batch_execute("SET search_path TO sp_other")
+        .await
+        .unwrap();
+    c.batch_execute("SELECT public.sp_switch()").await.unwrap();
+    let v = secret(&mut s, "spFunction");
+    let e = c
+        .batch_execute(&format!("INSERT INTO sp (id, v) VALUES (10, '{v}')"))
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000", "{}", db_message(&e));
+    let e = c
+        .execute("INSERT INTO sp (id, v) VALUES (10, $1)", &[&v])
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000", "{}", db_message(&e));
+    assert_eq!(
+        env.direct(
+            "SELECT (SELECT count(*) FROM public.sp WHERE id = 10) + (SELECT count(*) FROM sp_other.sp WHERE id = 10)"
+        ),
         "0"
     );
     c.batch_execute("RESET search_path").await.unwrap();

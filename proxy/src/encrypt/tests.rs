@@ -1658,13 +1658,17 @@ fn plan_cache_returns_the_same_outcome() {
 #[test]
 fn set_search_path_is_followed() {
     let mut h = harness();
-    // With search_path = other, "patients" does not resolve to the protected table.
+    // With search_path = other, "patients" resolves to other.patients, a plain table named like
+    // the protected public.patients: refused, not rewritten for the protected table.
     h.client(&query("SET search_path TO other"));
     h.settle(&cat(&[&complete("SET"), &ready(b'I')]), "other", "app");
     let q = query("SELECT id FROM patients WHERE email = 'x'");
     let (up, _) = h.client(&q);
-    assert_eq!(&up[..], &q[..]);
-    h.server(&cat(&[&complete("SELECT 0"), &ready(b'I')]));
+    assert!(contains(&up, b"pgseal_statement_refused_by_proxy"));
+    let cl = h.server(&cat(&[&error("42601"), &ready(b'I')]));
+    let (code, msg) = error_of(&frames(&cl)[0].1);
+    assert_eq!(code, "0A000");
+    assert!(msg.contains("public.patients"), "{msg}");
     h.client(&query("RESET search_path"));
     h.settle(
         &cat(&[&complete("RESET"), &ready(b'I')]),
@@ -1817,13 +1821,14 @@ fn search_path_undone_by_the_server_is_read_back() {
     assert_eq!(tags(&cl), "CCZ");
     let (up, _) = h.client(&query("SELECT email FROM patients"));
     assert!(
-        contains(&up, b"SELECT email FROM patients"),
-        "other.patients is not protected"
+        contains(&up, b"pgseal_statement_refused_by_proxy"),
+        "other.patients is not protected: refused"
     );
-    h.server(&cat(&[&complete("SELECT 0"), &ready(b'T')]));
+    h.server(&cat(&[&error("42601"), &ready(b'E')]));
+    // The refusal aborted the block: COMMIT rolls it back.
     h.client(&query("COMMIT"));
     h.settle(
-        &cat(&[&complete("COMMIT"), &ready(b'I')]),
+        &cat(&[&complete("ROLLBACK"), &ready(b'I')]),
         "\"$user\", public",
         "app",
     );
@@ -1852,10 +1857,10 @@ fn search_path_undone_by_the_server_is_read_back() {
     );
     let (up, _) = h.client(&insert);
     assert!(
-        contains(&up, b"zz-resync"),
-        "$user is now other: other.patients"
+        contains(&up, b"pgseal_statement_refused_by_proxy") && !contains(&up, b"zz-resync"),
+        "$user is now other: other.patients, a plain table named like a protected one, refused"
     );
-    h.server(&cat(&[&complete("INSERT 0 1"), &ready(b'I')]));
+    h.server(&cat(&[&error("42601"), &ready(b'I')]));
     // An unrelated SET asks nothing.
     h.client(&query("SET statement_timeout = 0"));
     let cl = h.server(&cat(&[&complete("SET"), &ready(b'I')]));

@@ -64,8 +64,8 @@ impl<'a> Ctx<'a> {
 
     /// Resolves a table name to (schema, table). A name the resolver does not know but that
     /// names a protected table in a search_path schema is taken to be that table (fail closed).
-    /// An unqualified name that resolves to a plain relation while a protected table of that
-    /// name sits later on the search_path is refused ([`Ctx::not_shadowing`]).
+    /// An unqualified name that does not resolve to a protected table while a protected
+    /// relation of that name exists is refused ([`Ctx::not_shadowing`]).
     pub(crate) fn resolve_table(
         &self,
         name: &ObjectName,
@@ -73,47 +73,71 @@ impl<'a> Ctx<'a> {
         let Some(parts) = name_parts(name) else {
             return Ok(None);
         };
-        if let Some(r) = self.resolver.resolve(&parts, self.search_path) {
-            if parts.len() == 1 {
-                self.not_shadowing(&r.0, &r.1)?;
-            }
-            return Ok(Some(r));
+        let resolved = match self.resolver.resolve(&parts, self.search_path) {
+            Some(r) => Some(r),
+            None => match parts.as_slice() {
+                [t] => self
+                    .search_path
+                    .iter()
+                    .find(|s| self.schema.table(s, t).is_some())
+                    .map(|s| (s.clone(), t.clone())),
+                [s, t] | [_, s, t] => Some((s.clone(), t.clone())),
+                _ => None,
+            },
+        };
+        if let [t] = parts.as_slice() {
+            self.not_shadowing(resolved.as_ref(), t)?;
         }
-        Ok(match parts.as_slice() {
-            [t] => self
-                .search_path
-                .iter()
-                .find(|s| self.schema.table(s, t).is_some())
-                .map(|s| (s.clone(), t.clone())),
-            [s, t] | [_, s, t] => Some((s.clone(), t.clone())),
-            _ => None,
-        })
+        Ok(resolved)
     }
 
-    /// Refuses an unqualified name that resolved to `schema.table`, a relation that is not
-    /// protected, when a protected table of the same name comes later on the search_path: a
-    /// relation created earlier on the path (for instance by the database host, in a schema
-    /// named after the application's user) would otherwise receive the plaintext meant for the
-    /// protected table. Qualified names are taken as written.
-    fn not_shadowing(&self, schema: &str, table: &str) -> Result<(), Refusal> {
-        if self.schema.table(schema, table).is_some() {
+    /// Refuses an unqualified name `table` that resolved to `resolved` — a relation that is not
+    /// protected, or nothing on the search_path the proxy knows — while a protected table (or
+    /// a view over one) of the same name exists. The server resolves the name with the
+    /// session's search_path as it is when the statement runs; the proxy knows it as of the
+    /// last change it saw, and a function can change it unseen (`set_config` in its body). Had
+    /// the two diverged, the plaintext meant for the protected table would reach it. Qualified
+    /// names are taken as written.
+    fn not_shadowing(
+        &self,
+        resolved: Option<&(String, String)>,
+        table: &str,
+    ) -> Result<(), Refusal> {
+        if let Some((s, t)) = resolved {
+            if self.schema.table(s, t).is_some() {
+                return Ok(());
+            }
+        }
+        let Some(protected) = self.schema.protected_relation_named(table) else {
             return Ok(());
-        }
-        let later = match self.search_path.iter().position(|s| s == schema) {
-            Some(i) => self.search_path.get(i + 1..).unwrap_or_default(),
-            None => self.search_path,
         };
-        match later.iter().find(|s| self.schema.table(s, table).is_some()) {
-            Some(p) => Err(Refusal::new(
-                super::refusal::FEATURE_NOT_SUPPORTED,
-                format!(
-                    "pgseal: {table} resolves to {schema}.{table}, which is not protected but \
-                     comes before protected table {p}.{table} on the search_path; qualify the \
-                     name ({p}.{table} or {schema}.{table})"
-                ),
-            )),
-            None => Ok(()),
-        }
+        let message = match resolved {
+            Some((s, t)) => {
+                let later = match self.search_path.iter().position(|p| p == s) {
+                    Some(i) => self.search_path.get(i + 1..).unwrap_or_default(),
+                    None => self.search_path,
+                };
+                match later.iter().find(|p| self.schema.table(p, t).is_some()) {
+                    Some(p) => format!(
+                        "pgseal: {table} resolves to {s}.{t}, which is not protected but \
+                         comes before protected table {p}.{t} on the search_path; qualify the \
+                         name ({p}.{t} or {s}.{t})"
+                    ),
+                    None => format!(
+                        "pgseal: {table} resolves to {s}.{t}, which is not protected, while \
+                         {protected} is protected; the server could resolve the name \
+                         differently (a function can change the search_path unseen); qualify \
+                         the name ({protected} or {s}.{t})"
+                    ),
+                }
+            }
+            None => format!(
+                "pgseal: {table} names no relation on the search_path, while {protected} is \
+                 protected; the server could resolve the name differently (a function can change \
+                 the search_path unseen); qualify the name"
+            ),
+        };
+        Err(Refusal::new(super::refusal::FEATURE_NOT_SUPPORTED, message))
     }
 
     /// The schema a new table named `name` is created in (first search_path schema).

@@ -142,6 +142,19 @@ impl ProtectedSchema {
             .map(|((s, n), why)| (s.as_str(), n.as_str(), why.as_str()))
     }
 
+    /// A protected table (configured or a descendant standing for one) or a tainted relation
+    /// named `name` (folded), in any schema: `schema.name`.
+    pub(crate) fn protected_relation_named(&self, name: &str) -> Option<String> {
+        self.tables
+            .iter()
+            .find(|(_, ts)| ts.contains_key(name))
+            .map(|(s, _)| format!("{s}.{name}"))
+            .or_else(|| {
+                self.tainted_by_name(name)
+                    .map(|(s, n, _)| format!("{s}.{n}"))
+            })
+    }
+
     /// The protected column `schema.table.column`, if configured.
     pub fn column(&self, schema: &str, table: &str, column: &str) -> Option<&ProtectedColumn> {
         self.table(schema, table).and_then(|t| t.get(column))

@@ -190,13 +190,38 @@ fn unparseable_text_mentioning_protected_table_is_refused() {
 
 #[test]
 fn search_path_same_named_unprotected_table() {
-    // other.patients is not protected: used where protected public.patients is not on the path
+    // other.patients is not protected. Named without its schema it is refused even where
+    // protected public.patients is not on the path: a function can change the session's
+    // search_path without the proxy seeing it, and the server would then resolve the name to
+    // the protected table and store the plaintext.
+    for sql in [
+        "SELECT * FROM patients WHERE name = 'x'",
+        "INSERT INTO patients (name) VALUES ('Zq9xSecret')",
+    ] {
+        let r = rw_path(sql, &["other"]).unwrap_err();
+        assert_eq!(r.sqlstate, "0A000");
+        assert!(
+            r.message.contains("other.patients") && r.message.contains("public.patients"),
+            "{}",
+            r.message
+        );
+        assert!(!r.message.contains("Zq9xSecret"));
+    }
+    // A name that resolves to nothing the proxy knows on the path: refused too.
+    let r = rw_path(
+        "INSERT INTO patients (name) VALUES ('Zq9xSecret')",
+        &["nowhere"],
+    )
+    .unwrap_err();
+    assert_eq!(r.sqlstate, "0A000");
+    assert!(r.message.contains("public.patients"), "{}", r.message);
+    // Names unlike any protected relation's are not affected.
     assert_eq!(
-        rw_path("SELECT * FROM patients WHERE name = 'x'", &["other"]),
+        rw_path("SELECT * FROM orders WHERE id = 1", &["other"]),
         Ok(Plan::PassThrough)
     );
-    // ... but not where it shadows public.patients (a relation created earlier on the path,
-    // e.g. by the database host, would receive the plaintext): refused, qualified names pass.
+    // Shadowing public.patients (a relation created earlier on the path, e.g. by the database
+    // host, would receive the plaintext): refused, qualified names pass.
     let r = rw_path(
         "INSERT INTO patients (name) VALUES ('Zq9xSecret')",
         &["other", "public"],
