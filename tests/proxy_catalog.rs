@@ -411,7 +411,8 @@ fn check_reports_columns_and_schema_prints_the_fix() {
            AS 'SELECT * FROM people'; \
          CREATE FUNCTION public.n_people(min int) RETURNS bigint LANGUAGE sql \
            BEGIN ATOMIC SELECT count(*) FROM public.people WHERE id >= min; END; \
-         CREATE FUNCTION public.not_people() RETURNS text LANGUAGE sql AS $$SELECT 'people'::text$$",
+         CREATE FUNCTION public.not_people() RETURNS text LANGUAGE sql AS $$SELECT 'people'::text$$; \
+         CREATE SCHEMA archive; CREATE TABLE archive.people (id int4, email text)",
     );
     let out = run("check", &config);
     let stdout = text(&out.stdout);
@@ -437,6 +438,13 @@ fn check_reports_columns_and_schema_prints_the_fix() {
     assert!(
         !stdout.contains("not_people"),
         "a string literal is not a use: {stdout}"
+    );
+    assert!(
+        has(
+            "warning: archive.people: not protected, but named like protected public.people: \
+             statements through the proxy must name it archive.people"
+        ),
+        "{stdout}"
     );
     env.pg.psql(
         &db,

@@ -2,7 +2,8 @@
 //! and inheritance children (protected like their root), views and other relations over
 //! protected tables (refused), and functions whose body names a protected table (the protected
 //! values they return are refused by the result check, so calling them through the proxy
-//! fails). Notes only: none of these is a configuration error.
+//! fails), and plain relations named like a protected one (usable only by their qualified
+//! name). Notes only: none of these is a configuration error.
 
 use std::collections::BTreeSet;
 
@@ -62,6 +63,22 @@ pub fn relation_notes(snapshot: &CatalogSnapshot) -> Vec<Note> {
             "{why}: statements naming it through the proxy are refused and its result columns \
              are not handed over"
         ),
+    }));
+    // Plain relations named like a protected one: reachable only by their qualified name.
+    notes.extend(snapshot.relations().filter_map(|(s, n)| {
+        if schema.table(s, n).is_some() || schema.tainted(s, n).is_some() {
+            return None;
+        }
+        let protected = schema.protected_relation_named(n)?;
+        Some(Note {
+            level: Level::Warning,
+            object: format!("{s}.{n}"),
+            message: format!(
+                "not protected, but named like protected {protected}: statements through the \
+                 proxy must name it {s}.{n} (unqualified, the name is refused: the server's \
+                 search_path could make it mean {protected})"
+            ),
+        })
     }));
     notes
 }

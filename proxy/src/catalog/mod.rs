@@ -291,6 +291,11 @@ impl CatalogSnapshot {
         self.names.contains(name)
     }
 
+    /// Every relation a query can name, as `(schema, name)`.
+    pub fn relations(&self) -> impl Iterator<Item = &(String, String)> {
+        self.tables.iter()
+    }
+
     /// Whether `(schema, table)` exists.
     pub fn has_table(&self, schema: &str, table: &str) -> bool {
         self.tables.contains(&(schema.to_owned(), table.to_owned()))
