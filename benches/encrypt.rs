@@ -1,6 +1,8 @@
 //! Criterion benchmarks of the encryption interceptor's hot paths (`encrypt/...`):
 //! - `encrypt/plan_cache_hit`: the cached rewrite-plan lookup of a typical statement;
 //! - `encrypt/plan_passthrough`: the same lookup for a statement on no protected table;
+//! - `encrypt/plan_miss_literal_lookup`: analysing and rewriting a lookup whose literal is new
+//!   every time (the simple protocol with inline literals misses the plan cache);
 //! - `encrypt/datarow_decrypt_10col_3protected`: decrypting and re-encoding one 10-column
 //!   DataRow (text format) with 3 protected columns;
 //! - `encrypt/datarow_check_10col_text`: the leak guard's check of one 10-column DataRow of
@@ -89,6 +91,18 @@ fn bench(c: &mut Criterion) {
     let plain = "SELECT id, total FROM orders WHERE customer_id = $1 AND status = $2";
     c.bench_function("encrypt/plan_passthrough", |b| {
         b.iter(|| black_box(factory.plan(black_box(plain), &sp)))
+    });
+    // A statement with its literal inline, new every time (simple protocol, client-side
+    // binding as Django/psycopg do): a miss of the plan cache, analysed and rewritten.
+    let mut n = 0u64;
+    c.bench_function("encrypt/plan_miss_literal_lookup", |b| {
+        b.iter(|| {
+            n += 1;
+            let sql = format!(
+                "SELECT id, name, email, ssn FROM patients WHERE email = 'p{n}@example.com' AND status = 'active'"
+            );
+            black_box(factory.plan(black_box(&sql), &sp))
+        })
     });
 
     // 10 columns: 7 plain text values, 3 protected (text, int8, date) in bytea text format.

@@ -130,4 +130,22 @@ mod tests {
         assert!(c.get("c", &sp, 2).is_none());
         assert!(c.get("c", &[], 1).is_none());
     }
+
+    #[test]
+    fn a_full_cache_of_misses_stays_at_capacity_and_keeps_the_recent_ones() {
+        let c = PlanCache::new(64);
+        let sp = vec!["public".to_owned()];
+        let o: Outcome = Arc::new(Ok(Plan::PassThrough));
+        c.put("hot", &sp, 1, o.clone());
+        for i in 0..10_000 {
+            c.put(&format!("SELECT {i}"), &sp, 1, o.clone());
+            // A statement in use all along is never the least recently used.
+            assert!(c.get("hot", &sp, 1).is_some(), "after {i}");
+        }
+        assert_eq!(c.len(), 64);
+        // "hot" and the 63 most recent others.
+        assert!(c.get("SELECT 9999", &sp, 1).is_some());
+        assert!(c.get("SELECT 9937", &sp, 1).is_some());
+        assert!(c.get("SELECT 9936", &sp, 1).is_none());
+    }
 }
