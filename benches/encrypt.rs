@@ -120,14 +120,7 @@ fn bench(c: &mut Criterion) {
         plan_cols[pos] = Some(c.clone());
     }
     let plan = RowPlan::new(plan_cols, vec![0; 10]);
-    let mut msg = BytesMut::new();
-    put_message(&mut msg, b'D', |b| {
-        b.put_i16(10);
-        for v in &row {
-            wire::put_value(b, Some(v));
-        }
-    });
-    let body = msg[5..].to_vec();
+    let body = data_row_body(&row);
     let mut out = BytesMut::with_capacity(1024);
     c.bench_function("encrypt/datarow_decrypt_10col_3protected", |b| {
         b.iter(|| {
@@ -143,19 +136,24 @@ fn bench(c: &mut Criterion) {
     // result (table OID 0), ordinary values and one 200-character text with hex digits in it.
     let mut row: Vec<Vec<u8>> = (0..10).map(|i| format!("value {i}").into_bytes()).collect();
     row[9] = format!("ref 0100{} end", "7a3f".repeat(48)).into_bytes();
-    let mut msg = BytesMut::new();
-    put_message(&mut msg, b'D', |b| {
-        b.put_i16(10);
-        for v in &row {
-            wire::put_value(b, Some(v));
-        }
-    });
-    let body = msg[5..].to_vec();
+    let body = data_row_body(&row);
     let guarded = RowPlan::guarded(vec![None; 10], vec![Guard::for_type(25); 10], vec![0; 10]);
     assert!(guarded.inspect());
     c.bench_function("encrypt/datarow_check_10col_text", |b| {
         b.iter(|| factory.check_data_row(&guarded, black_box(&body)).unwrap())
     });
+}
+
+/// The body of a DataRow with `row`'s values (all non-NULL).
+fn data_row_body(row: &[Vec<u8>]) -> Vec<u8> {
+    let mut msg = BytesMut::new();
+    put_message(&mut msg, b'D', |b| {
+        b.put_i16(row.len() as i16);
+        for v in row {
+            wire::put_value(b, Some(v));
+        }
+    });
+    msg[5..].to_vec()
 }
 
 /// Splits a buffer of complete messages into frames.
