@@ -104,7 +104,8 @@ impl<'a> Ctx<'a> {
         table: &str,
     ) -> Result<(), Refusal> {
         if let Some((s, t)) = resolved {
-            if self.schema.table(s, t).is_some() {
+            // Protected, or tainted (refused with its own reason where it is named).
+            if self.schema.table(s, t).is_some() || self.schema.tainted(s, t).is_some() {
                 return Ok(());
             }
         }
