@@ -1048,14 +1048,21 @@ async fn protected_values_returned_by_functions_are_refused() {
         .unwrap_err();
     refused(&e, "public.fnr.note");
     // Columns that are not protected still come back, and the connection is usable.
-    let ids: Vec<i32> = c
-        .query("SELECT id FROM fnr_rows() ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(ids, vec![1, 2, 3]);
+    let ids = |sql: &'static str| {
+        let c = &c;
+        async move {
+            c.query(sql, &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect::<Vec<i32>>()
+        }
+    };
+    assert_eq!(
+        ids("SELECT id FROM fnr_rows() ORDER BY id").await,
+        vec![1, 2, 3]
+    );
     // Ciphertext copied into a plain bytea column directly upstream.
     env.direct("INSERT INTO fnr_blob SELECT id, note FROM fnr WHERE id = 1");
     let e = c
@@ -1158,14 +1165,10 @@ async fn protected_values_returned_by_functions_are_refused() {
         text[0].as_deref(),
         Some(format!("note {plain_hex}").as_str())
     );
-    let ids: Vec<i32> = c
-        .query("SELECT id FROM fnr_hex() ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(ids, vec![1, 2, 3]);
+    assert_eq!(
+        ids("SELECT id FROM fnr_hex() ORDER BY id").await,
+        vec![1, 2, 3]
+    );
     // The protected table itself still reads back.
     let n: i64 = c
         .query_one("SELECT count(*) FROM fnr WHERE note IS NOT NULL", &[])
