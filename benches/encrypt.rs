@@ -183,6 +183,7 @@ impl Session {
             database: "app".into(),
             params: Vec::new(),
             server_params: vec![("TimeZone".into(), "UTC".into())],
+            probe: Vec::new(),
         };
         Session {
             inner: factory.create(&info),

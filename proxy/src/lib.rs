@@ -33,6 +33,7 @@ pub mod rewrite;
 pub mod server;
 pub mod session;
 pub mod shutdown;
+pub mod sql;
 pub mod upstream;
 
 pub use config::{Config, ConfigError};

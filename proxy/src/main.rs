@@ -301,7 +301,11 @@ fn interceptors(resolved: &Resolved) -> Result<Interceptors> {
         settings.database.clone(),
         key_source,
         catalog,
-    );
+    )
+    .with_policy(pgseal_proxy::encrypt::GatePolicy {
+        trusted_migration_users: settings.trusted_migration_users.clone(),
+        max_statement_bytes: settings.max_statement_bytes,
+    });
     Ok(Interceptors {
         factory: Arc::new(factory),
         _keys: Some(keys),

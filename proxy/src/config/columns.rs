@@ -24,6 +24,13 @@ pub struct EncryptionConfig {
     /// A `[[users]]` name whose upstream credentials the catalog connection uses (default: the
     /// first `[[users]]` entry).
     pub catalog_user: Option<String>,
+    /// `[[users]]` names trusted for migrations: their function, procedure and DO bodies may
+    /// touch protected tables (a trust decision; docs/sql.md, "Function bodies").
+    #[serde(default)]
+    pub trusted_migration_users: Vec<String>,
+    /// Largest statement text (bytes) a session to the protected database may send (default
+    /// 8 MiB); longer ones are refused with 54000.
+    pub max_statement_bytes: Option<usize>,
 }
 
 /// `[[columns]]`: one protected column.
@@ -64,6 +71,10 @@ pub struct EncryptionSettings {
     pub schema: Arc<ProtectedSchema>,
     /// How to reach the keyserver.
     pub keyserver: KeyserverConfig,
+    /// Users trusted for migrations (see [`EncryptionConfig::trusted_migration_users`]).
+    pub trusted_migration_users: Vec<String>,
+    /// Largest statement text a session may send.
+    pub max_statement_bytes: usize,
 }
 
 fn is_text(ty: LogicalType) -> bool {
@@ -214,11 +225,28 @@ pub(super) fn settings(
     if ks.timeout_ms == 0 {
         return Err(invalid("keyserver.timeout_ms must be at least 1"));
     }
+    for u in &enc.trusted_migration_users {
+        if !users.iter().any(|x| &x.name == u) {
+            return Err(invalid(format!(
+                "encryption.trusted_migration_users: {u:?} is not a [[users]] name"
+            )));
+        }
+    }
+    let max_statement_bytes = enc
+        .max_statement_bytes
+        .unwrap_or(crate::encrypt::DEFAULT_MAX_STATEMENT_BYTES);
+    if max_statement_bytes < 1024 {
+        return Err(invalid(
+            "encryption.max_statement_bytes must be at least 1024",
+        ));
+    }
     Ok(Some(EncryptionSettings {
         database: enc.database.clone(),
         catalog_user,
         schema: Arc::new(schema),
         keyserver: ks.clone(),
+        trusted_migration_users: enc.trusted_migration_users.clone(),
+        max_statement_bytes,
     }))
 }
 

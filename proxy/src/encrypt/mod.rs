@@ -104,15 +104,63 @@ pub mod zone;
 
 use std::sync::Arc;
 
-pub use cache::{Outcome, PlanCache};
+pub use cache::{Analysis, Outcome, PlanCache};
 
 use crate::catalog::{CatalogSnapshot, CatalogSource};
 use crate::keys::KeySource;
-use crate::rewrite::{rewrite, Plan, ProtectedSchema};
+use crate::rewrite::{rewrite_expecting, Expectation, Plan, ProtectedSchema};
 use crate::session::{InterceptorFactory, MessageInterceptor, PassThrough, SessionInfo};
+use crate::sql::gate::{self, prefilter, Facts, Names, Trust};
+use crate::sql::lexer::LexerState;
 
 /// Plans kept per factory.
 const PLAN_CACHE_CAPACITY: usize = 1024;
+
+/// Default largest statement text an encrypting session may send (bytes).
+pub const DEFAULT_MAX_STATEMENT_BYTES: usize = 8 * 1024 * 1024;
+
+/// How the gate treats the sessions of a factory.
+#[derive(Debug, Clone)]
+pub struct GatePolicy {
+    /// Client user names trusted for migrations: their function and DO bodies may touch
+    /// protected tables (never with literals in statements on them).
+    pub trusted_migration_users: Vec<String>,
+    /// Largest statement text an encrypting session may send; longer ones are refused with
+    /// `54000` (program_limit_exceeded) before any analysis.
+    pub max_statement_bytes: usize,
+}
+
+impl Default for GatePolicy {
+    fn default() -> Self {
+        GatePolicy {
+            trusted_migration_users: Vec::new(),
+            max_statement_bytes: DEFAULT_MAX_STATEMENT_BYTES,
+        }
+    }
+}
+
+/// What the gate needs to know of the session a statement comes from.
+#[derive(Debug, Clone, Copy)]
+pub struct GateInput {
+    pub lexer: LexerState,
+    pub trust: Trust,
+}
+
+impl Default for GateInput {
+    fn default() -> Self {
+        GateInput {
+            lexer: LexerState::SERVER_DEFAULT,
+            trust: Trust::Untrusted,
+        }
+    }
+}
+
+impl GateInput {
+    /// The cache variant of this input.
+    fn variant(&self) -> u8 {
+        self.lexer.key() | (u8::from(self.trust == Trust::Migration) << 5)
+    }
+}
 
 /// What all sessions of one factory share.
 pub(crate) struct Shared {
@@ -123,6 +171,9 @@ pub(crate) struct Shared {
     lower_names: Vec<String>,
     names_ascii: bool,
     pass: Outcome,
+    pub(crate) policy: GatePolicy,
+    /// The gate's names at a catalog generation.
+    gate_names: std::sync::Mutex<Option<(u64, Arc<Names>)>>,
     /// Table OIDs a refresh at this catalog generation did not know (no protected columns):
     /// no session refreshes for them again until the generation changes.
     unprotected_oids: std::sync::Mutex<(u64, std::collections::HashSet<u32>)>,
@@ -276,25 +327,69 @@ impl Shared {
         }
     }
 
-    /// The rewrite outcome of `sql` under `search_path` (cached). Analysed with the snapshot's
-    /// schema: descendants of protected tables as their roots, tainted relations refused.
-    pub(crate) fn plan(&self, sql: &str, search_path: &[String]) -> Outcome {
+    /// The gate's names for `snapshot` (built once per catalog generation).
+    fn names_for(&self, snapshot: &CatalogSnapshot, schema: &ProtectedSchema) -> Arc<Names> {
+        let generation = snapshot.generation();
+        if let Ok(g) = self.gate_names.lock() {
+            if let Some((gen, names)) = g.as_ref() {
+                if *gen == generation {
+                    return names.clone();
+                }
+            }
+        }
+        let names = Arc::new(Names::of(schema));
+        if let Ok(mut g) = self.gate_names.lock() {
+            *g = Some((generation, names.clone()));
+        }
+        names
+    }
+
+    /// The refusal of a statement text longer than the policy allows.
+    fn too_long(&self, sql: &str) -> Option<Outcome> {
+        (sql.len() > self.policy.max_statement_bytes).then(|| {
+            Arc::new(Analysis::plain(Err(crate::rewrite::Refusal::new(
+                "54000",
+                format!(
+                    "pgseal: statement of {} bytes exceeds the limit of {} bytes for sessions \
+                     with protected tables (encryption.max_statement_bytes)",
+                    sql.len(),
+                    self.policy.max_statement_bytes
+                ),
+            ))))
+        })
+    }
+
+    /// The outcome of `sql` under `search_path` for a session described by `input`
+    /// (cached). A text that may touch a protected relation or change what names or the lexer
+    /// mean goes through the gate ([`crate::sql::gate`]): PostgreSQL's own grammar, under the
+    /// session's lexer settings. A text the gate finds naming a protected relation is then
+    /// rewritten, and refused unless the rewriter read the same statements and relations.
+    pub(crate) fn plan(&self, sql: &str, search_path: &[String], input: &GateInput) -> Outcome {
+        if let Some(refused) = self.too_long(sql) {
+            return refused;
+        }
+        let variant = input.variant();
         // A plan cached at the current generation was made after this text's words were
         // resolved against this very snapshot (known relations, or noted as none after a
         // refresh to it): nothing to look up again.
         if !self.lower_names.is_empty() {
             let generation = self.catalog.snapshot().generation();
-            if let Some(o) = self.cache.get(sql, search_path, generation) {
+            if let Some(o) = self.cache.get(sql, search_path, generation, variant) {
                 return o;
             }
         }
         let snapshot = match self.snapshot_for(sql) {
-            Ok((_, false)) => return self.pass.clone(),
-            Ok((s, true)) => s,
-            Err(r) => return Arc::new(Err(r)),
+            Ok((s, mentions)) => {
+                let lexer_standard = input.lexer == LexerState::SERVER_DEFAULT;
+                if !mentions && lexer_standard && !prefilter::needs_gate(sql, true) {
+                    return self.pass.clone();
+                }
+                s
+            }
+            Err(r) => return Arc::new(Analysis::plain(Err(r))),
         };
         let generation = snapshot.generation();
-        if let Some(o) = self.cache.get(sql, search_path, generation) {
+        if let Some(o) = self.cache.get(sql, search_path, generation, variant) {
             return o;
         }
         // A snapshot that was never loaded knows nothing: use the configured schema.
@@ -303,10 +398,50 @@ impl Shared {
         } else {
             snapshot.schema()
         };
-        let outcome: Outcome = Arc::new(rewrite(sql, schema, &*snapshot, search_path));
+        let names = self.names_for(&snapshot, schema);
+        let analysis = match gate::analyse(sql, &input.lexer, &names, input.trust) {
+            Err(r) => Analysis::plain(Err(r)),
+            Ok(facts) => {
+                let result = if facts.names_protected() {
+                    let expect = Expectation {
+                        statements: facts
+                            .statements
+                            .iter()
+                            .map(|s| (s.kind, s.protected_relations.clone()))
+                            .collect(),
+                    };
+                    rewrite_expecting(sql, schema, &*snapshot, search_path, &expect)
+                } else {
+                    Ok(Plan::PassThrough)
+                };
+                Analysis {
+                    result,
+                    facts: Some(Arc::new(facts)),
+                }
+            }
+        };
+        let outcome: Outcome = Arc::new(analysis);
         self.cache
-            .put(sql, search_path, generation, outcome.clone());
+            .put(sql, search_path, generation, variant, outcome.clone());
         outcome
+    }
+
+    /// The gate's facts of `sql` for a session described by `input`, also for a text the
+    /// pre-filter lets skip the gate (a statement sent behind a barrier still in flight is
+    /// checked against it). Not cached. `Err`: the gate's refusal.
+    pub(crate) fn facts(
+        &self,
+        sql: &str,
+        input: &GateInput,
+    ) -> Result<Arc<Facts>, crate::rewrite::Refusal> {
+        let snapshot = self.catalog.snapshot();
+        let schema = if snapshot.schema().is_empty() {
+            &self.schema
+        } else {
+            snapshot.schema()
+        };
+        let names = self.names_for(&snapshot, schema);
+        gate::analyse(sql, &input.lexer, &names, input.trust).map(Arc::new)
     }
 }
 
@@ -361,7 +496,9 @@ impl EncryptionFactory {
                 cache: PlanCache::new(PLAN_CACHE_CAPACITY),
                 lower_names,
                 names_ascii,
-                pass: Arc::new(Ok(Plan::PassThrough)),
+                pass: Arc::new(Analysis::plain(Ok(Plan::PassThrough))),
+                policy: GatePolicy::default(),
+                gate_names: std::sync::Mutex::new(None),
                 unprotected_oids: std::sync::Mutex::new((u64::MAX, Default::default())),
                 non_relation_words: std::sync::Mutex::new((u64::MAX, Default::default())),
             }),
@@ -369,9 +506,18 @@ impl EncryptionFactory {
         }
     }
 
-    /// The rewrite outcome of `sql` (through the plan cache), as a session would get it.
+    /// The same factory with `policy` for its sessions.
+    pub fn with_policy(mut self, policy: GatePolicy) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.policy = policy;
+        }
+        self
+    }
+
+    /// The rewrite outcome of `sql` (through the plan cache), as a session with the server's
+    /// default settings would get it.
     pub fn plan(&self, sql: &str, search_path: &[String]) -> Outcome {
-        self.shared.plan(sql, search_path)
+        self.shared.plan(sql, search_path, &GateInput::default())
     }
 
     /// Decrypts one DataRow body described by `rows` into `out` (a complete DataRow message),
@@ -402,12 +548,23 @@ impl EncryptionFactory {
     }
 }
 
+/// The session's real settings at start (role and database defaults applied): read before
+/// the client can send anything, so the first statement is analysed with them.
+const STARTUP_PROBE: &str = "SELECT pg_catalog.current_setting('search_path'), current_user, \
+     pg_catalog.current_setting('backslash_quote') /* pgseal */";
+const STARTUP_PROBE_COLUMNS: &[&str] = &["search_path", "current_user", "backslash_quote"];
+
 impl InterceptorFactory for EncryptionFactory {
     fn create(&self, info: &SessionInfo) -> Box<dyn MessageInterceptor> {
         if info.database != self.database || self.shared.schema.is_empty() {
             return Box::new(PassThrough);
         }
         Box::new(session::EncryptSession::new(self.shared.clone(), info))
+    }
+
+    fn startup_probe(&self, database: &str) -> Option<(&'static str, &'static [&'static str])> {
+        (database == self.database && !self.shared.schema.is_empty())
+            .then_some((STARTUP_PROBE, STARTUP_PROBE_COLUMNS))
     }
 }
 

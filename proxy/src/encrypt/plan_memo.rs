@@ -108,7 +108,7 @@ mod tests {
     use std::sync::Arc;
 
     fn pass() -> Outcome {
-        Arc::new(Ok(Plan::PassThrough))
+        Arc::new(crate::encrypt::Analysis::plain(Ok(Plan::PassThrough)))
     }
 
     #[test]
@@ -141,7 +141,10 @@ mod tests {
     #[test]
     fn refusals_and_long_statements_are_not_remembered() {
         let mut m = PlanMemo::default();
-        let refused: Outcome = Arc::new(Err(Refusal::new("58000", "catalog refresh failed")));
+        let refused: Outcome = Arc::new(crate::encrypt::Analysis::plain(Err(Refusal::new(
+            "58000",
+            "catalog refresh failed",
+        ))));
         m.put("SELECT x", 1, &refused);
         assert!(m.get("SELECT x", 1).is_none());
         let long = format!("SELECT '{}'", "a".repeat(MAX_SQL));

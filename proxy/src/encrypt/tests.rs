@@ -140,6 +140,7 @@ fn info(db: &str) -> SessionInfo {
         database: db.into(),
         params: Vec::new(),
         server_params: Vec::new(),
+        probe: Vec::new(),
     }
 }
 
@@ -1647,7 +1648,7 @@ fn plan_cache_returns_the_same_outcome() {
     assert!(Arc::ptr_eq(&a, &b));
     assert!(h.factory.shared.cache.len() == 1);
     let c = h.factory.plan("SELECT 1", &sp);
-    assert!(matches!(&*c, Ok(crate::rewrite::Plan::PassThrough)));
+    assert!(matches!(&**c, Ok(crate::rewrite::Plan::PassThrough)));
     assert_eq!(
         h.factory.shared.cache.len(),
         1,
@@ -2477,7 +2478,7 @@ fn savepoint_and_cursor_names_do_not_refresh_but_later_statements_do() {
             &format!("SAVEPOINT sp_{i}; RELEASE SAVEPOINT sp_{i}"),
             &path,
         );
-        assert!(matches!(*o, Ok(crate::rewrite::Plan::PassThrough)));
+        assert!(matches!(o.result, Ok(crate::rewrite::Plan::PassThrough)));
         h.factory.plan(&format!("FETCH 10 FROM cur_{i}"), &path);
     }
     assert_eq!(
@@ -2492,7 +2493,7 @@ fn savepoint_and_cursor_names_do_not_refresh_but_later_statements_do() {
         catalog.refreshes.load(std::sync::atomic::Ordering::SeqCst),
         1
     );
-    match &*o {
+    match &**o {
         Ok(crate::rewrite::Plan::Rewrite(p)) => {
             assert!(!p.debug_sql().contains("a@b.example"), "{}", p.debug_sql())
         }

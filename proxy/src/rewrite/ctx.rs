@@ -20,6 +20,9 @@ pub(crate) struct Ctx<'a> {
     pub(crate) raws: Vec<String>,
     /// Set when the AST was changed (the statement must be re-printed).
     pub(crate) modified: bool,
+    /// The relation names (last part, folded) the analysis resolved, in order: compared with
+    /// what PostgreSQL's grammar reads ([`super::Expectation`]).
+    pub(crate) seen: std::cell::RefCell<Vec<String>>,
 }
 
 /// Folded parts of an object name (None if a part is not a plain identifier).
@@ -59,6 +62,7 @@ impl<'a> Ctx<'a> {
             params: Vec::new(),
             raws: Vec::new(),
             modified: false,
+            seen: std::cell::RefCell::new(Vec::new()),
         }
     }
 
@@ -73,6 +77,9 @@ impl<'a> Ctx<'a> {
         let Some(parts) = name_parts(name) else {
             return Ok(None);
         };
+        if let Some(last) = parts.last() {
+            self.seen.borrow_mut().push(last.clone());
+        }
         let resolved = match self.resolver.resolve(&parts, self.search_path) {
             Some(r) => Some(r),
             None => match parts.as_slice() {
@@ -144,6 +151,9 @@ impl<'a> Ctx<'a> {
     /// The schema a new table named `name` is created in (first search_path schema).
     pub(crate) fn creation_target(&self, name: &ObjectName) -> Option<(String, String)> {
         let parts = name_parts(name)?;
+        if let Some(last) = parts.last() {
+            self.seen.borrow_mut().push(last.clone());
+        }
         match parts.as_slice() {
             [t] => self
                 .search_path

@@ -149,6 +149,55 @@ fn refuse_after_resolution_change(
     Ok(())
 }
 
+/// What PostgreSQL's own grammar read in a query string (the gate, [`crate::sql::gate`]):
+/// the rewriter must read the same statements and, in each statement that can carry values of
+/// protected columns, resolve every protected relation the grammar found; otherwise the two
+/// parsers read the text differently and the statement is refused.
+#[derive(Debug, Clone, Default)]
+pub struct Expectation {
+    /// Per statement: its node type (`InsertStmt`, …) and the protected relation names
+    /// (lower case) of its `RangeVar`s.
+    pub statements: Vec<(&'static str, Vec<String>)>,
+}
+
+/// Statement kinds whose relations the rewriter must resolve as the grammar does.
+const VALUE_KINDS: &[&str] = &[
+    "SelectStmt",
+    "InsertStmt",
+    "UpdateStmt",
+    "DeleteStmt",
+    "MergeStmt",
+    "CopyStmt",
+    "ExplainStmt",
+    "DeclareCursorStmt",
+];
+
+/// The grammar's node type for a sqlparser statement, for the kinds of [`VALUE_KINDS`].
+fn kind_of(st: &sqlparser::ast::Statement) -> &'static str {
+    use sqlparser::ast::Statement as S;
+    match st {
+        S::Query(_) => "SelectStmt",
+        S::Insert(_) => "InsertStmt",
+        S::Update(_) => "UpdateStmt",
+        S::Delete(_) => "DeleteStmt",
+        S::Merge { .. } => "MergeStmt",
+        S::Copy { .. } => "CopyStmt",
+        S::Explain { .. } => "ExplainStmt",
+        S::Declare { .. } => "DeclareCursorStmt",
+        _ => "",
+    }
+}
+
+fn read_differently(what: &str) -> Refusal {
+    Refusal::new(
+        refusal::FEATURE_NOT_SUPPORTED,
+        format!(
+            "pgseal: the proxy's rewriter reads this statement differently from PostgreSQL \
+             ({what}), so it is not forwarded; write it in a plainer form"
+        ),
+    )
+}
+
 /// Analyses `sql` (one statement, or several separated by `;` as in the simple protocol) and
 /// returns how to forward it, or why it must not be forwarded.
 ///
@@ -159,7 +208,39 @@ pub fn rewrite(
     resolver: &dyn TableResolver,
     search_path: &[String],
 ) -> Result<Plan, Refusal> {
+    rewrite_inner(sql, schema, resolver, search_path, None)
+}
+
+/// [`rewrite`], refusing a statement the rewriter reads differently from `expect` (what
+/// PostgreSQL's grammar read).
+pub fn rewrite_expecting(
+    sql: &str,
+    schema: &ProtectedSchema,
+    resolver: &dyn TableResolver,
+    search_path: &[String],
+    expect: &Expectation,
+) -> Result<Plan, Refusal> {
+    rewrite_inner(sql, schema, resolver, search_path, Some(expect))
+}
+
+fn rewrite_inner(
+    sql: &str,
+    schema: &ProtectedSchema,
+    resolver: &dyn TableResolver,
+    search_path: &[String],
+    expect: Option<&Expectation>,
+) -> Result<Plan, Refusal> {
+    let expects_protected = expect.is_some_and(|e| {
+        e.statements
+            .iter()
+            .any(|(k, r)| VALUE_KINDS.contains(k) && !r.is_empty())
+    });
     if schema.is_empty() || !mention::text_mentions_protected_table(sql, schema) {
+        if expects_protected {
+            return Err(read_differently(
+                "a protected table it does not see by name",
+            ));
+        }
         return Ok(Plan::PassThrough);
     }
     let dialect = PostgreSqlDialect {};
@@ -184,12 +265,37 @@ pub fn rewrite(
         }
     }
     refuse_after_resolution_change(&statements, schema)?;
+    if let Some(e) = expect {
+        if e.statements.len() != statements.len() {
+            return Err(read_differently("another number of statements"));
+        }
+    }
     let mut ctx = Ctx::new(sql, schema, resolver, search_path);
     let mut dml = false;
-    for st in statements.iter_mut() {
+    for (i, st) in statements.iter_mut().enumerate() {
         let before = ctx.modified;
+        let seen_before = ctx.seen.borrow().len();
+        let kind_before = kind_of(st);
         let kind = ctx.statement(st)?;
         dml |= kind == StatementKind::Dml && ctx.modified && !before;
+        if let Some((gate_kind, relations)) = expect.and_then(|e| e.statements.get(i)) {
+            if !VALUE_KINDS.contains(gate_kind) {
+                continue;
+            }
+            if relations.is_empty() && kind_before.is_empty() {
+                continue;
+            }
+            if kind_before != *gate_kind {
+                return Err(read_differently("another kind of statement"));
+            }
+            let seen = ctx.seen.borrow();
+            let seen = seen.get(seen_before..).unwrap_or_default();
+            for r in relations {
+                if !seen.iter().any(|s| s.eq_ignore_ascii_case(r)) {
+                    return Err(read_differently(&format!("it does not see relation {r}")));
+                }
+            }
+        }
     }
     if !ctx.modified {
         return Ok(Plan::PassThrough);

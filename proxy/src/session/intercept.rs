@@ -122,6 +122,10 @@ pub struct SessionInfo {
     pub params: Vec<(String, String)>,
     /// The server's ParameterStatus values at start-up (`TimeZone`, `DateStyle`, …).
     pub server_params: Vec<(String, String)>,
+    /// The answer to the factory's [`InterceptorFactory::startup_probe`], read on the
+    /// session's own upstream connection before the client got its ReadyForQuery: the
+    /// setting name → value pairs of the probe's first row (empty without a probe).
+    pub probe: Vec<(String, String)>,
 }
 
 /// Per-connection message hook. Frontend messages of interest are Query, Parse, Bind, Describe,
@@ -155,6 +159,13 @@ pub trait MessageInterceptor: Send {
 pub trait InterceptorFactory: Send + Sync {
     /// Creates the interceptor for a new session.
     fn create(&self, info: &SessionInfo) -> Box<dyn MessageInterceptor>;
+
+    /// A query to run on a new session's upstream connection before the client may send
+    /// anything, and the names of its result columns: the session's real settings (with role
+    /// and database defaults applied). None: no probe.
+    fn startup_probe(&self, _database: &str) -> Option<(&'static str, &'static [&'static str])> {
+        None
+    }
 }
 
 /// Forwards everything untouched; the relay never calls it.

@@ -143,6 +143,38 @@ async fn serve(login_info: client::ClientLogin, peer: SocketAddr, shared: &Share
             return;
         }
     };
+    // The session's real settings, before the client can send anything (an encrypting
+    // session analyses its first statement with them).
+    let probe = match shared.interceptors.startup_probe(&database) {
+        None => Vec::new(),
+        Some((sql, columns)) => {
+            let run = crate::upstream::simple_query::run_query(&mut up.conn, sql);
+            match tokio::time::timeout(shared.config.connect_timeout(), run).await {
+                Ok(Ok(results)) => {
+                    let row = results
+                        .into_iter()
+                        .next()
+                        .and_then(|rows| rows.into_iter().next())
+                        .unwrap_or_default();
+                    columns
+                        .iter()
+                        .zip(row)
+                        .filter_map(|(c, v)| v.map(|v| ((*c).to_owned(), v)))
+                        .collect()
+                }
+                Ok(Err(e)) => {
+                    warn!(%peer, %user, error = %e, "reading the session's settings failed");
+                    client::send_fatal(&mut conn, "08006", "upstream session set-up failed").await;
+                    return;
+                }
+                Err(_) => {
+                    warn!(%peer, %user, "reading the session's settings timed out");
+                    client::send_fatal(&mut conn, "08006", "upstream session set-up failed").await;
+                    return;
+                }
+            }
+        }
+    };
     let mut out = BytesMut::with_capacity(512);
     client::finish_login(
         &mut out,
@@ -164,6 +196,7 @@ async fn serve(login_info: client::ClientLogin, peer: SocketAddr, shared: &Share
         database,
         params,
         server_params,
+        probe,
     };
     let mut interceptor = shared.interceptors.create(&info);
     let end = Relay {

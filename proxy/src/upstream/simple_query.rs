@@ -48,37 +48,7 @@ impl SimpleClient {
     /// each statement that returned rows or completed, in order. An ErrorResponse fails the
     /// call after the server is ready again, so the connection stays usable.
     pub async fn query(&mut self, sql: &str) -> Result<Vec<Rows>, UpstreamError> {
-        let mut out = BytesMut::new();
-        messages::put_message(&mut out, b'Q', |b| messages::put_cstr(b, sql));
-        self.conn.write_all(&out).await.map_err(ProtocolError::Io)?;
-        self.conn.flush().await.map_err(ProtocolError::Io)?;
-        let mut results = Vec::new();
-        let mut current: Rows = Vec::new();
-        let mut error = None;
-        loop {
-            let msg = read_message(&mut self.conn, |_| LARGE_MESSAGE_LIMIT).await?;
-            match msg.tag {
-                b'T' => current.clear(),
-                b'D' => current.push(data_row(&msg.body)?),
-                b'C' | b'I' => results.push(std::mem::take(&mut current)),
-                b'E' => error = Some(parse_error_fields(&msg.body)?),
-                b'Z' => {
-                    return match error {
-                        Some(f) => Err(UpstreamError::Query(f)),
-                        None => Ok(results),
-                    }
-                }
-                // Notices, parameter changes, notifications: nothing to do.
-                b'N' | b'S' | b'A' => {}
-                other => {
-                    return Err(ProtocolError::Unexpected {
-                        tag: char::from(other),
-                        phase: "simple query",
-                    }
-                    .into())
-                }
-            }
-        }
+        run_query(&mut self.conn, sql).await
     }
 
     /// Sends Terminate and closes the connection.
@@ -88,6 +58,50 @@ impl SimpleClient {
         let _ = self.conn.write_all(&out).await;
         let _ = self.conn.flush().await;
         let _ = self.conn.shutdown().await;
+    }
+}
+
+/// Runs `sql` on any logged-in upstream stream (the catalog's connections, and a session's
+/// own connection before it is handed to the client): one Query, then the text rows of
+/// each statement, up to ReadyForQuery.
+///
+/// Runs `sql` (one or more statements, in one implicit transaction) and returns the rows of
+/// each statement that returned rows or completed, in order. An ErrorResponse fails the
+/// call after the server is ready again, so the connection stays usable.
+pub async fn run_query<S>(conn: &mut S, sql: &str) -> Result<Vec<Rows>, UpstreamError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut out = BytesMut::new();
+    messages::put_message(&mut out, b'Q', |b| messages::put_cstr(b, sql));
+    conn.write_all(&out).await.map_err(ProtocolError::Io)?;
+    conn.flush().await.map_err(ProtocolError::Io)?;
+    let mut results = Vec::new();
+    let mut current: Rows = Vec::new();
+    let mut error = None;
+    loop {
+        let msg = read_message(&mut *conn, |_| LARGE_MESSAGE_LIMIT).await?;
+        match msg.tag {
+            b'T' => current.clear(),
+            b'D' => current.push(data_row(&msg.body)?),
+            b'C' | b'I' => results.push(std::mem::take(&mut current)),
+            b'E' => error = Some(parse_error_fields(&msg.body)?),
+            b'Z' => {
+                return match error {
+                    Some(f) => Err(UpstreamError::Query(f)),
+                    None => Ok(results),
+                }
+            }
+            // Notices, parameter changes, notifications: nothing to do.
+            b'N' | b'S' | b'A' => {}
+            other => {
+                return Err(ProtocolError::Unexpected {
+                    tag: char::from(other),
+                    phase: "simple query",
+                }
+                .into())
+            }
+        }
     }
 }
 

@@ -17,13 +17,15 @@ use super::rows::{self, RowPlan};
 use super::search_path::{self, Change, Setting};
 use super::wire::{self, BindMsg, ParseMsg};
 use super::zone::Zone;
-use super::{Outcome, Shared};
+use super::{GateInput, Outcome, Shared};
 use crate::keys::ColumnCrypto;
 use crate::protocol::messages::{error_response, Severity};
 use crate::protocol::ProtocolError;
 use crate::rewrite::plan::{LookupWidths, Piece};
 use crate::rewrite::{Plan, ProtectedColumn, RewritePlan, Slot, UpstreamParam};
 use crate::session::{Frame, InterceptError, MessageInterceptor, Outbox, SessionInfo, TagSet};
+use crate::sql::gate::{Facts, Trust};
+use crate::sql::lexer::LexerState;
 use pgseal_crypto::value::LogicalType;
 
 mod name_resolution;
@@ -34,8 +36,8 @@ const DECOY_SQL: &str = "pgseal_statement_refused_by_proxy";
 /// the proxy failed a result the server had produced without error.
 pub(super) const ABORT_SQL: &str = "pgseal_result_refused_by_proxy_aborts_transaction";
 /// What the proxy asks the server after a statement that may have changed name resolution.
-pub(super) const RESYNC_SQL: &str =
-    "SELECT pg_catalog.current_setting('search_path'), current_user /* pgseal */";
+pub(super) const RESYNC_SQL: &str = "SELECT pg_catalog.current_setting('search_path'), \
+     current_user, pg_catalog.current_setting('backslash_quote') /* pgseal */";
 /// A statement name that does not exist upstream: stands in for a refused Bind.
 pub(super) const DECOY_STATEMENT: &str = "pgseal\u{1}refused\u{1}statement";
 
@@ -93,12 +95,26 @@ struct Effects {
     /// The statement may change name resolution in ways only the server knows (see
     /// [`search_path::needs_resync`]).
     resync: bool,
+    /// The statement may change how the server lexes SQL (see [`crate::sql::lexer`]).
+    lexer: bool,
+    /// What PostgreSQL's grammar read in it (barriers among it), when it went through the
+    /// gate.
+    facts: Option<Arc<Facts>>,
 }
 
 impl Effects {
     /// Whether the statement may change how the server resolves names.
     fn changes_resolution(&self) -> bool {
-        self.search_path.is_some() || self.resync
+        self.search_path.is_some()
+            || self.resync
+            || self.facts.as_ref().is_some_and(|f| f.resolution_change())
+    }
+
+    /// Whether the statement is a catalog barrier.
+    fn is_barrier(&self) -> bool {
+        self.facts
+            .as_ref()
+            .is_some_and(|f| f.barriers().next().is_some())
     }
 }
 
@@ -258,6 +274,13 @@ pub(crate) struct EncryptSession {
     key_cache: RefCell<KeyCache>,
     /// Plans of recent statements (see [`PlanMemo`]).
     plan_memo: PlanMemo,
+    /// The session's lexer settings as the server last reported them.
+    lexer: LexerState,
+    /// A statement that may have changed the lexer settings completed: they are uncertain
+    /// until the server's values are read back.
+    lexer_resync: bool,
+    /// Whether the client user is trusted for migrations (function bodies).
+    trust: Trust,
 }
 
 fn proto(e: ProtocolError) -> InterceptError {
@@ -275,12 +298,42 @@ fn error_bytes(code: &str, message: &str) -> Bytes {
 
 impl EncryptSession {
     pub(crate) fn new(shared: Arc<Shared>, info: &SessionInfo) -> Self {
-        let initial =
-            search_path::from_startup(&info.params).unwrap_or_else(search_path::default_setting);
-        let search_path = search_path::expand(&initial, &info.upstream_user);
+        let probed = |name: &str| {
+            info.probe
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        // The server's own values at session start (role and database defaults applied),
+        // when the session's start-up read them; else the start-up packet's.
+        let initial = probed("search_path")
+            .and_then(search_path::parse_shown)
+            .or_else(|| search_path::from_startup(&info.params))
+            .unwrap_or_else(search_path::default_setting);
+        let user = probed("current_user")
+            .unwrap_or(&info.upstream_user)
+            .to_owned();
+        let search_path = search_path::expand(&initial, &user);
+        let mut lexer = LexerState::SERVER_DEFAULT;
+        for (k, v) in &info.server_params {
+            lexer.apply_report(k, v);
+        }
+        if let Some(v) = probed("backslash_quote") {
+            lexer.apply_backslash_quote(v);
+        }
+        let trust = if shared
+            .policy
+            .trusted_migration_users
+            .iter()
+            .any(|u| *u == info.user)
+        {
+            Trust::Migration
+        } else {
+            Trust::Untrusted
+        };
         Self {
             shared,
-            user: info.upstream_user.clone(),
+            user,
             setting: initial.clone(),
             initial,
             search_path,
@@ -307,18 +360,62 @@ impl EncryptSession {
             row_memo: RowMemo::default(),
             key_cache: RefCell::new(KeyCache::default()),
             plan_memo: PlanMemo::default(),
+            lexer,
+            lexer_resync: false,
+            trust,
         }
     }
 
-    /// ParameterStatus: follows `TimeZone`; always forwarded.
+    /// Whether the lexer settings may have changed without the proxy knowing their values:
+    /// a statement that may change them is in flight, or its values are not read back yet.
+    fn lexer_unsettled(&self) -> bool {
+        self.lexer_resync
+            || self.queue.iter().any(|p| match p {
+                Pending::Execute { effects, .. } => effects.lexer,
+                Pending::Query(q) => q.effects.lexer,
+                _ => false,
+            })
+    }
+
+    /// What the gate must know of this session for a statement sent now.
+    fn gate_input(&self) -> GateInput {
+        GateInput {
+            lexer: if self.lexer_unsettled() {
+                self.lexer.unsettled()
+            } else {
+                self.lexer
+            },
+            trust: self.trust,
+        }
+    }
+
+    /// ParameterStatus: follows `TimeZone` and the lexer settings; always forwarded.
     fn on_parameter_status(&mut self, frame: Frame, out: &mut Outbox<'_>) {
         let mut parts = frame.body().split(|b| *b == 0);
-        if let (Some(b"TimeZone"), Some(value)) = (parts.next(), parts.next()) {
-            if let Ok(v) = std::str::from_utf8(value) {
+        let (Some(name), Some(value)) = (parts.next(), parts.next()) else {
+            out.to_client.extend_from_slice(frame.raw());
+            return;
+        };
+        match (std::str::from_utf8(name), std::str::from_utf8(value)) {
+            (Ok("TimeZone"), Ok(v)) => {
                 if !self.zone.is(v) {
                     self.zone = Zone::from_setting(v);
                 }
             }
+            (Ok(n), Ok(v)) => {
+                let before = self.lexer;
+                if self.lexer.apply_report(n, v) && self.lexer != before {
+                    self.plan_memo.clear();
+                }
+            }
+            // A value the proxy cannot read: the lexer state is not known.
+            (Ok(n), Err(_)) => {
+                if self.lexer.apply_report(n, "unknown") {
+                    self.lexer_resync = true;
+                    self.plan_memo.clear();
+                }
+            }
+            _ => {}
         }
         out.to_client.extend_from_slice(frame.raw());
     }
@@ -333,11 +430,16 @@ impl EncryptSession {
     /// The plan of `sql` under the session's `search_path`: from the session's memo at the
     /// current catalog generation, else from the shared cache (or analysed).
     fn plan(&mut self, sql: &str) -> Outcome {
+        let input = self.gate_input();
+        if input.lexer != self.lexer {
+            // Settings in flight: analysed under every reading, never remembered.
+            return self.shared.plan(sql, &self.search_path, &input);
+        }
         let generation = self.shared.catalog.snapshot().generation();
         if let Some(o) = self.plan_memo.get(sql, generation) {
             return o;
         }
-        let outcome = self.shared.plan(sql, &self.search_path);
+        let outcome = self.shared.plan(sql, &self.search_path, &input);
         self.plan_memo.put(sql, generation, &outcome);
         outcome
     }
@@ -346,7 +448,7 @@ impl EncryptSession {
     /// a query whose shape the hint may predict (a `SELECT`: a wrong guess fails the result,
     /// and for a statement that writes, the write would already be done).
     fn rows_hint(&self, s: &Stmt) -> Option<Arc<RowPlan>> {
-        let Ok(Plan::Rewrite(plan)) = &*s.outcome else {
+        let Ok(Plan::Rewrite(plan)) = &**s.outcome else {
             return None;
         };
         let select = matches!(plan.template.first(), Some(Piece::Sql(t))
@@ -643,9 +745,13 @@ impl EncryptSession {
             self.refuse_simple(code, &message, out);
             return Ok(());
         }
-        let effects = self.effects(sql);
         let outcome = self.plan(sql);
-        match &*outcome {
+        let effects = self.effects(sql, &outcome);
+        if let Some((code, message)) = self.behind_barrier(sql, &outcome) {
+            self.refuse_simple(code, &message, out);
+            return Ok(());
+        }
+        match &**outcome {
             Err(r) => {
                 self.refuse_simple(r.sqlstate, &r.message, out);
                 return Ok(());
@@ -669,11 +775,13 @@ impl EncryptSession {
     fn on_parse(&mut self, frame: Frame, out: &mut Outbox<'_>) -> Result<(), InterceptError> {
         let msg = ParseMsg::parse(frame.body()).map_err(proto)?;
         let name = msg.name.to_owned();
-        let effects = self.effects(msg.query);
         let outcome = self.plan(msg.query);
+        let effects = self.effects(msg.query, &outcome);
         let mut keys = Some(KeyVersions::default());
-        let ahead = self.ahead_of_resolution_change(msg.query);
-        let refusal = match &*outcome {
+        let ahead = self
+            .ahead_of_resolution_change(msg.query)
+            .or_else(|| self.behind_barrier(msg.query, &outcome));
+        let refusal = match &**outcome {
             _ if ahead.is_some() => ahead,
             Err(r) => Some((r.sqlstate, r.message.clone())),
             Ok(Plan::PassThrough) => {
@@ -792,7 +900,7 @@ impl EncryptSession {
         let result_formats: &[i16] = binary.as_deref().unwrap_or(&bind.result_formats);
         let effects = stmt.map(|s| s.effects.clone()).unwrap_or_default();
         let statement = (bind.statement.to_owned(), stmt.map_or(0, |s| s.id));
-        let prepared = stmt.and_then(|s| match &*s.outcome {
+        let prepared = stmt.and_then(|s| match &**s.outcome {
             Ok(Plan::Rewrite(plan)) => Some(self.prepare_bind(plan, s, &bind)),
             _ => None,
         });
@@ -991,8 +1099,15 @@ impl EncryptSession {
             }
             self.set_search_path(search_path::expand(&self.setting, &self.user));
         }
-        if effects.resync {
+        if effects.resync || effects.changes_resolution() {
             self.resync_pending = true;
+        }
+        if effects.lexer {
+            // Reported settings arrive before the next ReadyForQuery; backslash_quote is read
+            // back with the resync.
+            self.lexer_resync = true;
+            self.resync_pending = true;
+            self.plan_memo.clear();
         }
         if tag == "ROLLBACK" {
             self.rolled_back = true;
@@ -1000,7 +1115,7 @@ impl EncryptSession {
         let ddl = ["CREATE", "ALTER", "DROP", "COMMENT"]
             .iter()
             .any(|k| tag.starts_with(k));
-        if ddl {
+        if ddl || effects.is_barrier() {
             if let Err(e) = self.shared.catalog.refresh() {
                 warn!(error = %e, "catalog refresh after DDL failed");
             }
@@ -1229,7 +1344,7 @@ impl EncryptSession {
             out.to_client.extend_from_slice(frame.raw());
             return Ok(());
         };
-        let Ok(Plan::Rewrite(plan)) = &*stmt.outcome else {
+        let Ok(Plan::Rewrite(plan)) = &**stmt.outcome else {
             out.to_client.extend_from_slice(frame.raw());
             return Ok(());
         };
@@ -1482,6 +1597,11 @@ impl EncryptSession {
                         .flatten()
                         .and_then(|v| std::str::from_utf8(v).ok())
                 };
+                if let Some(bq) = text(2) {
+                    self.lexer.apply_backslash_quote(bq);
+                    self.lexer_resync = false;
+                    self.plan_memo.clear();
+                }
                 match (text(0).and_then(search_path::parse_shown), text(1)) {
                     (Some(setting), Some(user)) => {
                         self.setting = setting;

@@ -6,7 +6,9 @@
 use super::{Effects, EncryptSession, Pending, Refused};
 use crate::encrypt::search_path;
 use crate::encrypt::wire::ParseMsg;
+use crate::encrypt::Outcome;
 use crate::rewrite::refusal::FEATURE_NOT_SUPPORTED;
+use crate::sql::gate;
 
 /// A `0A000` refusal with `message`.
 fn refused(message: &str) -> Refused {
@@ -33,14 +35,63 @@ impl EncryptSession {
             })
     }
 
-    /// What `sql` may do to name resolution. Ending a transaction block in which search_path
-    /// was set locally (or set and rolled back to a savepoint) counts as a change.
-    pub(super) fn effects(&self, sql: &str) -> Effects {
+    /// What `sql` (analysed as `outcome`) may do to name resolution and the lexer. Ending a
+    /// transaction block in which search_path or a lexer setting was set locally (or set and
+    /// rolled back to a savepoint) counts as a change.
+    pub(super) fn effects(&self, sql: &str, outcome: &Outcome) -> Effects {
+        let facts = outcome.facts.clone();
+        let ends_block = self.resync_at_txn_end
+            && (crate::rewrite::resolution::ends_block(sql, false)
+                || facts.as_ref().is_some_and(|f| f.ends_block()));
         Effects {
             search_path: search_path::change_in(sql),
-            resync: search_path::needs_resync(sql)
-                || (self.resync_at_txn_end && crate::rewrite::resolution::ends_block(sql, false)),
+            resync: search_path::needs_resync(sql) || ends_block,
+            lexer: facts.as_ref().is_some_and(|f| f.lexer_change()) || ends_block,
+            facts,
         }
+    }
+
+    /// The catalog barriers (and changes of search_path or the role) still in flight.
+    fn barriers_in_flight(&self) -> Vec<gate::Pending> {
+        let mut out = Vec::new();
+        let mut add = |e: &Effects| {
+            if let Some(f) = &e.facts {
+                out.extend(f.pending());
+            }
+        };
+        for p in &self.queue {
+            match p {
+                Pending::Execute { effects, .. } => add(effects),
+                Pending::Query(q) => add(&q.effects),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// The refusal of a statement sent while a catalog barrier is still in flight, when it
+    /// uses a name the barrier may have changed, carries values, and a protected relation is
+    /// involved ([`gate::Pending::blocks`]): the server runs it with the catalog the barrier
+    /// leaves, which the proxy has not read yet.
+    pub(super) fn behind_barrier(&self, sql: &str, outcome: &Outcome) -> Option<Refused> {
+        let pending = self.barriers_in_flight();
+        if pending.is_empty() {
+            return None;
+        }
+        let facts = match &outcome.facts {
+            Some(f) => f.clone(),
+            None => match self.shared.facts(sql, &self.gate_input()) {
+                Ok(f) => f,
+                Err(r) => return Some((r.sqlstate, r.message)),
+            },
+        };
+        pending.iter().any(|p| facts.blocked_by(p)).then(|| {
+            refused(
+                "pgseal: this statement was sent before the server answered a statement that \
+                 changes the catalog, search_path or the role, and it uses a name that \
+                 statement affects; wait for that answer before sending it",
+            )
+        })
     }
 
     /// The refusal of a query string that ends a transaction block in which search_path was
@@ -93,7 +144,7 @@ impl EncryptSession {
         if !self.names_protected(sql) {
             return None;
         }
-        if unsettled || *self.plan(sql) != *old {
+        if unsettled || self.plan(sql).result != old.result {
             return Some(refused(
                 "pgseal: this prepared statement names a protected table and search_path or \
                  the role changed since it was prepared, which changes what it refers to; \
