@@ -104,6 +104,44 @@ fn bench(c: &mut Criterion) {
             black_box(factory.plan(black_box(&sql), &sp))
         })
     });
+    // A plain-table statement with a new literal every time, in an encrypting session: the
+    // gate's byte-level pre-filter lets it pass without a parse.
+    let mut m = 0u64;
+    c.bench_function("encrypt/plan_miss_plain_literal", |b| {
+        b.iter(|| {
+            m += 1;
+            let sql =
+                format!("SELECT id, total FROM orders WHERE customer_id = {m} AND status = 'open'");
+            black_box(factory.plan(black_box(&sql), &sp))
+        })
+    });
+    // The gate alone (PostgreSQL's grammar, the parse-tree walk, the checks) for a typical
+    // lookup and insert on a protected table.
+    let names = pgseal_proxy::sql::gate::Names::of(&ProtectedSchema::from_columns(cols.clone()));
+    let lexer = pgseal_proxy::sql::lexer::LexerState::SERVER_DEFAULT;
+    let untrusted = pgseal_proxy::sql::gate::Trust::Untrusted;
+    for (id, sql) in [
+        (
+            "encrypt/gate_lookup",
+            "SELECT id, name, email, ssn FROM patients WHERE email = $1 AND status = $2",
+        ),
+        (
+            "encrypt/gate_insert",
+            "INSERT INTO patients (id, name, email, ssn, status) VALUES ($1, $2, $3, $4, $5)",
+        ),
+    ] {
+        assert!(pgseal_proxy::sql::gate::analyse(sql, &lexer, &names, untrusted).is_ok());
+        c.bench_function(id, |b| {
+            b.iter(|| {
+                black_box(pgseal_proxy::sql::gate::analyse(
+                    black_box(sql),
+                    &lexer,
+                    &names,
+                    untrusted,
+                ))
+            })
+        });
+    }
 
     // 10 columns: 7 plain text values, 3 protected (text, int8, date) in bytea text format.
     let samples = ["someone@example.com", "123456789", "1980-05-17"];

@@ -572,6 +572,9 @@ impl InterceptorFactory for EncryptionFactory {
 mod tests;
 
 #[cfg(test)]
+mod tests_gate;
+
+#[cfg(test)]
 mod precheck_tests {
     use super::contains_ignore_ascii_case as c;
 

@@ -281,6 +281,9 @@ pub(crate) struct EncryptSession {
     lexer_resync: bool,
     /// Whether the client user is trusted for migrations (function bodies).
     trust: Trust,
+    /// Barriers among the statements parsed since the last ReadyForQuery (a client may parse
+    /// a barrier and a statement using its names before executing either).
+    parsed_barriers: Vec<crate::sql::gate::Pending>,
 }
 
 fn proto(e: ProtocolError) -> InterceptError {
@@ -363,6 +366,7 @@ impl EncryptSession {
             lexer,
             lexer_resync: false,
             trust,
+            parsed_barriers: Vec::new(),
         }
     }
 
@@ -827,6 +831,9 @@ impl EncryptSession {
             };
             self.refuse_extended(decoy, code, &message, out);
             return Ok(());
+        }
+        if let Some(f) = &effects.facts {
+            self.parsed_barriers.extend(f.pending());
         }
         let declared = msg.param_oids.clone();
         self.next_id += 1;
@@ -1523,6 +1530,9 @@ impl EncryptSession {
             self.abandoned(&p);
         }
         self.discard_until_ready = false;
+        if self.queue.is_empty() {
+            self.parsed_barriers.clear();
+        }
         // A result the proxy failed inside a transaction block: the server saw no error and
         // would let the transaction go on (and COMMIT). Make it fail the transaction as it
         // would have failed it itself: a statement it rejects, whose error is not forwarded;

@@ -53,7 +53,7 @@ impl EncryptSession {
 
     /// The catalog barriers (and changes of search_path or the role) still in flight.
     fn barriers_in_flight(&self) -> Vec<gate::Pending> {
-        let mut out = Vec::new();
+        let mut out = self.parsed_barriers.clone();
         let mut add = |e: &Effects| {
             if let Some(f) = &e.facts {
                 out.extend(f.pending());

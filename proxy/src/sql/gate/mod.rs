@@ -89,6 +89,8 @@ pub struct StatementFacts {
     pub names_protected: bool,
     /// A literal or a parameter.
     pub carries_values: bool,
+    /// Whether any identifier of the statement is a protected column name.
+    pub names_protected_column: bool,
     /// An INSERT, UPDATE, DELETE or MERGE anywhere in it.
     pub writes: bool,
     /// A function or DO body.
@@ -105,10 +107,35 @@ pub struct StatementFacts {
     pub identifiers: Vec<String>,
 }
 
+/// Statement kinds that read or write rows (and carry values to them).
+const DATA_KINDS: &[&str] = &[
+    "SelectStmt",
+    "InsertStmt",
+    "UpdateStmt",
+    "DeleteStmt",
+    "MergeStmt",
+    "CopyStmt",
+    "ExplainStmt",
+    "DeclareCursorStmt",
+    "PrepareStmt",
+    "ExecuteStmt",
+    "CallStmt",
+    "CreateTableAsStmt",
+];
+
 impl StatementFacts {
-    /// Whether the statement can carry a value into a relation or run code with one.
+    /// Whether the statement can carry a value into a relation or run code with one: a data
+    /// statement with a literal or parameter (or one that writes), a body, or DDL with a
+    /// literal where a protected column's name appears (a `DEFAULT`, `CHECK` or index
+    /// predicate on it).
     fn uses_values(&self) -> bool {
-        self.carries_values || self.writes || self.body
+        if self.body {
+            return true;
+        }
+        if DATA_KINDS.contains(&self.kind) {
+            return self.carries_values || self.writes;
+        }
+        self.carries_values && self.names_protected_column
     }
 }
 
@@ -186,7 +213,10 @@ pub fn analyse(
                 if lexer.uncertain() {
                     return Err(uncertain_lexer());
                 }
-                return Err(Refusal::new(SYNTAX_ERROR, parse_error_message(&e)));
+                return Err(Refusal::new(
+                    SYNTAX_ERROR,
+                    parse_error_message(&e, sql, names),
+                ));
             }
         };
         let mut facts = Facts::default();
@@ -234,13 +264,32 @@ fn uncertain_lexer() -> Refusal {
     )
 }
 
-/// PostgreSQL's own message for a syntax error (without the text it quotes when that is a
-/// value: the message reaches the client only, never the log).
-fn parse_error_message(e: &pg_query::Error) -> String {
-    match e {
+/// PostgreSQL's own message for a syntax error, without the token it quotes when that is
+/// a literal (the message reaches the client only, but never carries a value), and naming
+/// the protected table the text mentions, if any.
+fn parse_error_message(e: &pg_query::Error, sql: &str, names: &Names) -> String {
+    let pg = match e {
         pg_query::Error::Parse(m) => m.clone(),
-        other => format!("pgseal: the statement could not be parsed: {other}"),
+        other => other.to_string(),
+    };
+    let mut message = match pg.split_once(" at or near \"") {
+        Some((head, token)) => {
+            let token = token.strip_suffix('"').unwrap_or(token);
+            let literal = token.starts_with(['\'', '$']) || token.contains('\'');
+            if literal {
+                format!("{head} at or near a literal")
+            } else {
+                format!("{head} at or near \"{token}\"")
+            }
+        }
+        None => pg,
+    };
+    if let Some(t) = names.relation_in_text(sql) {
+        message.push_str(&format!(
+            " (pgseal: the statement mentions protected table {t} and is not forwarded)"
+        ));
     }
+    message
 }
 
 /// Token-level checks of a statement that names a protected relation: a Unicode-escaped

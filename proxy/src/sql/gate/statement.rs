@@ -119,6 +119,7 @@ pub(crate) fn facts(raw: &RawStmt, names: &Names) -> Result<StatementFacts, Refu
         protected_relations,
         names_protected,
         carries_values: found.literal || found.param,
+        names_protected_column: found.identifiers.iter().any(|i| names.is_column(i)),
         writes: found.writes,
         barrier: None,
         lexer_change: false,

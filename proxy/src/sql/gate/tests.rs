@@ -180,6 +180,8 @@ fn barriers_in_one_string_stop_the_statements_behind_them() {
         "CREATE SCHEMA evil; INSERT INTO patients (email) VALUES ('s')",
         "SELECT set_config('search_path', 'evil', false); INSERT INTO patients (email) VALUES ($1)",
         "DROP TABLE kids; INSERT INTO kids (email) VALUES ('s')",
+        "CREATE TABLE k () INHERITS (patients); ALTER TABLE k ALTER COLUMN email SET DEFAULT 'secret'",
+        "CREATE TABLE k () INHERITS (patients); CREATE INDEX ON k (id) WHERE email = 'secret'",
     ] {
         assert!(refused(sql), "{sql}");
     }
@@ -187,6 +189,8 @@ fn barriers_in_one_string_stop_the_statements_behind_them() {
     // tables on both sides.
     for sql in [
         "CREATE TABLE k () INHERITS (patients); CREATE INDEX ON k (id)",
+        "CREATE TABLE patients (id int) PARTITION BY RANGE (id); CREATE TABLE p1 PARTITION OF patients FOR VALUES FROM (0) TO (100)",
+        "CREATE TABLE patients (id int, active bool); CREATE INDEX ON patients (id) WHERE active = true",
         "SET search_path = app, public; INSERT INTO public.patients (email) VALUES ($1)",
         "CREATE TABLE a (x int); INSERT INTO a VALUES (1)",
         "ALTER TABLE a ADD COLUMN y int; UPDATE a SET y = 1",
@@ -260,6 +264,11 @@ fn syntax_errors_are_refused_with_the_servers_message() {
     let r = gate("INSERT INTO patients (email VALUES ('x')").unwrap_err();
     assert_eq!(r.sqlstate, "42601");
     assert!(r.message.contains("syntax error"), "{}", r.message);
+    assert!(r.message.contains("patients"), "{}", r.message);
+    // The token PostgreSQL quotes is a literal: not repeated.
+    let r = gate("INSERT INTO patients (email) VALUES ('a' 'secretvalue')").unwrap_err();
+    assert_eq!(r.sqlstate, "42601");
+    assert!(!r.message.contains("secretvalue"), "{}", r.message);
 }
 
 #[test]
