@@ -174,6 +174,8 @@ pub(crate) struct Shared {
     pub(crate) policy: GatePolicy,
     /// The gate's names at a catalog generation.
     gate_names: std::sync::Mutex<Option<(u64, Arc<Names>)>>,
+    /// The gate's facts by statement shape.
+    shapes: gate::ShapeCache,
     /// Table OIDs a refresh at this catalog generation did not know (no protected columns):
     /// no session refreshes for them again until the generation changes.
     unprotected_oids: std::sync::Mutex<(u64, std::collections::HashSet<u32>)>,
@@ -399,7 +401,14 @@ impl Shared {
             snapshot.schema()
         };
         let names = self.names_for(&snapshot, schema);
-        let analysis = match gate::analyse(sql, &input.lexer, &names, input.trust) {
+        let analysis = match gate::analyse_cached(
+            sql,
+            &input.lexer,
+            &names,
+            input.trust,
+            &self.shapes,
+            generation,
+        ) {
             Err(r) => Analysis::plain(Err(r)),
             Ok(facts) => {
                 let result = if facts.names_protected() {
@@ -416,7 +425,7 @@ impl Shared {
                 };
                 Analysis {
                     result,
-                    facts: Some(Arc::new(facts)),
+                    facts: Some(facts),
                 }
             }
         };
@@ -499,6 +508,7 @@ impl EncryptionFactory {
                 pass: Arc::new(Analysis::plain(Ok(Plan::PassThrough))),
                 policy: GatePolicy::default(),
                 gate_names: std::sync::Mutex::new(None),
+                shapes: gate::ShapeCache::default(),
                 unprotected_oids: std::sync::Mutex::new((u64::MAX, Default::default())),
                 non_relation_words: std::sync::Mutex::new((u64::MAX, Default::default())),
             }),

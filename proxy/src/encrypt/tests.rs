@@ -2500,3 +2500,99 @@ fn savepoint_and_cursor_names_do_not_refresh_but_later_statements_do() {
         other => panic!("{other:?}"),
     }
 }
+
+fn parameter_status(name: &str, value: &str) -> BytesMut {
+    let mut b = BytesMut::new();
+    put_message(&mut b, b'S', |m| {
+        put_cstr(m, name);
+        put_cstr(m, value);
+    });
+    b
+}
+
+/// A write pipelined behind a catalog barrier (DDL that makes a new name a child of a
+/// protected table) that the server has not answered: refused, nothing of it forwarded; a
+/// statement on another table in the same pipeline passes.
+#[test]
+fn writes_pipelined_behind_a_catalog_barrier_are_refused() {
+    let mut h = harness();
+    let (up, cl) = h.client(&cat(&[
+        &parse("", "CREATE TABLE k () INHERITS (patients)", &[]),
+        &bind("", "", &[], &[], &[]),
+        &execute("", 0),
+        &parse(
+            "s2",
+            "INSERT INTO k (id, email) VALUES (1, 'behindbarrier@x.org')",
+            &[],
+        ),
+        &bind("p2", "s2", &[], &[], &[]),
+        &execute("p2", 0),
+        &simple(b'S'),
+    ]));
+    assert!(cl.is_empty());
+    assert!(!contains(&up, b"behindbarrier"));
+    assert!(contains(&up, b"pgseal_statement_refused_by_proxy"));
+    // Parsed first, executed later: the barrier counts from its Parse.
+    let mut h = harness();
+    let (up, _) = h.client(&cat(&[
+        &parse("d", "ALTER TABLE s INHERIT patients", &[]),
+        &parse(
+            "w",
+            "INSERT INTO s (id, email) VALUES (1, 'parsedfirst@x.org')",
+            &[],
+        ),
+        &simple(b'S'),
+    ]));
+    assert!(!contains(&up, b"parsedfirst"));
+    // Unrelated statements behind the barrier pass.
+    let mut h = harness();
+    let (up, _) = h.client(&cat(&[
+        &parse("", "CREATE TABLE k () INHERITS (patients)", &[]),
+        &bind("", "", &[], &[], &[]),
+        &execute("", 0),
+        &parse("s3", "INSERT INTO plain (id) VALUES (7)", &[]),
+        &simple(b'S'),
+    ]));
+    assert!(contains(&up, b"INSERT INTO plain (id) VALUES (7)"));
+}
+
+/// `standard_conforming_strings` as the server reports it decides how statements are read:
+/// off (a start-up option or role default: no SET to see) refuses statements on protected
+/// tables; a change still in flight makes every reading count.
+#[test]
+fn the_lexer_follows_the_servers_reports() {
+    let mut h = harness();
+    let _ = h.server(&parameter_status("standard_conforming_strings", "off"));
+    let (up, _) = h.client(&query(
+        "INSERT INTO patients (id, email) VALUES (1, 'scsoff@x.org')",
+    ));
+    assert!(!contains(&up, b"scsoff"));
+    assert!(contains(&up, b"pgseal_statement_refused_by_proxy"));
+    // The trick of the review: one literal with the setting off, three statements with it on.
+    // The proxy knows it is off: one harmless SELECT, forwarded as the server reads it.
+    let (up, _) = h.client(&query(
+        "SELECT 'a\\'; INSERT INTO patients (email) VALUES (1); SELECT ''';",
+    ));
+    assert!(!contains(&up, b"pgseal_statement_refused_by_proxy"));
+    let _ = h.server(&cat(&[
+        &complete("SELECT 1"),
+        &complete("SELECT 1"),
+        &ready(b'I'),
+    ]));
+    let _ = h.server(&parameter_status("standard_conforming_strings", "on"));
+    // Pipelined behind a SET that may change it: read under both settings.
+    let mut h = harness();
+    let (up, _) = h.client(&cat(&[
+        &parse("", "SET standard_conforming_strings = off", &[]),
+        &bind("", "", &[], &[], &[]),
+        &execute("", 0),
+        &parse(
+            "t",
+            "SELECT 'a\\'; INSERT INTO patients (email) VALUES (''inflight''); --'",
+            &[],
+        ),
+        &simple(b'S'),
+    ]));
+    assert!(!contains(&up, b"inflight"));
+    assert!(contains(&up, b"pgseal_statement_refused_by_proxy"));
+}

@@ -301,3 +301,30 @@ fn statements_on_plain_tables_pass_without_analysis_and_unchanged() {
     let o = shared.plan("SELECT * FROM plain WHERE note = 'x'", &path, &off);
     assert!(o.facts.is_some());
 }
+
+#[test]
+fn facts_by_shape_equal_a_full_analysis() {
+    let (_, schema, _) = setup();
+    let names = Names::of(&schema);
+    let cache = crate::sql::gate::ShapeCache::default();
+    let lexer = LexerState::SERVER_DEFAULT;
+    let mut hits = 0usize;
+    for sql in corpus() {
+        // Warm the cache with the same shape and other constants.
+        let variant = sql.replace(MARKER, "othervalue").replace("1,", "2,");
+        let _ =
+            crate::sql::gate::analyse_cached(&variant, &lexer, &names, Trust::Untrusted, &cache, 1);
+        let full = crate::sql::gate::analyse(&sql, &lexer, &names, Trust::Untrusted);
+        let cached =
+            crate::sql::gate::analyse_cached(&sql, &lexer, &names, Trust::Untrusted, &cache, 1);
+        match (&full, &cached) {
+            (Ok(a), Ok(b)) => {
+                assert_eq!(a, &**b, "{sql}");
+                hits += 1;
+            }
+            (Err(_), Err(_)) => {}
+            _ => panic!("full {full:?} vs cached {cached:?} for {sql}"),
+        }
+    }
+    assert!(hits > 50, "{hits}");
+}

@@ -27,17 +27,21 @@
 pub mod body;
 pub mod names;
 pub mod prefilter;
+mod shape_cache;
 mod statement;
 mod walk;
 
 #[cfg(test)]
 mod tests;
 
+use std::sync::Arc;
+
 use pg_query::protobuf::ScanToken;
 use pg_query::protobuf::Token;
 
 pub use body::Trust;
 pub use names::Names;
+pub use shape_cache::ShapeCache;
 
 use super::lexer::{Known, LexerState};
 use crate::rewrite::refusal::{FEATURE_NOT_SUPPORTED, SYNTAX_ERROR};
@@ -191,12 +195,61 @@ impl Facts {
     }
 }
 
+/// [`analyse`] through a cache of facts by statement shape ([`ShapeCache`]): a statement
+/// that differs from an analysed one only in its constants costs a scan, not a parse.
+/// `generation` identifies `names` (the catalog generation they were built at).
+pub fn analyse_cached(
+    sql: &str,
+    lexer: &LexerState,
+    names: &Names,
+    trust: Trust,
+    cache: &ShapeCache,
+    generation: u64,
+) -> Result<Arc<Facts>, Refusal> {
+    if *lexer != LexerState::SERVER_DEFAULT {
+        return analyse(sql, lexer, names, trust).map(Arc::new);
+    }
+    let Ok(scan) = pg_query::scan(sql) else {
+        return analyse(sql, lexer, names, trust).map(Arc::new);
+    };
+    let key = shape_cache::shape(sql, &scan.tokens).map(|mut k| {
+        k.push(u8::from(trust == Trust::Migration));
+        k
+    });
+    if let Some(k) = &key {
+        if let Some(f) = cache.get(generation, k) {
+            return Ok(f);
+        }
+    }
+    let facts = Arc::new(analyse_scanned(
+        sql,
+        lexer,
+        names,
+        trust,
+        Some(&scan.tokens),
+    )?);
+    if let Some(k) = key {
+        cache.put(generation, k, &facts);
+    }
+    Ok(facts)
+}
+
 /// Analyses `sql` as the server will read it. `Err` is the refusal to send instead.
 pub fn analyse(
     sql: &str,
     lexer: &LexerState,
     names: &Names,
     trust: Trust,
+) -> Result<Facts, Refusal> {
+    analyse_scanned(sql, lexer, names, trust, None)
+}
+
+fn analyse_scanned(
+    sql: &str,
+    lexer: &LexerState,
+    names: &Names,
+    trust: Trust,
+    tokens: Option<&[ScanToken]>,
 ) -> Result<Facts, Refusal> {
     if !lexer.client_utf8 && !sql.is_ascii() {
         return Err(Refusal::new(
@@ -248,7 +301,10 @@ pub fn analyse(
                 "pgseal: statements on protected tables need standard_conforming_strings = on",
             ));
         }
-        check_tokens(sql, names)?;
+        match tokens {
+            Some(t) => check_tokens_in(sql, t, names)?,
+            None => check_tokens(sql, names)?,
+        }
     }
     check_barriers_in_string(&facts)?;
     Ok(facts)
@@ -302,7 +358,11 @@ fn check_tokens(sql: &str, names: &Names) -> Result<(), Refusal> {
             "pgseal: a statement that names a protected table could not be scanned",
         ));
     };
-    for t in &scan.tokens {
+    check_tokens_in(sql, &scan.tokens, names)
+}
+
+fn check_tokens_in(sql: &str, tokens: &[ScanToken], names: &Names) -> Result<(), Refusal> {
+    for t in tokens {
         check_token(sql, t, names)?;
     }
     Ok(())
