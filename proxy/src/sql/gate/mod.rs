@@ -65,6 +65,17 @@ pub enum Dirty {
 impl Dirty {
     /// Whether a later statement `s` uses a name this barrier made uncertain.
     pub fn touches(&self, s: &StatementFacts) -> bool {
+        if s.body {
+            // A body's SQL is a string constant: any uncertain name in its text counts (and
+            // behind a change of every name or of unqualified ones, any body).
+            return match self {
+                Dirty::All | Dirty::Unqualified => true,
+                Dirty::Names(names) => s.identifiers.iter().any(|i| {
+                    let i = i.to_lowercase();
+                    names.iter().any(|n| i.contains(&n.to_lowercase()))
+                }),
+            };
+        }
         match self {
             Dirty::All => !s.relations.is_empty() || s.names_protected,
             Dirty::Unqualified => s.relations.iter().any(|(schema, _)| schema.is_empty()),

@@ -182,6 +182,8 @@ fn barriers_in_one_string_stop_the_statements_behind_them() {
         "DROP TABLE kids; INSERT INTO kids (email) VALUES ('s')",
         "CREATE TABLE k () INHERITS (patients); ALTER TABLE k ALTER COLUMN email SET DEFAULT 'secret'",
         "CREATE TABLE k () INHERITS (patients); CREATE INDEX ON k (id) WHERE email = 'secret'",
+        "CREATE TABLE k () INHERITS (patients); CREATE FUNCTION f() RETURNS void LANGUAGE sql AS $$ INSERT INTO k (email) VALUES ('secret') $$",
+        "CREATE TABLE k () INHERITS (patients); DO $$ BEGIN INSERT INTO k (email) VALUES ('secret'); END $$",
     ] {
         assert!(refused(sql), "{sql}");
     }
