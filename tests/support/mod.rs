@@ -13,6 +13,7 @@
 
 pub mod certs;
 pub mod keyserver;
+pub mod markers;
 pub mod pg;
 pub mod proxy;
 pub mod raw;
@@ -204,6 +205,11 @@ impl ProxyProcess {
     /// Writes `toml` (with `listen` replaced by a free port) and starts `pgseal-proxy serve`;
     /// waits until it accepts connections. Panics with its log when it does not come up.
     pub fn start(toml: &str, env: &[(&str, &str)]) -> ProxyProcess {
+        Self::start_with_log(toml, env, "info")
+    }
+
+    /// [`start`](Self::start) with `PGSEAL_LOG` set to `log_filter` (e.g. `trace`).
+    pub fn start_with_log(toml: &str, env: &[(&str, &str)], log_filter: &str) -> ProxyProcess {
         let bin = keyserver::cargo_bin("pgseal-proxy", "PGSEAL_PROXY_BIN");
         let dir = tempfile::Builder::new()
             .prefix("pgseal-proxy-")
@@ -224,7 +230,7 @@ impl ProxyProcess {
                 .arg("--config")
                 .arg(&conf)
                 .envs(env.iter().copied())
-                .env("PGSEAL_LOG", "info")
+                .env("PGSEAL_LOG", log_filter)
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().unwrap())
                 .stderr(log)
@@ -278,6 +284,14 @@ impl ProxyProcess {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// The files the proxy logged to (one per start attempt; those that exist).
+    pub fn log_paths(&self) -> Vec<std::path::PathBuf> {
+        (0..5)
+            .map(|attempt| self.dir.path().join(format!("proxy{attempt}.log")))
+            .filter(|p| p.exists())
+            .collect()
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child
@@ -319,6 +333,16 @@ impl EncEnv {
 
     /// [`start`](Self::start) with the proxy's keyserver grace period set to `grace_seconds`.
     pub fn start_with_grace(columns: &[keyserver::ColumnSpec], grace_seconds: u64) -> EncEnv {
+        Self::start_with_log(columns, grace_seconds, "info")
+    }
+
+    /// [`start_with_grace`](Self::start_with_grace) with the proxy's `PGSEAL_LOG` set to
+    /// `log_filter` (the adversarial suite runs it at `trace`).
+    pub fn start_with_log(
+        columns: &[keyserver::ColumnSpec],
+        grace_seconds: u64,
+        log_filter: &str,
+    ) -> EncEnv {
         let pg = PgCluster::start(PgOptions {
             log_statements: true,
             max_connections: Some(100),
@@ -347,7 +371,7 @@ impl EncEnv {
             columns,
             grace_seconds,
         ));
-        let proxy = ProxyProcess::start(&toml, &proxy_env());
+        let proxy = ProxyProcess::start_with_log(&toml, &proxy_env(), log_filter);
         EncEnv {
             proxy,
             ks,

@@ -192,6 +192,11 @@ impl PgCluster {
         self.dir.path().join("data")
     }
 
+    /// The data directory (heap files, WAL), e.g. to search its bytes.
+    pub fn data_path(&self) -> PathBuf {
+        self.data_dir()
+    }
+
     /// The postmaster's process id (from `postmaster.pid`), while the cluster runs.
     #[allow(dead_code)] // used by the benchmark harness only
     pub fn postmaster_pid(&self) -> Option<u32> {

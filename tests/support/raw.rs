@@ -66,6 +66,38 @@ pub fn startup(user: &str, db: &str) -> BytesMut {
     out
 }
 
+/// A startup packet for `user`/`db` with further parameters (`options`, `client_encoding`, …).
+pub fn startup_with(user: &str, db: &str, extra: &[(&str, &str)]) -> BytesMut {
+    let mut body = BytesMut::new();
+    body.put_u32(196_608);
+    for (k, v) in [("user", user), ("database", db)].iter().chain(extra) {
+        body.put_slice(k.as_bytes());
+        body.put_u8(0);
+        body.put_slice(v.as_bytes());
+        body.put_u8(0);
+    }
+    body.put_u8(0);
+    let mut out = BytesMut::new();
+    out.put_u32(body.len() as u32 + 4);
+    out.put_slice(&body);
+    out
+}
+
+/// Parse message body for SQL given as bytes (any encoding, NULs included), with declared
+/// parameter type OIDs (0: let the server infer).
+pub fn parse_bytes(name: &str, sql: &[u8], types: &[u32]) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(name.as_bytes());
+    b.push(0);
+    b.extend_from_slice(sql);
+    b.push(0);
+    b.extend_from_slice(&(types.len() as u16).to_be_bytes());
+    for t in types {
+        b.extend_from_slice(&t.to_be_bytes());
+    }
+    b
+}
+
 /// Parse message body.
 pub fn parse(name: &str, sql: &str) -> Vec<u8> {
     let mut b = Vec::new();
@@ -153,6 +185,65 @@ impl Raw {
         scram.server_final(&m.body[4..]).unwrap();
         r.until(b'Z').await;
         r
+    }
+
+    /// Logs in with further startup parameters like [`login`](Self::login), but returns the
+    /// server's ErrorResponse (or a description of the failure) instead of panicking when the
+    /// login is refused.
+    pub async fn try_login_with(
+        addr: std::net::SocketAddr,
+        user: &str,
+        password: &str,
+        db: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<Raw, String> {
+        let mut r = Raw::connect(addr).await;
+        r.send(&startup_with(user, db, extra)).await;
+        let refused = |m: Option<Msg>| match m {
+            Some(m) if m.tag == b'E' => format!(
+                "{}: {}",
+                m.field(b'C').unwrap_or_default(),
+                m.field(b'M').unwrap_or_default()
+            ),
+            Some(m) => format!("unexpected message {:?} during login", m.tag as char),
+            None => "connection closed during login".to_string(),
+        };
+        let m = r.next().await;
+        if !m
+            .as_ref()
+            .is_some_and(|m| m.tag == b'R' && m.body.get(..4) == Some(&10i32.to_be_bytes()))
+        {
+            return Err(refused(m));
+        }
+        let mut scram = ScramClient::new(password.as_bytes()).map_err(|e| e.to_string())?;
+        let first = scram.client_first();
+        let mut body = cstr("SCRAM-SHA-256");
+        body.extend_from_slice(&(first.len() as i32).to_be_bytes());
+        body.extend_from_slice(first.as_bytes());
+        r.send_msg(b'p', &body).await;
+        let m = match r.next().await {
+            Some(m) if m.tag == b'R' => m,
+            other => return Err(refused(other)),
+        };
+        let fin = scram
+            .server_first(m.body.get(4..).unwrap_or_default())
+            .map_err(|e| e.to_string())?;
+        r.send_msg(b'p', fin.as_bytes()).await;
+        let m = match r.next().await {
+            Some(m) if m.tag == b'R' => m,
+            other => return Err(refused(other)),
+        };
+        scram
+            .server_final(m.body.get(4..).unwrap_or_default())
+            .map_err(|e| e.to_string())?;
+        loop {
+            match r.next().await {
+                Some(m) if m.tag == b'Z' => return Ok(r),
+                Some(m) if m.tag == b'E' => return Err(refused(Some(m))),
+                Some(_) => {}
+                None => return Err(refused(None)),
+            }
+        }
     }
 
     /// Sends raw bytes.
