@@ -125,12 +125,13 @@ impl LexerState {
         self.backslash_quote = Known::from_bool(!value.trim().eq_ignore_ascii_case("off"));
     }
 
-    /// The state while a statement that may change the settings is in flight.
+    /// The state while a statement that may change the settings is in flight (the client
+    /// encoding too: non-ASCII text is then refused).
     pub fn unsettled(&self) -> LexerState {
         LexerState {
             standard_conforming_strings: Known::Unknown,
             backslash_quote: Known::Unknown,
-            client_utf8: self.client_utf8,
+            client_utf8: false,
         }
     }
 }

@@ -111,12 +111,6 @@ impl ShapeCache {
         g.bytes += key.len();
         g.entries.insert(key, facts.clone());
     }
-
-    /// Entries kept (tests).
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.inner.lock().map(|g| g.entries.len()).unwrap_or(0)
-    }
 }
 
 #[cfg(test)]

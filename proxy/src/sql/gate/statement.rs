@@ -136,6 +136,12 @@ pub(crate) fn facts(raw: &RawStmt, names: &Names) -> Result<StatementFacts, Refu
         f.lexer_change = true;
         f.resolution_change = true;
     }
+    if let Some(t) = found.temp_relations.iter().find(|t| names.is_relation(t)) {
+        return Err(unsupported(format!(
+            "pgseal: a temporary relation named {t}, like a protected table, would take its \
+             place for unqualified names in this session; choose another name"
+        )));
+    }
     let Some(node) = node else {
         return Ok(f);
     };

@@ -236,11 +236,17 @@ fn renames_and_moves_of_protected_tables_are_refused() {
         "ALTER SCHEMA public RENAME TO p",
         "ALTER TABLE plain RENAME TO patients",
         "ALTER TABLE patients ALTER COLUMN email TYPE text",
+        "CREATE TEMP TABLE patients (id int, email text)",
+        "CREATE TEMPORARY VIEW kids AS SELECT 1",
+        "CREATE TABLE pg_temp.patients (id int)",
+        "SELECT 1 AS id INTO TEMP patients",
+        "CREATE TEMP TABLE patients AS SELECT 1",
     ] {
         let r = gate(sql).unwrap_err();
         assert_eq!(r.sqlstate, "0A000", "{sql}");
     }
     assert!(!refused("ALTER TABLE plain RENAME TO plain2"));
+    assert!(!refused("CREATE TEMP TABLE scratch (id int)"));
     assert!(!refused("ALTER SCHEMA other RENAME TO other2"));
     assert!(!refused(
         "ALTER TABLE patients ALTER COLUMN visits TYPE int8"

@@ -31,6 +31,9 @@ pub(crate) struct Found {
     pub(crate) writes: bool,
     /// The node type of the walked statement (the first `Node` variant).
     pub(crate) top: Option<&'static str>,
+    /// Names of `RangeVar`s of temporary relations being created (`CREATE TEMP TABLE`,
+    /// `SELECT … INTO TEMP`, or a `pg_temp` schema).
+    pub(crate) temp_relations: Vec<String>,
     /// An `INTO` clause (`SELECT … INTO t`, `CREATE TABLE … AS`): a new table.
     pub(crate) into_clause: bool,
     /// Statement node types found below the top (`CreateSchemaStmt` elements, rule actions,
@@ -60,8 +63,8 @@ struct Walker {
     in_type: u32,
     /// Inside a `FuncCall`'s `funcname` list: the parts seen so far.
     funcname: Option<Vec<String>>,
-    /// The `RangeVar`s being filled (schema, relation), innermost last.
-    range_vars: Vec<(String, String)>,
+    /// The `RangeVar`s being filled (schema, relation, temporary), innermost last.
+    range_vars: Vec<(String, String, bool)>,
 }
 
 /// String fields of the parse tree that hold codes, not names.
@@ -115,7 +118,7 @@ impl Walker {
             }
             "TypeName" => self.in_type += 1,
             "ParamRef" => self.found.param = true,
-            "RangeVar" => self.range_vars.push((String::new(), String::new())),
+            "RangeVar" => self.range_vars.push((String::new(), String::new(), false)),
             "IntoClause" => self.found.into_clause = true,
             "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" => self.found.writes = true,
             _ => {}
@@ -137,8 +140,11 @@ impl Walker {
             "AConst" => self.in_const = self.in_const.saturating_sub(1),
             "TypeName" => self.in_type = self.in_type.saturating_sub(1),
             "RangeVar" => {
-                if let Some(rv) = self.range_vars.pop() {
-                    self.found.range_vars.push(rv);
+                if let Some((schema, rel, temp)) = self.range_vars.pop() {
+                    if temp || schema.to_ascii_lowercase().starts_with("pg_temp") {
+                        self.found.temp_relations.push(rel.clone());
+                    }
+                    self.found.range_vars.push((schema, rel));
                 }
             }
             _ => {}
@@ -158,6 +164,7 @@ impl Walker {
                 match self.field {
                     "schemaname" => rv.0 = v.to_owned(),
                     "relname" => rv.1 = v.to_owned(),
+                    "relpersistence" => rv.2 = v == "t",
                     _ => {}
                 }
             }
