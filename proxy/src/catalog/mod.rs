@@ -303,6 +303,16 @@ impl CatalogSnapshot {
 }
 
 impl TableResolver for CatalogSnapshot {
+    fn schema_elsewhere(&self, table: &str, except: &str) -> Option<String> {
+        if !self.has_relation_named(table) {
+            return None;
+        }
+        self.tables
+            .iter()
+            .find(|(s, t)| t == table && s != except)
+            .map(|(s, _)| s.clone())
+    }
+
     fn resolve(&self, name_parts: &[String], search_path: &[String]) -> Option<(String, String)> {
         match name_parts {
             [table] => std::iter::once("pg_catalog")

@@ -328,3 +328,43 @@ fn facts_by_shape_equal_a_full_analysis() {
     }
     assert!(hits > 50, "{hits}");
 }
+
+/// An unqualified name of a protected table is refused when a relation of the same name
+/// exists in another schema: a function can change the session's search_path unseen, and the
+/// server would then store the row (sealed, but for the wrong table) in the other one.
+#[test]
+fn unqualified_protected_names_with_a_namesake_elsewhere_are_refused() {
+    let schema = ProtectedSchema::from_columns([col("email", true)]);
+    let snapshot = CatalogSnapshot::new(
+        1,
+        [
+            ("public".to_owned(), "patients".to_owned()),
+            ("shadow".to_owned(), "patients".to_owned()),
+        ],
+        [(
+            16400,
+            "public".to_owned(),
+            "patients".to_owned(),
+            vec![(1, "id".to_owned()), (2, "email".to_owned())],
+        )],
+        &schema,
+    );
+    let path = vec!["public".to_owned()];
+    let r = rewrite(
+        "INSERT INTO patients (email) VALUES ('x')",
+        &schema,
+        &snapshot,
+        &path,
+    );
+    let e = r.unwrap_err();
+    assert!(e.message.contains("shadow.patients"), "{}", e.message);
+    assert!(matches!(
+        rewrite(
+            "INSERT INTO public.patients (email) VALUES ('x')",
+            &schema,
+            &snapshot,
+            &path
+        ),
+        Ok(Plan::Rewrite(_))
+    ));
+}

@@ -111,9 +111,24 @@ impl<'a> Ctx<'a> {
         table: &str,
     ) -> Result<(), Refusal> {
         if let Some((s, t)) = resolved {
-            // Protected, or tainted (refused with its own reason where it is named).
-            if self.schema.table(s, t).is_some() || self.schema.tainted(s, t).is_some() {
+            // Tainted: refused with its own reason where it is named.
+            if self.schema.tainted(s, t).is_some() {
                 return Ok(());
+            }
+            if self.schema.table(s, t).is_some() {
+                // Protected, and no other relation of that name: the server cannot resolve
+                // the name to anything else whatever its search_path.
+                let Some(other) = self.resolver.schema_elsewhere(t, s) else {
+                    return Ok(());
+                };
+                return Err(Refusal::new(
+                    super::refusal::FEATURE_NOT_SUPPORTED,
+                    format!(
+                        "pgseal: {table} resolves to protected table {s}.{t}, but {other}.{t} \
+                         exists too and the server could resolve the name to it (a function \
+                         can change the search_path unseen); qualify the name ({s}.{t})"
+                    ),
+                ));
             }
         }
         let Some(protected) = self.schema.protected_relation_named(table) else {

@@ -227,6 +227,12 @@ pub trait TableResolver {
     fn schema_exists(&self, _schema: &str) -> bool {
         true
     }
+
+    /// A schema other than `except` holding a relation named `table`, if the resolver knows
+    /// one (the catalog snapshot does; resolvers of fixed test tables answer None).
+    fn schema_elsewhere(&self, _table: &str, _except: &str) -> Option<String> {
+        None
+    }
 }
 
 /// A [`TableResolver`] over a fixed set of existing tables (tests, and the catalog snapshot).

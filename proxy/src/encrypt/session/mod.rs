@@ -100,6 +100,8 @@ struct Effects {
     /// What PostgreSQL's grammar read in it (barriers among it), when it went through the
     /// gate.
     facts: Option<Arc<Facts>>,
+    /// Its barriers, as they stand behind those in flight when it was sent.
+    pending: Vec<crate::sql::gate::Pending>,
 }
 
 impl Effects {
@@ -832,9 +834,7 @@ impl EncryptSession {
             self.refuse_extended(decoy, code, &message, out);
             return Ok(());
         }
-        if let Some(f) = &effects.facts {
-            self.parsed_barriers.extend(f.pending());
-        }
+        self.parsed_barriers.extend(effects.pending.iter().cloned());
         let declared = msg.param_oids.clone();
         self.next_id += 1;
         self.statements.insert(

@@ -43,22 +43,23 @@ impl EncryptSession {
         let ends_block = self.resync_at_txn_end
             && (crate::rewrite::resolution::ends_block(sql, false)
                 || facts.as_ref().is_some_and(|f| f.ends_block()));
+        let pending = facts
+            .as_ref()
+            .map(|f| f.pending_after(&self.barriers_in_flight()))
+            .unwrap_or_default();
         Effects {
             search_path: search_path::change_in(sql),
             resync: search_path::needs_resync(sql) || ends_block,
             lexer: facts.as_ref().is_some_and(|f| f.lexer_change()) || ends_block,
             facts,
+            pending,
         }
     }
 
     /// The catalog barriers (and changes of search_path or the role) still in flight.
-    fn barriers_in_flight(&self) -> Vec<gate::Pending> {
+    pub(super) fn barriers_in_flight(&self) -> Vec<gate::Pending> {
         let mut out = self.parsed_barriers.clone();
-        let mut add = |e: &Effects| {
-            if let Some(f) = &e.facts {
-                out.extend(f.pending());
-            }
-        };
+        let mut add = |e: &Effects| out.extend(e.pending.iter().cloned());
         for p in &self.queue {
             match p {
                 Pending::Execute { effects, .. } => add(effects),

@@ -194,7 +194,25 @@ impl Facts {
 
     /// The barriers (and changes of search_path or the role) of the string.
     pub fn pending(&self) -> Vec<Pending> {
-        self.statements.iter().filter_map(Pending::of).collect()
+        self.pending_after(&[])
+    }
+
+    /// The barriers of the string, sent behind `before` (still in flight): a barrier that
+    /// uses a name a protected barrier made uncertain (`CREATE TABLE b () INHERITS (a)` behind
+    /// `CREATE TABLE a () INHERITS (patients)`) is protected too.
+    pub fn pending_after(&self, before: &[Pending]) -> Vec<Pending> {
+        let mut all: Vec<Pending> = before.to_vec();
+        let mut out = Vec::new();
+        for s in &self.statements {
+            if let Some(mut p) = Pending::of(s) {
+                if all.iter().any(|q| q.protected && q.dirty.touches(s)) {
+                    p.protected = true;
+                }
+                all.push(p.clone());
+                out.push(p);
+            }
+        }
+        out
     }
 
     /// The relation names (lower case) of the protected `RangeVar`s of each statement.
@@ -442,13 +460,11 @@ impl Pending {
 /// the role) uses a name it made uncertain, carries values, and a protected relation is
 /// involved ([`Pending::blocks`]).
 fn check_barriers_in_string(facts: &Facts) -> Result<(), Refusal> {
-    for (i, s) in facts.statements.iter().enumerate() {
-        let Some(pending) = Pending::of(s) else {
-            continue;
-        };
-        let later = facts.statements.iter().enumerate().skip(i + 1);
-        for (j, t) in later {
+    let mut pendings: Vec<(usize, Pending)> = Vec::new();
+    for (j, t) in facts.statements.iter().enumerate() {
+        for (i, pending) in &pendings {
             if pending.blocks(t) {
+                let i = *i;
                 return Err(Refusal::new(
                     FEATURE_NOT_SUPPORTED,
                     format!(
@@ -461,6 +477,15 @@ fn check_barriers_in_string(facts: &Facts) -> Result<(), Refusal> {
                     ),
                 ));
             }
+        }
+        if let Some(mut p) = Pending::of(t) {
+            if pendings
+                .iter()
+                .any(|(_, q)| q.protected && q.dirty.touches(t))
+            {
+                p.protected = true;
+            }
+            pendings.push((j, p));
         }
     }
     Ok(())

@@ -184,6 +184,8 @@ fn barriers_in_one_string_stop_the_statements_behind_them() {
         "CREATE TABLE k () INHERITS (patients); CREATE INDEX ON k (id) WHERE email = 'secret'",
         "CREATE TABLE k () INHERITS (patients); CREATE FUNCTION f() RETURNS void LANGUAGE sql AS $$ INSERT INTO k (email) VALUES ('secret') $$",
         "CREATE TABLE k () INHERITS (patients); DO $$ BEGIN INSERT INTO k (email) VALUES ('secret'); END $$",
+        "CREATE TABLE k () INHERITS (patients); CREATE TABLE k2 () INHERITS (k); INSERT INTO k2 (email) VALUES ('secret')",
+        "CREATE VIEW v AS SELECT * FROM patients; CREATE VIEW v2 AS SELECT * FROM v; SELECT * FROM v2 WHERE email = 'secret'",
     ] {
         assert!(refused(sql), "{sql}");
     }
