@@ -254,8 +254,10 @@ async fn generated_statements_never_put_a_marker_upstream() {
         leaks.join("\n"),
         bad_cells.join("\n")
     );
+    // Unqualified names of gen_p are refused (gen_shadow.gen_p is its namesake); qualified
+    // ones and the child's name are accepted where the statement is supported.
     assert!(
-        accepted > 20,
+        accepted >= 5,
         "the grammar should also produce accepted statements"
     );
 }
