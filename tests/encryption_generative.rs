@@ -103,13 +103,13 @@ fn generate(rng: &mut Rng, n: usize, marker: &str) -> String {
     let template = rng.pick(TEMPLATES);
     let mut table = rng.pick(TABLES).to_owned();
     // Behind a barrier, often use the name the barrier made.
-    if prefix.contains("gen_k{N}") && rng.next() % 2 == 0 {
+    if prefix.contains("gen_k{N}") && rng.next().is_multiple_of(2) {
         table = "gen_k{N}".into();
     }
-    if prefix.contains("gen_s{N}") && rng.next() % 2 == 0 {
+    if prefix.contains("gen_s{N}") && rng.next().is_multiple_of(2) {
         table = "gen_s{N}".into();
     }
-    if prefix.contains("gen_v{N}") && rng.next() % 2 == 0 {
+    if prefix.contains("gen_v{N}") && rng.next().is_multiple_of(2) {
         table = "gen_v{N}".into();
     }
     let sql = format!("{prefix}{template}")

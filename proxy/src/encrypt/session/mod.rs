@@ -326,12 +326,7 @@ impl EncryptSession {
         if let Some(v) = probed("backslash_quote") {
             lexer.apply_backslash_quote(v);
         }
-        let trust = if shared
-            .policy
-            .trusted_migration_users
-            .iter()
-            .any(|u| *u == info.user)
-        {
+        let trust = if shared.policy.trusted_migration_users.contains(&info.user) {
             Trust::Migration
         } else {
             Trust::Untrusted
@@ -403,11 +398,10 @@ impl EncryptSession {
             return;
         };
         match (std::str::from_utf8(name), std::str::from_utf8(value)) {
-            (Ok("TimeZone"), Ok(v)) => {
-                if !self.zone.is(v) {
-                    self.zone = Zone::from_setting(v);
-                }
+            (Ok("TimeZone"), Ok(v)) if !self.zone.is(v) => {
+                self.zone = Zone::from_setting(v);
             }
+            (Ok("TimeZone"), Ok(_)) => {}
             (Ok(n), Ok(v)) => {
                 let before = self.lexer;
                 if self.lexer.apply_report(n, v) && self.lexer != before {
@@ -415,11 +409,9 @@ impl EncryptSession {
                 }
             }
             // A value the proxy cannot read: the lexer state is not known.
-            (Ok(n), Err(_)) => {
-                if self.lexer.apply_report(n, "unknown") {
-                    self.lexer_resync = true;
-                    self.plan_memo.clear();
-                }
+            (Ok(n), Err(_)) if self.lexer.apply_report(n, "unknown") => {
+                self.lexer_resync = true;
+                self.plan_memo.clear();
             }
             _ => {}
         }

@@ -79,7 +79,7 @@ fn has_trigger_word(b: &[u8]) -> bool {
             i += 1;
         }
         let len = i - start;
-        if len > LONGEST || len < 2 {
+        if !(2..=LONGEST).contains(&len) {
             continue;
         }
         let Some(src) = b.get(start..i) else { continue };

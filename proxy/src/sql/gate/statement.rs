@@ -187,16 +187,11 @@ fn classify(node: &NodeEnum, found: &Found, f: &mut StatementFacts) {
             f.resolution_change = true;
         }
         NodeEnum::SelectStmt(s) if s.into_clause.is_some() => f.barrier = Some(everything()),
-        NodeEnum::ExplainStmt(_) => {
-            // EXPLAIN ANALYZE runs its statement: CREATE TABLE AS / SELECT INTO create a table.
-            if found
-                .nested_statements
-                .iter()
-                .any(|k| *k == "CreateTableAsStmt")
-                || found.into_clause
-            {
-                f.barrier = Some(everything());
-            }
+        // EXPLAIN ANALYZE runs its statement: CREATE TABLE AS / SELECT INTO create a table.
+        NodeEnum::ExplainStmt(_)
+            if found.nested_statements.contains(&"CreateTableAsStmt") || found.into_clause =>
+        {
+            f.barrier = Some(everything());
         }
         _ => {}
     }
