@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use pgseal_keyserver::logging;
 use pgseal_proxy::catalog::load::load_snapshot;
 use pgseal_proxy::catalog::verify::{self, Severity};
 use pgseal_proxy::catalog::{dependents, CatalogConnector, CatalogError, UpstreamCatalog};
@@ -48,7 +49,8 @@ const USAGE: &str = "usage: pgseal-proxy <serve|check|schema|reencrypt> --config
           and destroy the old versions on the keyserver.\n\
 \n\
 Options: --config FILE (or -c FILE, --config=FILE); --help; --version.\n\
-Logging: PGSEAL_LOG (or RUST_LOG), e.g. PGSEAL_LOG=debug; logs go to stderr.";
+Logging: PGSEAL_LOG (or RUST_LOG), e.g. PGSEAL_LOG=debug; logs go to stderr. The level applies\n\
+to pgseal's own targets (pgseal_*); every other crate is logged at warn at most.";
 
 fn parse_args() -> Result<(String, PathBuf)> {
     let mut args = std::env::args().skip(1);
@@ -310,13 +312,10 @@ fn interceptors(resolved: &Resolved) -> Result<Interceptors> {
 
 fn main() -> Result<()> {
     let (cmd, path) = parse_args()?;
-    let filter = std::env::var("PGSEAL_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .init();
+    // PGSEAL_LOG (or RUST_LOG) sets the level of pgseal's own targets only: every other crate
+    // (sqlparser logs the statements it parses at debug) is capped at `warn`, so no SQL text,
+    // value or token reaches the log through a dependency.
+    logging::init_stderr(&logging::spec_from_env(&["PGSEAL_LOG", "RUST_LOG"], "info"));
     let config = Config::from_file(&path)?;
     let threads = config.threads();
     let resolved = config

@@ -201,9 +201,15 @@ pub struct ProxyProcess {
 }
 
 impl ProxyProcess {
-    /// Writes `toml` (with `listen` replaced by a free port) and starts `pgseal-proxy serve`;
-    /// waits until it accepts connections. Panics with its log when it does not come up.
+    /// Writes `toml` (with `listen` replaced by a free port) and starts `pgseal-proxy serve`
+    /// with `PGSEAL_LOG=info`; waits until it accepts connections. Panics with its log when it
+    /// does not come up.
     pub fn start(toml: &str, env: &[(&str, &str)]) -> ProxyProcess {
+        Self::start_with_log(toml, env, "info")
+    }
+
+    /// [`start`](Self::start) with `PGSEAL_LOG` set to `log_spec`.
+    pub fn start_with_log(toml: &str, env: &[(&str, &str)], log_spec: &str) -> ProxyProcess {
         let bin = keyserver::cargo_bin("pgseal-proxy", "PGSEAL_PROXY_BIN");
         let dir = tempfile::Builder::new()
             .prefix("pgseal-proxy-")
@@ -224,7 +230,7 @@ impl ProxyProcess {
                 .arg("--config")
                 .arg(&conf)
                 .envs(env.iter().copied())
-                .env("PGSEAL_LOG", "info")
+                .env("PGSEAL_LOG", log_spec)
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().unwrap())
                 .stderr(log)
@@ -314,6 +320,12 @@ impl EncEnv {
 
     /// [`start`](Self::start) with the proxy's keyserver grace period set to `grace_seconds`.
     pub fn start_with_grace(columns: &[keyserver::ColumnSpec], grace_seconds: u64) -> EncEnv {
+        Self::start_with(columns, grace_seconds, "info")
+    }
+
+    /// [`start`](Self::start) with the proxy's keyserver grace period set to `grace_seconds`
+    /// and its `PGSEAL_LOG` to `log`.
+    pub fn start_with(columns: &[keyserver::ColumnSpec], grace_seconds: u64, log: &str) -> EncEnv {
         let pg = PgCluster::start(PgOptions {
             log_statements: true,
             max_connections: Some(100),
@@ -342,7 +354,7 @@ impl EncEnv {
             columns,
             grace_seconds,
         ));
-        let proxy = ProxyProcess::start(&toml, &proxy_env());
+        let proxy = ProxyProcess::start_with_log(&toml, &proxy_env(), log);
         EncEnv {
             proxy,
             ks,
