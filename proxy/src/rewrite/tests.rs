@@ -723,20 +723,20 @@ fn create_table_and_add_column_become_bytea() {
     assert_eq!(
         p.debug_sql(),
         "CREATE TABLE patients (id serial PRIMARY KEY, \
-         name BYTEA NOT NULL CONSTRAINT \"pgseal_cell_name\" CHECK (octet_length(\"name\") >= 49 AND SUBSTR(\"name\", 17, 1) = E'\\\\x01'::BYTEA), \
-         email BYTEA CONSTRAINT \"pgseal_cell_email\" CHECK (octet_length(\"email\") >= 49 AND SUBSTR(\"email\", 17, 1) = E'\\\\x01'::BYTEA), \
+         name BYTEA NOT NULL CONSTRAINT \"pgseal_cell_name\" CHECK (\"name\" LIKE E'________________\\\\001________________________________%'::BYTEA), \
+         email BYTEA CONSTRAINT \"pgseal_cell_email\" CHECK (\"email\" LIKE E'________________\\\\001________________________________%'::BYTEA), \
          age INT)"
     );
     let p = plan("ALTER TABLE patients ADD COLUMN notes text");
     assert_eq!(
         p.debug_sql(),
-        "ALTER TABLE patients ADD COLUMN notes BYTEA CONSTRAINT \"pgseal_cell_notes\" CHECK (octet_length(\"notes\") >= 33 AND SUBSTR(\"notes\", 1, 1) = E'\\\\x01'::BYTEA)"
+        "ALTER TABLE patients ADD COLUMN notes BYTEA CONSTRAINT \"pgseal_cell_notes\" CHECK (\"notes\" LIKE E'\\\\001________________________________%'::BYTEA)"
     );
     // Already bytea: the constraint is added all the same.
     let p = plan("ALTER TABLE patients ADD COLUMN IF NOT EXISTS dob bytea NOT NULL");
     assert_eq!(
         p.debug_sql(),
-        "ALTER TABLE patients ADD COLUMN IF NOT EXISTS dob BYTEA NOT NULL CONSTRAINT \"pgseal_cell_dob\" CHECK (octet_length(\"dob\") >= 33 AND SUBSTR(\"dob\", 1, 1) = E'\\\\x01'::BYTEA)"
+        "ALTER TABLE patients ADD COLUMN IF NOT EXISTS dob BYTEA NOT NULL CONSTRAINT \"pgseal_cell_dob\" CHECK (\"dob\" LIKE E'\\\\001________________________________%'::BYTEA)"
     );
     // A constraint of the application's own on a protected column is refused (it would see
     // ciphertext), the proxy's included: it is added by the proxy only.
@@ -760,7 +760,7 @@ fn constraints_on_plain_columns_pass_and_on_protected_columns_are_refused() {
     );
     assert_eq!(
         p.debug_sql(),
-        "CREATE TABLE patients (id serial, name BYTEA CONSTRAINT \"pgseal_cell_name\" CHECK (octet_length(\"name\") >= 49 AND SUBSTR(\"name\", 17, 1) = E'\\\\x01'::BYTEA), \
+        "CREATE TABLE patients (id serial, name BYTEA CONSTRAINT \"pgseal_cell_name\" CHECK (\"name\" LIKE E'________________\\\\001________________________________%'::BYTEA), \
          PRIMARY KEY (id), UNIQUE (id), FOREIGN KEY (id) REFERENCES doctors(id))"
     );
     plan("CREATE TABLE patients (id int REFERENCES patients (id), name text)");
@@ -886,10 +886,10 @@ fn schema_ddl_prints_conversion() {
     assert!(ddl.contains("CREATE INDEX IF NOT EXISTS \"patients_name_pgseal_bidx\""));
     assert!(!ddl.contains("patients_notes_pgseal_bidx"));
     assert!(ddl.contains(
-        "ALTER TABLE \"public\".\"patients\" DROP CONSTRAINT IF EXISTS \"pgseal_cell_notes\", ADD CONSTRAINT \"pgseal_cell_notes\" CHECK (octet_length(\"notes\") >= 33 AND substr(\"notes\", 1, 1) = E'\\\\x01'::bytea);"
+        "ALTER TABLE \"public\".\"patients\" DROP CONSTRAINT IF EXISTS \"pgseal_cell_notes\", ADD CONSTRAINT \"pgseal_cell_notes\" CHECK (\"notes\" LIKE E'\\\\001________________________________%'::bytea);"
     ), "{ddl}");
     assert!(ddl.contains(
-        "ADD CONSTRAINT \"pgseal_cell_email\" CHECK (octet_length(\"email\") >= 49 AND substr(\"email\", 17, 1) = E'\\\\x01'::bytea);"
+        "ADD CONSTRAINT \"pgseal_cell_email\" CHECK (\"email\" LIKE E'________________\\\\001________________________________%'::bytea);"
     ), "{ddl}");
 }
 
