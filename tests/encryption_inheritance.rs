@@ -114,10 +114,15 @@ async fn partitions_encrypt_and_decrypt_as_the_root() {
     )
     .await
     .unwrap();
-    // Straight upstream, the running proxy does not know these yet.
+    // Straight upstream, the running proxy does not know these yet. A table attached as a
+    // partition must have the parent's CHECK constraints (PostgreSQL's rule), pgseal's
+    // stored-cell constraints included.
     upstream_ddl(
         env,
-        "CREATE TABLE pt_2 (dropme int, note bytea, email bytea, id int4 NOT NULL);\
+        "CREATE TABLE pt_2 (dropme int, \
+           note bytea CONSTRAINT pgseal_cell_note CHECK (note LIKE E'\\\\001________________________________%'::bytea), \
+           email bytea CONSTRAINT pgseal_cell_email CHECK (email LIKE E'________________\\\\001________________________________%'::bytea), \
+           id int4 NOT NULL);\
          ALTER TABLE pt_2 DROP COLUMN dropme;\
          ALTER TABLE pt ATTACH PARTITION pt_2 FOR VALUES FROM (100) TO (200);\
          CREATE TABLE pt_4 PARTITION OF pt FOR VALUES FROM (300) TO (400) PARTITION BY LIST (id);\

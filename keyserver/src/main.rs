@@ -7,12 +7,11 @@ use pgseal_keyserver::cli::{init, CertCommand, Cli, Command};
 use pgseal_keyserver::config::Config;
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // RUST_LOG for pgseal's own targets; every other crate at most `warn`.
+    pgseal_keyserver::logging::init_stderr(&pgseal_keyserver::logging::spec_from_env(
+        &["RUST_LOG"],
+        "info",
+    ));
     pgseal_keyserver::install_crypto_provider();
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use pgseal_keyserver::logging;
 use pgseal_proxy::catalog::load::load_snapshot;
 use pgseal_proxy::catalog::verify::{self, Severity};
 use pgseal_proxy::catalog::{dependents, CatalogConnector, CatalogError, UpstreamCatalog};
@@ -32,14 +33,20 @@ const USAGE: &str = "usage: pgseal-proxy <serve|check|schema|reencrypt> --config
             error    the column is not bytea (the line gives the DDL fix; see `schema`);\n\
             error    unique = true but no UNIQUE index on (substring(col from 1 for 16))\n\
                      (ON CONFLICT (col) would fail and duplicates would not be refused);\n\
+            error    a CHECK constraint named pgseal_cell_<column> that is not the stored-cell\n\
+                     check of the column as configured (it may refuse the proxy's writes);\n\
             warning  index = true but no index on (substring(col from 1 for 16))\n\
-                     (equality lookups work but scan the table).\n\
+                     (equality lookups work but scan the table);\n\
+            warning  no stored-cell CHECK constraint, or one still NOT VALID (a value that is\n\
+                     not a pgseal cell, e.g. plaintext written past the proxy, would be stored).\n\
           Exit status 0: no errors (warnings allowed); 1: any error.\n\
   schema  Print the DDL that converts the configured columns to bytea and creates their\n\
-          blind-index expression indexes. When the upstream is reachable, only what is still\n\
-          missing (comments say why each column is or is not included); otherwise the DDL for\n\
-          every configured column. Converting a column discards its existing values (USING\n\
-          NULL): re-write them through the proxy.\n\
+          blind-index expression indexes and stored-cell CHECK constraints (NULL, or a pgseal\n\
+          cell: blind index if any, format version 1, minimum length; see docs/format.md).\n\
+          When the upstream is reachable, only what is still missing (comments say why each\n\
+          column is or is not included); otherwise the DDL for every configured column.\n\
+          Converting a column discards its existing values (USING NULL): re-write them through\n\
+          the proxy.\n\
   reencrypt  After a key rotation: rewrite every stored cell of the configured columns that\n\
           is not under its keyring's active version (batches of 500 rows, one transaction\n\
           each; a row changed concurrently is left alone). Connects as\n\
@@ -48,7 +55,8 @@ const USAGE: &str = "usage: pgseal-proxy <serve|check|schema|reencrypt> --config
           and destroy the old versions on the keyserver.\n\
 \n\
 Options: --config FILE (or -c FILE, --config=FILE); --help; --version.\n\
-Logging: PGSEAL_LOG (or RUST_LOG), e.g. PGSEAL_LOG=debug; logs go to stderr.";
+Logging: PGSEAL_LOG (or RUST_LOG), e.g. PGSEAL_LOG=debug; logs go to stderr. The level applies\n\
+to pgseal's own targets (pgseal_*); every other crate is logged at warn at most.";
 
 fn parse_args() -> Result<(String, PathBuf)> {
     let mut args = std::env::args().skip(1);
@@ -314,13 +322,10 @@ fn interceptors(resolved: &Resolved) -> Result<Interceptors> {
 
 fn main() -> Result<()> {
     let (cmd, path) = parse_args()?;
-    let filter = std::env::var("PGSEAL_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .init();
+    // PGSEAL_LOG (or RUST_LOG) sets the level of pgseal's own targets only: every other crate
+    // (sqlparser logs the statements it parses at debug) is capped at `warn`, so no SQL text,
+    // value or token reaches the log through a dependency.
+    logging::init_stderr(&logging::spec_from_env(&["PGSEAL_LOG", "RUST_LOG"], "info"));
     let config = Config::from_file(&path)?;
     let threads = config.threads();
     let resolved = config

@@ -202,8 +202,9 @@ pub struct ProxyProcess {
 }
 
 impl ProxyProcess {
-    /// Writes `toml` (with `listen` replaced by a free port) and starts `pgseal-proxy serve`;
-    /// waits until it accepts connections. Panics with its log when it does not come up.
+    /// Writes `toml` (with `listen` replaced by a free port) and starts `pgseal-proxy serve`
+    /// with `PGSEAL_LOG=info`; waits until it accepts connections. Panics with its log when it
+    /// does not come up.
     pub fn start(toml: &str, env: &[(&str, &str)]) -> ProxyProcess {
         Self::start_with_log(toml, env, "info")
     }
@@ -334,6 +335,11 @@ impl EncEnv {
     /// [`start`](Self::start) with the proxy's keyserver grace period set to `grace_seconds`.
     pub fn start_with_grace(columns: &[keyserver::ColumnSpec], grace_seconds: u64) -> EncEnv {
         Self::start_with_log(columns, grace_seconds, "info")
+    }
+
+    /// [`start_with_log`](Self::start_with_log) (the name the log tests use).
+    pub fn start_with(columns: &[keyserver::ColumnSpec], grace_seconds: u64, log: &str) -> EncEnv {
+        Self::start_with_log(columns, grace_seconds, log)
     }
 
     /// [`start_with_grace`](Self::start_with_grace) with the proxy's `PGSEAL_LOG` set to

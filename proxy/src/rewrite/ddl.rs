@@ -1,20 +1,26 @@
-//! DDL for ORMs: protected columns become `bytea`, indexes on them the blind-index expression;
-//! and [`schema_ddl`] for converting an existing database.
+//! DDL for ORMs: protected columns become `bytea` with the stored-cell CHECK constraint
+//! ([`CellCheck`]), indexes on them the blind-index expression; and [`schema_ddl`] for
+//! converting an existing database.
 
 use sqlparser::ast::{
-    AlterColumnOperation, AlterTable, AlterTableOperation, ColumnDef, ColumnOption, CreateIndex,
-    CreateTable, DataType, Expr, ForeignKeyConstraint, Ident, IndexColumn, TableConstraint,
+    AlterColumnOperation, AlterTable, AlterTableOperation, CheckConstraint, ColumnDef,
+    ColumnOption, ColumnOptionDef, CreateIndex, CreateTable, DataType, Expr, ForeignKeyConstraint,
+    Ident, IndexColumn, TableConstraint,
 };
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
 
 use super::ctx::{col_ref, Ctx};
 use super::predicate::index_prefix;
 use super::refusal::Refusal;
-use super::schema::{fold, ProtectedSchema};
+use super::schema::cell_check::CellCheck;
+use super::schema::{fold, quote_ident, ProtectedColumn, ProtectedSchema};
 use super::scope::{Relation, Scope, Source};
 
 impl Ctx<'_> {
-    /// A column definition of table `(s, t)`: a protected column becomes `bytea` and may carry
-    /// only NULL / NOT NULL; the options of other columns are checked like table constraints.
+    /// A column definition of table `(s, t)`: a protected column becomes `bytea` with the
+    /// stored-cell CHECK constraint and may carry only NULL / NOT NULL; the options of other
+    /// columns are checked like table constraints.
     fn protect_column_def(
         &mut self,
         s: &str,
@@ -50,10 +56,9 @@ impl Ctx<'_> {
                 }
             }
         }
-        if def.data_type != DataType::Bytea {
-            def.data_type = DataType::Bytea;
-            self.modified = true;
-        }
+        def.data_type = DataType::Bytea;
+        def.options.push(cell_check_option(&p)?);
+        self.modified = true;
         Ok(())
     }
 
@@ -296,12 +301,35 @@ impl Ctx<'_> {
     }
 }
 
-fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
+/// `CONSTRAINT "pgseal_cell_<column>" CHECK (…)`, the column option of [`CellCheck`].
+fn cell_check_option(p: &ProtectedColumn) -> Result<ColumnOptionDef, Refusal> {
+    let check = CellCheck::of(p);
+    let expr = Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(&check.expression())
+        .and_then(|mut parser| parser.parse_expr())
+        .map_err(|_| {
+            Refusal::new(
+                "XX000",
+                format!(
+                    "pgseal: internal error: the CHECK constraint of {} does not parse",
+                    p.id
+                ),
+            )
+        })?;
+    Ok(ColumnOptionDef {
+        name: Some(Ident::with_quote('"', check.name())),
+        option: ColumnOption::Check(CheckConstraint {
+            name: None,
+            expr: Box::new(expr),
+            no_inherit: false,
+            enforced: None,
+        }),
+    })
 }
 
 /// DDL converting an existing database to the configured protection (for `pgseal-proxy schema`):
-/// every protected column becomes `bytea`, every indexed one gets its expression index.
+/// every protected column becomes `bytea` with its stored-cell CHECK constraint, every indexed
+/// one gets its expression index.
 ///
 /// The type change cannot encrypt existing plaintext (only the proxy holds the keys), so the
 /// statements are meant for empty columns: existing values are discarded (`USING NULL`), which
@@ -309,7 +337,7 @@ fn quote_ident(s: &str) -> String {
 /// the proxy.
 pub fn schema_ddl(schema: &ProtectedSchema) -> String {
     let mut out = String::from(
-        "-- pgseal: convert protected columns to bytea and create blind-index expression indexes.\n\
+        "-- pgseal: convert protected columns to bytea, create blind-index expression indexes and the CHECK constraints on stored cells.\n\
          -- WARNING: existing values of these columns are discarded (USING NULL); re-write them through the proxy.\n",
     );
     for c in schema.columns() {
@@ -329,6 +357,8 @@ pub fn schema_ddl(schema: &ProtectedSchema) -> String {
                 "CREATE {unique}INDEX IF NOT EXISTS {name} ON {table} ((substring({col} from 1 for 16)));\n"
             ));
         }
+        out.push_str(&CellCheck::of(c).replace_sql());
+        out.push('\n');
     }
     out
 }

@@ -5,6 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use pgseal_crypto::value::{LogicalType, Normalisation};
 use pgseal_crypto::{ColumnId, IndexGroup};
 
+pub mod cell_check;
+
 /// The equality (blind) index of a protected column.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexSpec {
@@ -275,6 +277,12 @@ impl TableResolver for InMemoryResolver {
             _ => None,
         }
     }
+}
+
+/// Quotes a PostgreSQL identifier (always, doubling embedded quotes): `My "T"` becomes
+/// `"My ""T"""`.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 /// Folds an identifier as PostgreSQL does: unquoted names are lower-cased.

@@ -722,10 +722,30 @@ fn create_table_and_add_column_become_bytea() {
     assert_eq!(p.kind, PlanKind::Ddl);
     assert_eq!(
         p.debug_sql(),
-        "CREATE TABLE patients (id serial PRIMARY KEY, name BYTEA NOT NULL, email BYTEA, age INT)"
+        "CREATE TABLE patients (id serial PRIMARY KEY, \
+         name BYTEA NOT NULL CONSTRAINT \"pgseal_cell_name\" CHECK (\"name\" LIKE E'________________\\\\001________________________________%'::BYTEA), \
+         email BYTEA CONSTRAINT \"pgseal_cell_email\" CHECK (\"email\" LIKE E'________________\\\\001________________________________%'::BYTEA), \
+         age INT)"
     );
     let p = plan("ALTER TABLE patients ADD COLUMN notes text");
-    assert_eq!(p.debug_sql(), "ALTER TABLE patients ADD COLUMN notes BYTEA");
+    assert_eq!(
+        p.debug_sql(),
+        "ALTER TABLE patients ADD COLUMN notes BYTEA CONSTRAINT \"pgseal_cell_notes\" CHECK (\"notes\" LIKE E'\\\\001________________________________%'::BYTEA)"
+    );
+    // Already bytea: the constraint is added all the same.
+    let p = plan("ALTER TABLE patients ADD COLUMN IF NOT EXISTS dob bytea NOT NULL");
+    assert_eq!(
+        p.debug_sql(),
+        "ALTER TABLE patients ADD COLUMN IF NOT EXISTS dob BYTEA NOT NULL CONSTRAINT \"pgseal_cell_dob\" CHECK (\"dob\" LIKE E'\\\\001________________________________%'::BYTEA)"
+    );
+    // A constraint of the application's own on a protected column is refused (it would see
+    // ciphertext), the proxy's included: it is added by the proxy only.
+    assert_refused(
+        "ALTER TABLE patients ADD COLUMN notes bytea CONSTRAINT pgseal_cell_notes CHECK (octet_length(notes) >= 33)",
+        "0A000",
+        "public.patients.notes",
+        "",
+    );
     // a table that is not protected
     pass("CREATE TABLE other.patients (name text)");
 }
@@ -740,8 +760,8 @@ fn constraints_on_plain_columns_pass_and_on_protected_columns_are_refused() {
     );
     assert_eq!(
         p.debug_sql(),
-        "CREATE TABLE patients (id serial, name BYTEA, PRIMARY KEY (id), UNIQUE (id), \
-         FOREIGN KEY (id) REFERENCES doctors(id))"
+        "CREATE TABLE patients (id serial, name BYTEA CONSTRAINT \"pgseal_cell_name\" CHECK (\"name\" LIKE E'________________\\\\001________________________________%'::BYTEA), \
+         PRIMARY KEY (id), UNIQUE (id), FOREIGN KEY (id) REFERENCES doctors(id))"
     );
     plan("CREATE TABLE patients (id int REFERENCES patients (id), name text)");
     let ok = rw(
@@ -865,6 +885,12 @@ fn schema_ddl_prints_conversion() {
     ));
     assert!(ddl.contains("CREATE INDEX IF NOT EXISTS \"patients_name_pgseal_bidx\""));
     assert!(!ddl.contains("patients_notes_pgseal_bidx"));
+    assert!(ddl.contains(
+        "ALTER TABLE \"public\".\"patients\" DROP CONSTRAINT IF EXISTS \"pgseal_cell_notes\", ADD CONSTRAINT \"pgseal_cell_notes\" CHECK (\"notes\" LIKE E'\\\\001________________________________%'::bytea);"
+    ), "{ddl}");
+    assert!(ddl.contains(
+        "ADD CONSTRAINT \"pgseal_cell_email\" CHECK (\"email\" LIKE E'________________\\\\001________________________________%'::bytea);"
+    ), "{ddl}");
 }
 
 // ---------- refusals ----------
