@@ -148,6 +148,36 @@ async fn write_extended(
     }
 }
 
+/// `COPY … FROM STDIN` of one row `(id, marker)` into `target` (`name (id, col)`).
+async fn write_copy(
+    env: &EncEnv,
+    c: &Client,
+    r: &mut Report,
+    s: &mut Vec<String>,
+    target: &str,
+    id: i32,
+    tables: &[&str],
+) {
+    use futures_util::SinkExt as _;
+    let marker = secret(s, "drift");
+    let sql = format!("COPY {target} FROM STDIN");
+    let outcome = async {
+        let sink = c.copy_in(&sql).await?;
+        futures_util::pin_mut!(sink);
+        sink.send(bytes::Bytes::from(format!("{id}\t{marker}\n")))
+            .await?;
+        sink.finish().await
+    }
+    .await;
+    match outcome {
+        Ok(_) => r.failures.push(format!("accepted (copy): {sql}")),
+        Err(e) => r.refusals.push(format!("{sql}: {}", db_message(&e))),
+    }
+    for w in marker_upstream(env, &marker, tables) {
+        r.failures.push(format!("marker of {sql} found in the {w}"));
+    }
+}
+
 /// A read through both protocols: refused, or at least no pgseal cell handed out as data.
 async fn read_both(c: &Client, r: &mut Report, sql: &str) {
     match c.simple_query(sql).await {
@@ -244,8 +274,8 @@ fn check_line(text: &str, object: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Writes (simple and extended, INSERT and UPDATE) and reads naming `name`, whose email column
-/// is called `col`, after a drift.
+/// Reads, then writes (simple and extended INSERT and UPDATE, COPY) naming `name`, whose email
+/// column is called `col`, after a drift.
 async fn attempts(
     env: &EncEnv,
     c: &Client,
@@ -295,6 +325,7 @@ async fn attempts(
         dump,
     )
     .await;
+    write_copy(env, c, r, s, &format!("{name} (id, {col})"), 2, dump).await;
 }
 
 /// Refusals must say which configured table they are about and how to fix the configuration.
