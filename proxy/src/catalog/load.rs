@@ -1,15 +1,12 @@
 //! The catalog queries behind a [`CatalogSnapshot`]: every relation a query can name, the
-//! attributes of the tables that hold protected columns (by configured name, and by the OIDs
-//! [`Remembered`] from earlier loads), the descendants (partitions and inheritance children,
-//! recursively through `pg_inherits`) of those tables with their attributes, the relations
-//! whose rewrite rules depend on them (views and materialized views, recursively through
-//! `pg_depend` / `pg_rewrite`), and their ancestors that are not protected (recursively
-//! through `pg_inherits` upwards).
+//! attributes of the tables that hold protected columns, the descendants (partitions and
+//! inheritance children, recursively through `pg_inherits`) of those tables with their
+//! attributes, and the relations whose rewrite rules depend on them (views and materialized
+//! views, recursively through `pg_depend` / `pg_rewrite`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-use super::drift::{Drift, Remembered, TableRow};
-use super::{Ancestor, CatalogError, CatalogSnapshot, DependentRelation, Descendant};
+use super::{CatalogError, CatalogSnapshot, DependentRelation, Descendant};
 use crate::rewrite::ProtectedSchema;
 use crate::upstream::simple_query::{quote_literal, Rows, SimpleClient};
 
@@ -20,103 +17,62 @@ const RELATIONS_SQL: &str = "SELECT n.nspname, c.relname \
      WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND c.relpersistence <> 't'";
 
 /// `(n.nspname, c.relname) IN (VALUES ...)` over the tables holding protected columns, or
-/// `false` when there are none. Led by `c.relname IN (…)`, which PostgreSQL answers from the
-/// `pg_class` name index (the pair alone scans `pg_class`: 10 ms against 1 ms with 15 000
-/// relations).
+/// `false` when there are none.
 pub(crate) fn protected_tables_filter(schema: &ProtectedSchema) -> String {
     let values: Vec<String> = schema
         .tables()
         .map(|(s, t)| format!("({}, {})", quote_literal(s), quote_literal(t)))
         .collect();
-    let names: BTreeSet<String> = schema.tables().map(|(_, t)| quote_literal(t)).collect();
     if values.is_empty() {
         "false".to_owned()
     } else {
         format!(
-            "(c.relname IN ({}) AND (n.nspname::text, c.relname::text) IN (VALUES {}))",
-            names.into_iter().collect::<Vec<_>>().join(", "),
+            "(n.nspname::text, c.relname::text) IN (VALUES {})",
             values.join(", ")
         )
     }
 }
 
-/// `c.oid IN (…)` over the remembered OIDs, or None when there are none.
-fn remembered_filter(remembered: &Remembered) -> Option<String> {
-    let oids: Vec<String> = remembered
-        .oids()
-        .map(|(o, ..)| format!("'{o}'::pg_catalog.oid"))
-        .collect();
-    (!oids.is_empty()).then(|| format!("c.oid IN ({})", oids.join(", ")))
-}
-
-/// `WITH RECURSIVE` CTEs: `roots(oid, rs, rt)` the configured tables (by name, and by the
-/// remembered OIDs, under the configured name each was found as), `d(oid, root, rs, rt)` their
-/// descendants with the root OID and configured name they descend from.
-pub(crate) fn descendants_ctes(filter: &str, remembered: &Remembered) -> String {
-    let by_oid: Vec<String> = remembered
-        .oids()
-        .map(|(o, s, t)| {
-            format!(
-                "('{o}'::pg_catalog.oid, {}::text, {}::text)",
-                quote_literal(s),
-                quote_literal(t)
-            )
-        })
-        .collect();
-    let remembered_roots = if by_oid.is_empty() {
-        String::new()
-    } else {
-        format!(
-            " UNION SELECT k.oid, k.rs, k.rt FROM (VALUES {}) k(oid, rs, rt) \
-             JOIN pg_catalog.pg_class c ON c.oid = k.oid",
-            by_oid.join(", ")
-        )
-    };
+/// `WITH RECURSIVE` CTEs: `roots(oid, rs, rt)` the configured tables, `d(oid, rs, rt)` their
+/// descendants with the root they descend from.
+fn descendants_ctes(filter: &str) -> String {
     format!(
         "WITH RECURSIVE roots(oid, rs, rt) AS ( \
            SELECT c.oid, n.nspname::text, c.relname::text \
            FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-           WHERE c.relkind IN ('r', 'p', 'f') AND {filter}{remembered_roots}), \
-         d(oid, root, rs, rt) AS ( \
-           SELECT i.inhrelid, r.oid, r.rs, r.rt FROM pg_catalog.pg_inherits i JOIN roots r ON r.oid = i.inhparent \
+           WHERE c.relkind IN ('r', 'p', 'f') AND {filter}), \
+         d(oid, rs, rt) AS ( \
+           SELECT i.inhrelid, r.rs, r.rt FROM pg_catalog.pg_inherits i JOIN roots r ON r.oid = i.inhparent \
            UNION \
-           SELECT i.inhrelid, d.root, d.rs, d.rt FROM pg_catalog.pg_inherits i JOIN d ON d.oid = i.inhparent), \
-         base(oid, rs, rt) AS (SELECT oid, rs, rt FROM roots UNION SELECT oid, rs, rt FROM d)"
+           SELECT i.inhrelid, d.rs, d.rt FROM pg_catalog.pg_inherits i JOIN d ON d.oid = i.inhparent)"
     )
 }
 
 /// The query text: relations, then `(oid, schema, table, attnum, attname)` of non-dropped
-/// attributes of the protected tables (by name and by remembered OID), then every schema name
-/// (CREATE TABLE of an unqualified name goes to the first existing schema of the
-/// search_path), then `(oid, schema, table, temporary, root schema, root table, attnum,
-/// attname, root oid)` of the descendants, then `(oid, schema, name, relkind, schema, table)`
-/// of relations whose rules depend on a protected table or a descendant (one protected table
-/// each), then `(oid, schema, name, relkind, below oid, schema, table)` of the ancestors of
-/// protected tables and descendants that are neither (with the protected relation below and
-/// the configured table it stands for; the name of the relation below is taken from the
-/// other answers: a join with `pg_class` for it scanned `pg_class` on every load).
-pub(crate) fn snapshot_sql(schema: &ProtectedSchema, remembered: &Remembered) -> String {
+/// attributes of the protected tables, then every schema name (CREATE TABLE of an unqualified
+/// name goes to the first existing schema of the search_path), then `(oid, schema, table,
+/// temporary, root schema, root table, attnum, attname)` of the descendants, then `(oid,
+/// schema, name, relkind, schema, table)` of relations whose rules depend on a protected table
+/// or a descendant (one protected table each).
+pub(crate) fn snapshot_sql(schema: &ProtectedSchema) -> String {
     let filter = protected_tables_filter(schema);
-    let attrs_filter = match remembered_filter(remembered) {
-        Some(oids) => format!("({filter} OR {oids})"),
-        None => filter.clone(),
-    };
-    let ctes = descendants_ctes(&filter, remembered);
+    let ctes = descendants_ctes(&filter);
     format!(
         "{RELATIONS_SQL}; \
          SELECT c.oid, n.nspname, c.relname, a.attnum, a.attname \
          FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
          JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
-         WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND {attrs_filter} \
+         WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND {filter} \
          ORDER BY c.oid, a.attnum; \
          SELECT nspname FROM pg_catalog.pg_namespace; \
          {ctes} \
-         SELECT d.oid, n.nspname, c.relname, c.relpersistence = 't', d.rs, d.rt, a.attnum, a.attname, d.root \
+         SELECT d.oid, n.nspname, c.relname, c.relpersistence = 't', d.rs, d.rt, a.attnum, a.attname \
          FROM d JOIN pg_catalog.pg_class c ON c.oid = d.oid \
          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
          JOIN pg_catalog.pg_attribute a ON a.attrelid = d.oid AND a.attnum > 0 AND NOT a.attisdropped \
-         ORDER BY d.oid, d.rs, d.rt, a.attnum, d.root; \
+         ORDER BY d.oid, d.rs, d.rt, a.attnum; \
          {ctes}, \
+         base(oid, rs, rt) AS (SELECT oid, rs, rt FROM roots UNION SELECT oid, rs, rt FROM d), \
          v(oid, rs, rt) AS ( \
            SELECT r.ev_class, b.rs, b.rt FROM pg_catalog.pg_depend dep \
            JOIN pg_catalog.pg_rewrite r ON dep.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND dep.objid = r.oid \
@@ -131,19 +87,12 @@ pub(crate) fn snapshot_sql(schema: &ProtectedSchema, remembered: &Remembered) ->
          FROM v JOIN pg_catalog.pg_class c ON c.oid = v.oid \
          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
          WHERE v.oid NOT IN (SELECT oid FROM base) \
-         ORDER BY v.oid, v.rs, v.rt; \
-         {ctes}, \
-         up(oid, below, rs, rt) AS ( \
-           SELECT i.inhparent, b.oid, b.rs, b.rt FROM pg_catalog.pg_inherits i JOIN base b ON b.oid = i.inhrelid \
-           UNION \
-           SELECT i.inhparent, up.below, up.rs, up.rt FROM pg_catalog.pg_inherits i JOIN up ON up.oid = i.inhrelid) \
-         SELECT DISTINCT ON (up.oid) up.oid, n.nspname, c.relname, c.relkind, up.below, up.rs, up.rt \
-         FROM up JOIN pg_catalog.pg_class c ON c.oid = up.oid \
-         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-         WHERE up.oid NOT IN (SELECT oid FROM base) \
-         ORDER BY up.oid, up.rs, up.rt, up.below"
+         ORDER BY v.oid, v.rs, v.rt"
     )
 }
+
+/// `(oid, schema, table, [(attnum, column name)])`, as [`CatalogSnapshot::new`] takes them.
+type TableRow = (u32, String, String, Vec<(i16, String)>);
 
 fn bad(what: &str) -> CatalogError {
     CatalogError(format!("unexpected catalog answer: {what}"))
@@ -156,31 +105,17 @@ pub(crate) fn field(row: &[Option<String>], i: usize) -> Result<&str, CatalogErr
         .ok_or_else(|| bad("missing or NULL column"))
 }
 
-/// Builds a snapshot from the answers to [`snapshot_sql`], with nothing remembered.
-#[cfg(test)]
+/// Builds a snapshot from the answers to [`snapshot_sql`].
 pub(crate) fn snapshot_from_rows(
     generation: u64,
     results: &[Rows],
     schema: &ProtectedSchema,
 ) -> Result<CatalogSnapshot, CatalogError> {
-    snapshot_from_rows_with(generation, results, schema, &mut Remembered::new())
-}
-
-/// Builds a snapshot from the answers to [`snapshot_sql`]: what `remembered` knows of the
-/// configured tables' OIDs decides what drifted; once the snapshot is built, `remembered`
-/// learns from this load.
-pub(crate) fn snapshot_from_rows_with(
-    generation: u64,
-    results: &[Rows],
-    schema: &ProtectedSchema,
-    remembered: &mut Remembered,
-) -> Result<CatalogSnapshot, CatalogError> {
     let (relations, attributes, namespaces, dependents) = match results {
         [r, a] => (r, a, None, None),
         [r, a, n] => (r, a, Some(n), None),
-        [r, a, n, d, v] => (r, a, Some(n), Some((d, v, None))),
-        [r, a, n, d, v, up] => (r, a, Some(n), Some((d, v, Some(up)))),
-        _ => return Err(bad("expected six result sets")),
+        [r, a, n, d, v] => (r, a, Some(n), Some((d, v))),
+        _ => return Err(bad("expected five result sets")),
     };
     let relations = relations
         .iter()
@@ -201,103 +136,44 @@ pub(crate) fn snapshot_from_rows_with(
             )),
         }
     }
-    let namespaces = match namespaces {
-        Some(rows) => Some(
-            rows.iter()
-                .map(|r| Ok(field(r, 0)?.to_owned()))
-                .collect::<Result<BTreeSet<_>, CatalogError>>()?,
-        ),
-        None => None,
-    };
-    let exists = |s: &str| namespaces.as_ref().is_none_or(|n| n.contains(s));
-    let drift = remembered.drift(&tables, &exists);
-    let mut snapshot = CatalogSnapshot::new(generation, relations, tables.clone(), schema);
-    match dependents {
-        Some((d, v, up)) => {
-            let descendants = descendants_from_rows(d)?;
-            let mut names: BTreeMap<u32, (String, String)> = tables
+    let mut snapshot = CatalogSnapshot::new(generation, relations, tables, schema);
+    if let Some((d, v)) = dependents {
+        snapshot =
+            snapshot.with_dependents(schema, descendants_from_rows(d)?, dependents_from_rows(v)?);
+    }
+    match namespaces {
+        Some(rows) => {
+            let names = rows
                 .iter()
-                .map(|(oid, s, t, _)| (*oid, (s.clone(), t.clone())))
-                .collect();
-            for (d, _) in descendants.iter() {
-                names.insert(d.oid, (d.schema.clone(), d.table.clone()));
-            }
-            let ancestors = match up {
-                Some(up) => ancestors_from_rows(up, &names)?,
-                None => Vec::new(),
-            };
-            let (descendants, cut_off) = split_descendants(descendants, &drift);
-            snapshot = snapshot
-                .with_dependents(schema, descendants, dependents_from_rows(v)?)
-                .with_drift(schema, &drift, cut_off, ancestors);
+                .map(|r| Ok(field(r, 0)?.to_owned()))
+                .collect::<Result<Vec<_>, CatalogError>>()?;
+            Ok(snapshot.with_schemas(names))
         }
-        None if !drift.is_empty() => {
-            snapshot = snapshot.with_drift(schema, &drift, Vec::new(), Vec::new());
-        }
-        None => {}
+        None => Ok(snapshot),
     }
-    if let Some(names) = namespaces {
-        snapshot = snapshot.with_schemas(names);
-    }
-    remembered.learn(&tables, schema);
-    Ok(snapshot)
 }
 
-/// A descendant of a drifted table, to be tainted: `(oid, schema, name, why)`.
-type CutOff = (u32, String, String, String);
-
-/// Descendants of drifted tables are cut off; the others stay descendants.
-fn split_descendants(
-    descendants: Vec<(Descendant, BTreeSet<u32>)>,
-    drift: &[Drift],
-) -> (Vec<Descendant>, Vec<CutOff>) {
-    let mut keep = Vec::new();
-    let mut cut = Vec::new();
-    for (d, root_oids) in descendants {
-        match drift.iter().find(|x| root_oids.contains(&x.oid())) {
-            Some(x) => {
-                let (s, t) = x.now();
-                let why = format!(
-                    "a partition or inheritance child of {s}.{t}, which is {}",
-                    x.why()
-                );
-                cut.push((d.oid, d.schema, d.table, why));
-            }
-            None => keep.push(d),
-        }
-    }
-    (keep, cut)
-}
-
-/// Descendants from `(oid, schema, table, temporary, root schema, root table, attnum, attname
-/// [, root oid])` rows (one row per root and attribute), with the OIDs of their roots.
-fn descendants_from_rows(rows: &Rows) -> Result<Vec<(Descendant, BTreeSet<u32>)>, CatalogError> {
-    let mut by_oid: BTreeMap<u32, (Descendant, BTreeSet<u32>)> = BTreeMap::new();
+/// Descendants from `(oid, schema, table, temporary, root schema, root table, attnum, attname)`
+/// rows (one row per root and attribute).
+fn descendants_from_rows(rows: &Rows) -> Result<Vec<Descendant>, CatalogError> {
+    let mut by_oid: BTreeMap<u32, Descendant> = BTreeMap::new();
     for r in rows {
         let oid: u32 = field(r, 0)?.parse().map_err(|_| bad("oid"))?;
         let temporary = field(r, 3)? == "t";
         let root = (field(r, 4)?.to_owned(), field(r, 5)?.to_owned());
         let attnum: i16 = field(r, 6)?.parse().map_err(|_| bad("attnum"))?;
         let attname = field(r, 7)?.to_owned();
-        let root_oid: Option<u32> = match r.get(8) {
-            Some(_) => Some(field(r, 8)?.parse().map_err(|_| bad("root oid"))?),
-            None => None,
-        };
-        let (d, roots) = match by_oid.entry(oid) {
+        let d = match by_oid.entry(oid) {
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::btree_map::Entry::Vacant(e) => e.insert((
-                Descendant {
-                    oid,
-                    schema: field(r, 1)?.to_owned(),
-                    table: field(r, 2)?.to_owned(),
-                    temporary,
-                    roots: Vec::new(),
-                    columns: Vec::new(),
-                },
-                BTreeSet::new(),
-            )),
+            std::collections::btree_map::Entry::Vacant(e) => e.insert(Descendant {
+                oid,
+                schema: field(r, 1)?.to_owned(),
+                table: field(r, 2)?.to_owned(),
+                temporary,
+                roots: Vec::new(),
+                columns: Vec::new(),
+            }),
         };
-        roots.extend(root_oid);
         if !d.roots.contains(&root) {
             d.roots.push(root);
         }
@@ -306,29 +182,6 @@ fn descendants_from_rows(rows: &Rows) -> Result<Vec<(Descendant, BTreeSet<u32>)>
         }
     }
     Ok(by_oid.into_values().collect())
-}
-
-/// Ancestors from `(oid, schema, name, relkind, below oid, schema, table)` rows; `names`: the
-/// `(schema, name)` of the protected relations by OID (a relation below that is missing there
-/// is named by the configured table it stands for).
-fn ancestors_from_rows(
-    rows: &Rows,
-    names: &BTreeMap<u32, (String, String)>,
-) -> Result<Vec<Ancestor>, CatalogError> {
-    rows.iter()
-        .map(|r| {
-            let below: u32 = field(r, 4)?.parse().map_err(|_| bad("oid"))?;
-            let over = (field(r, 5)?.to_owned(), field(r, 6)?.to_owned());
-            Ok(Ancestor {
-                oid: field(r, 0)?.parse().map_err(|_| bad("oid"))?,
-                schema: field(r, 1)?.to_owned(),
-                name: field(r, 2)?.to_owned(),
-                relkind: field(r, 3)?.chars().next().unwrap_or('?'),
-                below: names.get(&below).cloned().unwrap_or_else(|| over.clone()),
-                over,
-            })
-        })
-        .collect()
 }
 
 /// Dependent relations from `(oid, schema, name, relkind, schema, table)` rows.
@@ -346,29 +199,17 @@ fn dependents_from_rows(rows: &Rows) -> Result<Vec<DependentRelation>, CatalogEr
         .collect()
 }
 
-/// Runs the catalog queries on `client` and builds a snapshot with `generation` (a one-off
-/// load: no OIDs remembered from earlier ones, so no drift is seen).
+/// Runs the catalog queries on `client` and builds a snapshot with `generation`.
 pub async fn load_snapshot(
     client: &mut SimpleClient,
     schema: &ProtectedSchema,
     generation: u64,
 ) -> Result<CatalogSnapshot, CatalogError> {
-    load_snapshot_with(client, schema, generation, &mut Remembered::new()).await
-}
-
-/// [`load_snapshot`] following the configured tables by the OIDs `remembered` from earlier
-/// loads (renames and column renames done upstream taint them), then learning from this one.
-pub async fn load_snapshot_with(
-    client: &mut SimpleClient,
-    schema: &ProtectedSchema,
-    generation: u64,
-    remembered: &mut Remembered,
-) -> Result<CatalogSnapshot, CatalogError> {
     let results = client
-        .query(&snapshot_sql(schema, remembered))
+        .query(&snapshot_sql(schema))
         .await
         .map_err(|e| CatalogError(e.to_string()))?;
-    snapshot_from_rows_with(generation, &results, schema, remembered)
+    snapshot_from_rows(generation, &results, schema)
 }
 
 #[cfg(test)]
@@ -686,217 +527,5 @@ mod tests {
         rows[4].pop();
         let c = snapshot_from_rows(5, &rows, &schema()).unwrap();
         assert!(!a.same_content(&c));
-    }
-
-    /// One configured table, public.rn (email protected).
-    fn rn_schema() -> ProtectedSchema {
-        ProtectedSchema::from_columns([ProtectedColumn {
-            id: ColumnId::parse("public.rn.email").unwrap(),
-            ty: LogicalType::Text,
-            keyring: "k".into(),
-            index: None,
-        }])
-    }
-
-    fn rows(v: &[&[&str]]) -> Rows {
-        v.iter().map(|r| r.iter().map(|c| s(c)).collect()).collect()
-    }
-
-    /// `(oid, name, [(attnum, column)])` of a table in schema public.
-    type Table<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
-
-    /// The six result sets: relations, table attributes, descendants and ancestors.
-    fn load(rels: &[&str], tables: &[Table<'_>], desc: &[&[&str]], up: &[&[&str]]) -> Vec<Rows> {
-        let rels = rels.iter().map(|n| vec![s("public"), s(n)]).collect();
-        let attrs = tables
-            .iter()
-            .flat_map(|(oid, t, cols)| {
-                cols.iter()
-                    .map(move |(n, c)| vec![s(oid), s("public"), s(t), s(n), s(c)])
-            })
-            .collect();
-        vec![
-            rels,
-            attrs,
-            rows(&[&["public"]]),
-            rows(desc),
-            Vec::new(),
-            rows(up),
-        ]
-    }
-
-    const RN: Table<'static> = ("10", "rn", &[("1", "id"), ("2", "email")]);
-
-    fn refused(snap: &CatalogSnapshot, sql: &str) -> String {
-        let path = vec!["public".to_owned()];
-        match crate::rewrite::rewrite(sql, snap.schema(), snap, &path) {
-            Err(r) => {
-                assert_eq!(r.sqlstate, "0A000", "{sql}: {r:?}");
-                r.message
-            }
-            Ok(p) => panic!("{sql}: not refused: {p:?}"),
-        }
-    }
-
-    fn encrypted(snap: &CatalogSnapshot, sql: &str) {
-        use crate::rewrite::{rewrite, Plan, Slot};
-        let path = vec!["public".to_owned()];
-        match rewrite(sql, snap.schema(), snap, &path) {
-            Ok(Plan::Rewrite(p)) => {
-                assert!(!p.debug_sql().contains("secret"), "{}", p.debug_sql());
-                assert!(
-                    p.slots.iter().any(|s| matches!(s, Slot::Value { .. })),
-                    "{sql}: {:?}",
-                    p.slots
-                );
-            }
-            other => panic!("{sql}: not encrypted: {other:?}"),
-        }
-    }
-
-    #[test]
-    fn the_query_follows_remembered_oids() {
-        let mut m = Remembered::new();
-        let plain = snapshot_sql(&rn_schema(), &m);
-        assert!(!plain.contains("k(oid, rs, rt)"), "{plain}");
-        snapshot_from_rows_with(1, &load(&["rn"], &[RN], &[], &[]), &rn_schema(), &mut m).unwrap();
-        let sql = snapshot_sql(&rn_schema(), &m);
-        assert!(sql.contains("c.oid IN ('10'::pg_catalog.oid)"), "{sql}");
-        assert!(
-            sql.contains("('10'::pg_catalog.oid, 'public'::text, 'rn'::text)"),
-            "{sql}"
-        );
-        assert!(sql.contains("up(oid, below, rs, rt)"), "{sql}");
-    }
-
-    #[test]
-    fn a_table_renamed_upstream_is_tainted_with_its_descendants_until_renamed_back() {
-        let schema = rn_schema();
-        let mut m = Remembered::new();
-        let first =
-            snapshot_from_rows_with(1, &load(&["rn"], &[RN], &[], &[]), &schema, &mut m).unwrap();
-        assert!(first.protected_at(10, 2).is_some());
-        assert!(first.tainted(10).is_none());
-
-        // ALTER TABLE rn RENAME TO rn2, and a partition of it.
-        let child: &[&str] = &[
-            "20", "public", "rn2_1", "f", "public", "rn", "1", "email", "10",
-        ];
-        let moved = load(
-            &["rn2", "rn2_1"],
-            &[("10", "rn2", &[("1", "id"), ("2", "email")])],
-            &[child],
-            &[],
-        );
-        let snap = snapshot_from_rows_with(2, &moved, &schema, &mut m).unwrap();
-        let why = snap.tainted(10).expect("the renamed table is tainted");
-        assert!(why.contains("configured table public.rn"), "{why}");
-        assert!(snap.protected_at(10, 2).is_none());
-        assert!(snap.schema().tainted("public", "rn2").is_some());
-        let why = snap.tainted(20).expect("its partition is tainted");
-        assert!(why.contains("child of public.rn2"), "{why}");
-        assert!(snap.protected_at(20, 1).is_none());
-        for n in ["rn2", "rn2_1"] {
-            assert!(snap.extra_lower_names().iter().any(|x| x == n), "{n}");
-        }
-        for sql in [
-            "INSERT INTO rn2 (id, email) VALUES (1, 'secret')",
-            "UPDATE public.rn2 SET email = 'secret'",
-            "SELECT email FROM rn2",
-            "INSERT INTO rn2_1 (id, email) VALUES (1, 'secret')",
-        ] {
-            let m = refused(&snap, sql);
-            assert!(m.contains("public.rn") && m.contains("[[columns]]"), "{m}");
-        }
-        // The configured name is still protected (the server then says it does not exist).
-        encrypted(&snap, "INSERT INTO rn (id, email) VALUES (1, 'secret')");
-        encrypted(
-            &snap,
-            "INSERT INTO public.rn (id, email) VALUES (1, 'secret')",
-        );
-
-        // Stays so on the next load, and ends when renamed back.
-        let again = snapshot_from_rows_with(3, &moved, &schema, &mut m).unwrap();
-        assert!(again.same_content(&snap));
-        let back =
-            snapshot_from_rows_with(4, &load(&["rn"], &[RN], &[], &[]), &schema, &mut m).unwrap();
-        assert!(back.tainted(10).is_none());
-        assert!(back.protected_at(10, 2).is_some());
-        assert!(!back.schema().has_tainted());
-    }
-
-    #[test]
-    fn a_configured_table_that_no_longer_exists_is_still_protected() {
-        let snap = snapshot_from_rows(1, &load(&["other"], &[], &[], &[]), &rn_schema()).unwrap();
-        encrypted(&snap, "INSERT INTO rn (id, email) VALUES (1, 'secret')");
-        encrypted(&snap, "UPDATE public.rn SET email = 'secret' WHERE id = 1");
-    }
-
-    #[test]
-    fn a_renamed_protected_column_taints_its_table() {
-        let schema = rn_schema();
-        let mut m = Remembered::new();
-        snapshot_from_rows_with(1, &load(&["rn"], &[RN], &[], &[]), &schema, &mut m).unwrap();
-        // ALTER TABLE rn RENAME COLUMN email TO e2 (propagated to its partition).
-        let child: &[&str] = &["20", "public", "rn_1", "f", "public", "rn", "1", "e2", "10"];
-        let renamed = load(
-            &["rn", "rn_1"],
-            &[("10", "rn", &[("1", "id"), ("2", "e2")])],
-            &[child],
-            &[],
-        );
-        let snap = snapshot_from_rows_with(2, &renamed, &schema, &mut m).unwrap();
-        let why = snap.tainted(10).expect("tainted");
-        assert!(why.contains("RENAME COLUMN e2 TO email"), "{why}");
-        assert!(snap.tainted(20).is_some());
-        for sql in [
-            "INSERT INTO rn (id, e2) VALUES (1, 'secret')",
-            "UPDATE rn SET e2 = 'secret'",
-            "SELECT e2 FROM rn",
-            "INSERT INTO rn_1 (id, e2) VALUES (1, 'secret')",
-        ] {
-            let m = refused(&snap, sql);
-            assert!(m.contains("public.rn") && m.contains("[[columns]]"), "{m}");
-        }
-    }
-
-    #[test]
-    fn plain_ancestors_of_protected_relations_are_tainted() {
-        let child: &[&str] = &[
-            "20", "public", "rn_1", "f", "public", "rn", "1", "email", "10",
-        ];
-        let up: &[&[&str]] = &[
-            &["30", "public", "all_people", "p", "10", "public", "rn"],
-            &["40", "public", "people", "r", "20", "public", "rn"],
-        ];
-        let snap = snapshot_from_rows(
-            1,
-            &load(&["rn", "rn_1", "all_people", "people"], &[RN], &[child], up),
-            &rn_schema(),
-        )
-        .unwrap();
-        let why = snap.tainted(30).expect("partitioned parent tainted");
-        assert!(
-            why.contains("a partitioned table above protected table public.rn"),
-            "{why}"
-        );
-        let why = snap.tainted(40).expect("inheritance parent tainted");
-        assert!(
-            why.contains("an inheritance parent of public.rn_1 (a partition or inheritance child of protected table public.rn)"),
-            "{why}"
-        );
-        // The protected table and its partition are still what they were.
-        assert!(snap.protected_at(10, 2).is_some() && snap.protected_at(20, 1).is_some());
-        assert!(snap.tainted(10).is_none() && snap.tainted(20).is_none());
-        for sql in [
-            "INSERT INTO all_people (id, email) VALUES (1, 'secret')",
-            "UPDATE people SET email = 'secret' WHERE id = 1",
-            "SELECT id, email FROM all_people",
-            "DELETE FROM people",
-        ] {
-            let m = refused(&snap, sql);
-            assert!(m.contains("public.rn") && m.contains("[[columns]]"), "{m}");
-        }
-        encrypted(&snap, "INSERT INTO rn (id, email) VALUES (1, 'secret')");
     }
 }

@@ -20,32 +20,6 @@
 //! handed over. Descendants that are ambiguous (children of two protected roots, configured
 //! tables that are also descendants, temporary children) are tainted too.
 //!
-//!
-//! # Drift from the configuration, and plain ancestors
-//! The configuration names tables; the catalog also follows them by OID ([`drift`]). A
-//! configured table renamed or moved directly upstream (`ALTER TABLE … RENAME TO`, `SET
-//! SCHEMA`, `ALTER SCHEMA … RENAME`) keeps its OID: under its new name it is tainted, and so
-//! are its descendants, until the configuration matches again (renamed back upstream, or
-//! `[[columns]]` updated and the proxy restarted). A configured table whose protected column
-//! was renamed upstream (the remembered attnum has another name) is tainted under its own
-//! name: the renamed column would otherwise be a plain column to the proxy. The configured
-//! name itself stays protected whatever the catalog says: a statement naming a configured
-//! table that no longer exists is still analysed (and encrypted) as that table, never as a
-//! plain one. OIDs are remembered from the first load that finds them by name, for the
-//! loader's lifetime (the proxy process): a proxy started after such a change sees only that
-//! the configured table or column is missing, which `pgseal-proxy check` reports as an error
-//! with the likely new name.
-//!
-//! Ancestors: a partitioned table or inheritance parent (recursively, through `pg_inherits`
-//! upwards) of a protected table or of one of its descendants that is not itself protected
-//! (`ALTER TABLE all_people ATTACH PARTITION patients …`, `ALTER TABLE patients INHERIT
-//! people` done upstream) is tainted: PostgreSQL routes rows written through it into the
-//! protected table (and `UPDATE` / `DELETE` through an inheritance parent reach the child's
-//! rows), and reading it returns the protected table's ciphertext. As for views, statements
-//! naming it — reads included — are refused, and its result columns are never handed over.
-//! The fix is upstream: detach the protected table, or make it the root of its tree in
-//! `[[columns]]`.
-//!
 //! [`UpstreamCatalog`] is the source the proxy runs with (its own thread and upstream
 //! connection); [`StaticCatalog`] serves a fixed snapshot for tests. [`verify`] inspects the
 //! configured columns for `pgseal-proxy check` and `pgseal-proxy schema`; [`dependents`] lists what
@@ -53,7 +27,6 @@
 
 pub mod connection;
 pub mod dependents;
-pub mod drift;
 pub mod load;
 pub mod upstream;
 pub mod verify;
@@ -111,25 +84,6 @@ pub struct DependentRelation {
     /// `pg_class.relkind` (`v`, `m`, …).
     pub relkind: char,
     /// A configured table it depends on.
-    pub over: (String, String),
-}
-
-/// A partitioned table or inheritance parent above a protected relation that is not protected
-/// itself: rows written through it reach the protected relation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ancestor {
-    /// Its OID.
-    pub oid: u32,
-    /// Its schema.
-    pub schema: String,
-    /// Its name.
-    pub name: String,
-    /// `pg_class.relkind` (`p` partitioned, `r` an inheritance parent, …).
-    pub relkind: char,
-    /// The protected relation below it (a configured table or a descendant of one), as
-    /// `(schema, name)`.
-    pub below: (String, String),
-    /// The configured table that relation is or stands for.
     pub over: (String, String),
 }
 
@@ -256,50 +210,6 @@ impl CatalogSnapshot {
             let why = format!("{kind} over protected table {os}.{ot}");
             self.taint(&mut effective, v.oid, &v.schema, &v.name, why);
         }
-        self.set_effective(schema, effective);
-        self
-    }
-
-    /// The same snapshot, failing closed where the catalog drifted from the configuration
-    /// (after [`CatalogSnapshot::with_dependents`]): configured tables renamed or moved
-    /// upstream (tainted under their name now) or with a protected column renamed (tainted
-    /// under their own name), `cut_off` descendants of those (`(oid, schema, name, why)`), and
-    /// `ancestors` of protected relations that are not protected themselves. `schema` is the
-    /// configured schema.
-    pub fn with_drift(
-        mut self,
-        schema: &ProtectedSchema,
-        drift: &[drift::Drift],
-        cut_off: impl IntoIterator<Item = (u32, String, String, String)>,
-        ancestors: impl IntoIterator<Item = Ancestor>,
-    ) -> Self {
-        let mut effective = (*self.effective).clone();
-        for d in drift {
-            let (s, t) = d.now();
-            let (s, t) = (s.to_owned(), t.to_owned());
-            self.taint(&mut effective, d.oid(), &s, &t, d.why());
-        }
-        for (oid, s, t, why) in cut_off {
-            self.by_oid.remove(&oid);
-            self.taint(&mut effective, oid, &s, &t, why);
-        }
-        for a in ancestors {
-            let protected = self
-                .by_oid
-                .get(&a.oid)
-                .is_some_and(|t| !t.protected.is_empty());
-            if protected || self.tainted.contains_key(&a.oid) {
-                continue;
-            }
-            self.taint(&mut effective, a.oid, &a.schema, &a.name, ancestor_why(&a));
-        }
-        self.set_effective(schema, effective);
-        self
-    }
-
-    /// Installs the analyser's schema and the pre-check's extra names (those of `effective`
-    /// beyond the configured `schema`'s).
-    fn set_effective(&mut self, schema: &ProtectedSchema, effective: ProtectedSchema) {
         let configured = schema.lower_table_names();
         self.extra_lower_names = effective
             .lower_table_names()
@@ -308,6 +218,7 @@ impl CatalogSnapshot {
             .cloned()
             .collect();
         self.effective = Arc::new(effective);
+        self
     }
 
     fn taint(
@@ -389,29 +300,6 @@ impl CatalogSnapshot {
     pub fn has_table(&self, schema: &str, table: &str) -> bool {
         self.tables.contains(&(schema.to_owned(), table.to_owned()))
     }
-}
-
-/// Why an ancestor is tainted (completes "relation x.y is …").
-fn ancestor_why(a: &Ancestor) -> String {
-    let (bs, bn) = &a.below;
-    let (os, ot) = &a.over;
-    let below = if a.below == a.over {
-        format!("protected table {bs}.{bn}")
-    } else {
-        format!("{bs}.{bn} (a partition or inheritance child of protected table {os}.{ot})")
-    };
-    let kind = if a.relkind == 'p' {
-        "a partitioned table above"
-    } else {
-        "an inheritance parent of"
-    };
-    format!(
-        "{kind} {below}, and not protected itself: rows written through it would reach \
-         {bs}.{bn} unencrypted and reading it returns {bs}.{bn}'s ciphertext; detach {bs}.{bn} \
-         from the plain table above it directly upstream (ALTER TABLE … DETACH PARTITION \
-         {bs}.{bn}, or ALTER TABLE {bs}.{bn} NO INHERIT …): a protected table must be the root \
-         of its partition or inheritance tree in [[columns]]"
-    )
 }
 
 impl TableResolver for CatalogSnapshot {

@@ -8,17 +8,11 @@
 //! load. A dropped connection is reopened on the next load (one retry on a fresh connection).
 //!
 //! The thread also reloads every [`PERIODIC_REFRESH`], so relations created directly upstream
-//! (a new partition of a protected table, a view over one) and changes made there (a
-//! configured table renamed, a plain table made its parent: see [`super::drift`]) are known
-//! within that interval even when no statement names them. The loader remembers the
-//! configured tables' OIDs across loads, for the thread's lifetime. A load that finds the catalog unchanged keeps the current
+//! (a new partition of a protected table, a view over one) are known within that interval even
+//! when no statement names them. A load that finds the catalog unchanged keeps the current
 //! snapshot and its generation (cached plans stay valid). Cost of one load with ~5 600
 //! relations (`cargo test --test proxy_catalog bench_refresh -- --ignored --nocapture`, shared
-//! 2-core machine under load): median 52 ms, max 106 ms; with the OID and ancestor queries
-//! of [`super::drift`] and the name-index filter, median 59–60 ms, max 128–215 ms (two runs,
-//! load average 8). The catalog statements alone, timed with psql against 15 400 `pg_class`
-//! rows (25 runs, median): 55–62 ms before, 16–25 ms after (the name-index filter more than
-//! pays for the sixth statement).
+//! 2-core machine under load): median 52 ms, max 106 ms.
 
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, RwLock};
@@ -28,8 +22,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tracing::{debug, info, warn};
 
 use super::connection::CatalogConnector;
-use super::drift::Remembered;
-use super::load::load_snapshot_with;
+use super::load::load_snapshot;
 use super::{CatalogError, CatalogSnapshot, CatalogSource};
 use crate::config::{EncryptionSettings, Resolved};
 use crate::rewrite::ProtectedSchema;
@@ -131,8 +124,6 @@ struct Loader {
     current: Arc<RwLock<Arc<CatalogSnapshot>>>,
     client: Option<SimpleClient>,
     generation: u64,
-    /// The configured tables' OIDs, from every load since the thread started.
-    remembered: Remembered,
 }
 
 impl Loader {
@@ -148,7 +139,7 @@ impl Loader {
             let next = self.generation + 1;
             let r = tokio::time::timeout(
                 QUERY_TIMEOUT,
-                load_snapshot_with(&mut client, &self.schema, next, &mut self.remembered),
+                load_snapshot(&mut client, &self.schema, next),
             )
             .await
             .unwrap_or_else(|_| Err(CatalogError("catalog query timed out".into())));
@@ -194,7 +185,6 @@ async fn run(
         current,
         client: None,
         generation: 0,
-        remembered: Remembered::new(),
     };
     match loader.load().await {
         Ok(s) => {

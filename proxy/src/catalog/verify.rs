@@ -9,26 +9,15 @@
 //! warning: the proxy works without it, the database just does not refuse non-cells; one named
 //! `pgseal_cell_<column>` with another definition is an error: it may refuse the proxy's own
 //! writes, e.g. after `index` was changed, or accept what it should not).
-//!
-//! Drift from the configuration is an error with the fix: a configured table that does not
-//! exist is reported with the relations it may have been renamed or moved to (relations not
-//! configured, and not partitions or children, that have all its protected columns as `bytea`;
-//! `check` has no memory of OIDs, unlike the running proxy, see [`super::drift`]); a configured
-//! column that does not exist with the table's `bytea` columns that are not configured (what it
-//! may have been renamed to); a protected table (or a descendant of one) that is a partition or
-//! inheritance child of a table that is not protected, with the `DETACH` / `NO INHERIT` that
-//! ends it (the proxy refuses statements naming such a parent).
 
 use std::collections::HashMap;
 
 use pgseal_crypto::ColumnId;
 
-use super::drift::{rename_back, Remembered};
-use super::load::{descendants_ctes, field, protected_tables_filter};
+use super::load::{field, protected_tables_filter};
 use super::CatalogError;
 use crate::rewrite::schema::cell_check::CellCheck;
 use crate::rewrite::{schema_ddl, ProtectedColumn, ProtectedSchema};
-use crate::upstream::simple_query::quote_literal;
 use crate::upstream::simple_query::SimpleClient;
 
 /// What the catalog says about one configured column.
@@ -44,32 +33,8 @@ pub struct ColumnState {
     pub indexed: bool,
     /// A UNIQUE index on the blind-index prefix exists.
     pub unique_indexed: bool,
-    /// When the table does not exist: `(schema, name)` of relations it may have been renamed
-    /// or moved to (not configured, not a partition or child, all its protected columns as
-    /// `bytea`), likeliest first.
-    pub moved_to: Vec<(String, String)>,
-    /// Whether the configured schema exists (when the table does not, its schema may have
-    /// been renamed).
-    pub schema_exists: bool,
-    /// When the column does not exist: the table's `bytea` columns that are not configured
-    /// (what it may have been renamed to).
-    pub renamed_to: Vec<String>,
-    /// Plain parents: the table or one of its descendants is a partition or inheritance child
-    /// of a table that is not protected.
-    pub plain_parents: Vec<PlainParent>,
     /// The stored-cell CHECK constraint.
     pub cell_check: CellCheckState,
-}
-
-/// A protected relation's parent that is not protected.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlainParent {
-    /// The protected relation (the configured table or a descendant), `schema.name`.
-    pub child: String,
-    /// The parent, `schema.name`.
-    pub parent: String,
-    /// Whether the child is a partition of it (else an inheritance child).
-    pub partition: bool,
 }
 
 /// What the catalog says about a column's stored-cell CHECK constraint ([`CellCheck`]).
@@ -155,18 +120,6 @@ fn inspect_sql(schema: &ProtectedSchema) -> String {
     let filter = protected_tables_filter(schema);
     let from =
         "FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace";
-    let ctes = descendants_ctes(&filter, &Remembered::new());
-    let mut names: Vec<String> = schema
-        .columns()
-        .map(|c| quote_literal(c.id.column()))
-        .collect();
-    names.sort();
-    names.dedup();
-    let named = if names.is_empty() {
-        "false".to_owned()
-    } else {
-        format!("a.attname::text IN ({})", names.join(", "))
-    };
     format!(
         "SELECT n.nspname, c.relname, c.relkind::text {from} WHERE {filter}; \
          SELECT n.nspname, c.relname, a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod) \
@@ -180,71 +133,9 @@ fn inspect_sql(schema: &ProtectedSchema) -> String {
              (SELECT a.attname FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum = k.conkey[1]) END, ''), \
            k.convalidated::text, pg_catalog.pg_get_constraintdef(k.oid, true) \
          {from} JOIN pg_catalog.pg_constraint k ON k.conrelid = c.oid AND k.contype = 'c' \
-         WHERE {filter}; \
-         {ctes} \
-         SELECT DISTINCT b.rs, b.rt, cn.nspname, cc.relname, pn.nspname, pc.relname, cc.relispartition::text \
-         FROM base b JOIN pg_catalog.pg_inherits i ON i.inhrelid = b.oid \
-         JOIN pg_catalog.pg_class cc ON cc.oid = b.oid \
-         JOIN pg_catalog.pg_namespace cn ON cn.oid = cc.relnamespace \
-         JOIN pg_catalog.pg_class pc ON pc.oid = i.inhparent \
-         JOIN pg_catalog.pg_namespace pn ON pn.oid = pc.relnamespace \
-         WHERE i.inhparent NOT IN (SELECT oid FROM base) \
-         ORDER BY 1, 2, 3, 4, 5, 6; \
-         SELECT n.nspname, c.relname, a.attname \
-         {from} JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
-         WHERE c.relkind IN ('r', 'p', 'f') AND c.relpersistence <> 't' AND NOT c.relispartition \
-           AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhrelid = c.oid) \
-           AND a.atttypid = 'pg_catalog.bytea'::pg_catalog.regtype AND {named} \
-           AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND NOT {filter} \
-         ORDER BY 1, 2, 3; \
-         SELECT nspname FROM pg_catalog.pg_namespace"
+         WHERE {filter}"
     )
 }
-
-/// The relations of `candidates` (`(schema, name, column)`: bytea columns of unconfigured
-/// relations) that have every column of `columns`, likeliest first as a new name of
-/// `(schema, table)`: the same name in another schema, then the same schema, then the longest
-/// common prefix with the name.
-fn moved_candidates(
-    schema: &str,
-    table: &str,
-    columns: &[&str],
-    candidates: &[(String, String, String)],
-) -> Vec<(String, String)> {
-    let mut rels: Vec<(String, String)> = candidates
-        .iter()
-        .map(|(s, t, _)| (s.clone(), t.clone()))
-        .collect();
-    rels.sort();
-    rels.dedup();
-    rels.retain(|(s, t)| {
-        columns.iter().all(|c| {
-            candidates
-                .iter()
-                .any(|(cs, ct, cc)| cs == s && ct == t && cc == c)
-        })
-    });
-    let common = |t: &str| {
-        t.chars()
-            .zip(table.chars())
-            .take_while(|(a, b)| a == b)
-            .count()
-    };
-    rels.sort_by_key(|(s, t)| {
-        (
-            t != table,
-            s != schema,
-            usize::MAX - common(t),
-            s.clone(),
-            t.clone(),
-        )
-    });
-    rels.truncate(MAX_CANDIDATES);
-    rels
-}
-
-/// How many possible new names a finding lists.
-const MAX_CANDIDATES: usize = 5;
 
 /// Lower-cased, without quotes, blanks and parentheses: `"substring"(email, 1, 16)` (PostgreSQL
 /// 15's deparse) and `SUBSTRING(email FROM 1 FOR 16)` (16's) both compare.
@@ -270,15 +161,11 @@ pub async fn inspect(
         .query(&inspect_sql(schema))
         .await
         .map_err(|e| CatalogError(e.to_string()))?;
-    let [rels, attrs, indexes, checks, parents, bytea, namespaces] = results.as_slice() else {
+    let [rels, attrs, indexes, checks] = results.as_slice() else {
         return Err(CatalogError(
-            "unexpected catalog answer: expected seven result sets".into(),
+            "unexpected catalog answer: expected four result sets".into(),
         ));
     };
-    let mut schemas = std::collections::BTreeSet::new();
-    for r in namespaces {
-        schemas.insert(field(r, 0)?.to_owned());
-    }
     let mut kinds = HashMap::new();
     for r in rels {
         kinds.insert(
@@ -317,26 +204,6 @@ pub async fn inspect(
             field(r, 5)?,
         ));
     }
-    let mut edges: Vec<((String, String), PlainParent)> = Vec::new();
-    for r in parents {
-        edges.push((
-            (field(r, 0)?.to_owned(), field(r, 1)?.to_owned()),
-            PlainParent {
-                child: format!("{}.{}", field(r, 2)?, field(r, 3)?),
-                parent: format!("{}.{}", field(r, 4)?, field(r, 5)?),
-                partition: field(r, 6)? == "true",
-            },
-        ));
-    }
-    let mut candidates: Vec<(String, String, String)> = Vec::new();
-    for r in bytea {
-        let (s, t) = (field(r, 0)?, field(r, 1)?);
-        // A plain parent of a protected table is reported as such, not as a new name.
-        if edges.iter().any(|(_, e)| e.parent == format!("{s}.{t}")) {
-            continue;
-        }
-        candidates.push((s.to_owned(), t.to_owned(), field(r, 2)?.to_owned()));
-    }
     Ok(schema
         .columns()
         .map(|c| {
@@ -345,38 +212,6 @@ pub async fn inspect(
                 .iter()
                 .filter(|k| k.0 == s && k.1 == t)
                 .map(|k| (k.2, k.3, k.4, k.5))
-                .collect();
-            let exists = kinds.contains_key(&(s.to_owned(), t.to_owned()));
-            let moved_to = if exists {
-                Vec::new()
-            } else {
-                let cols: Vec<&str> = schema
-                    .table(s, t)
-                    .map(|m| m.keys().map(String::as_str).collect())
-                    .unwrap_or_default();
-                moved_candidates(s, t, &cols, &candidates)
-            };
-            let has_column = types.contains_key(&(s.to_owned(), t.to_owned(), col.to_owned()));
-            let renamed_to = if !exists || has_column {
-                Vec::new()
-            } else {
-                types
-                    .iter()
-                    .filter(|((ts, tt, tc), ty)| {
-                        ts == s
-                            && tt == t
-                            && ty.as_str() == "bytea"
-                            && schema.column(s, t, tc).is_none()
-                    })
-                    .map(|((_, _, tc), _)| tc.clone())
-                    .collect::<std::collections::BTreeSet<_>>()
-                    .into_iter()
-                    .collect()
-            };
-            let plain_parents = edges
-                .iter()
-                .filter(|((rs, rt), _)| rs == s && rt == t)
-                .map(|(_, e)| e.clone())
                 .collect();
             let on_col = idx
                 .iter()
@@ -396,10 +231,6 @@ pub async fn inspect(
                 indexed,
                 unique_indexed,
                 cell_check: CellCheckState::of(&CellCheck::of(c), col, &on_table),
-                moved_to,
-                schema_exists: schemas.contains(s),
-                renamed_to,
-                plain_parents,
             }
         })
         .collect())
@@ -482,16 +313,13 @@ pub fn findings(schema: &ProtectedSchema, states: &[ColumnState]) -> Vec<Finding
         };
         let table = format!("{}.{}", c.id.schema(), c.id.table());
         let Some(kind) = &st.relkind else {
-            out.push(one(&c.id, Severity::Error, missing_table(c, st)));
-            continue;
-        };
-        if !st.plain_parents.is_empty() {
             out.push(one(
                 &c.id,
                 Severity::Error,
-                plain_parents(&st.plain_parents),
+                format!("table {table} does not exist"),
             ));
-        }
+            continue;
+        };
         if !matches!(kind.as_str(), "r" | "p" | "f") {
             out.push(one(
                 &c.id,
@@ -501,7 +329,11 @@ pub fn findings(schema: &ProtectedSchema, states: &[ColumnState]) -> Vec<Finding
             continue;
         }
         let Some(ty) = &st.column_type else {
-            out.push(one(&c.id, Severity::Error, missing_column(c, st)));
+            out.push(one(
+                &c.id,
+                Severity::Error,
+                format!("column {:?} does not exist in {table}", c.id.column()),
+            ));
             continue;
         };
         if !st.is_bytea() {
@@ -541,77 +373,6 @@ pub fn findings(schema: &ProtectedSchema, states: &[ColumnState]) -> Vec<Finding
         out.extend(cell_check_finding(c, &st.cell_check));
     }
     out
-}
-
-/// "table … does not exist", with where it may have gone and how to make the configuration
-/// match.
-fn missing_table(c: &ProtectedColumn, st: &ColumnState) -> String {
-    let (s, t) = (c.id.schema(), c.id.table());
-    let mut m = format!("table {s}.{t} does not exist");
-    if let Some((ns, nt)) = st.moved_to.first() {
-        let list: Vec<String> = st
-            .moved_to
-            .iter()
-            .map(|(a, b)| format!("{a}.{b}"))
-            .collect();
-        m.push_str(&format!(
-            "; it may have been renamed or moved directly upstream to {} (not configured, with \
-             its protected column(s) as bytea): the proxy refuses statements naming a renamed \
-             table until the configuration matches; fix: rename it back directly upstream \
-             ({}), or update [[columns]] to its new name",
-            list.join(", "),
-            rename_back((ns, nt), (s, t), st.schema_exists)
-        ));
-    }
-    m
-}
-
-/// "column … does not exist in …", with what it may have been renamed to.
-fn missing_column(c: &ProtectedColumn, st: &ColumnState) -> String {
-    let (s, t, col) = (c.id.schema(), c.id.table(), c.id.column());
-    let mut m = format!("column {col:?} does not exist in {s}.{t}");
-    if let Some(first) = st.renamed_to.first() {
-        m.push_str(&format!(
-            "; it may have been renamed directly upstream to {} (bytea, not configured): the \
-             proxy refuses {s}.{t} when a protected column was renamed under it; fix: rename it \
-             back directly upstream (ALTER TABLE {s}.{t} RENAME COLUMN {first} TO {col}), or \
-             update [[columns]] to the new name",
-            st.renamed_to.join(", ")
-        ));
-    }
-    m
-}
-
-/// The error for protected relations that are partitions or children of plain tables.
-fn plain_parents(edges: &[PlainParent]) -> String {
-    let what: Vec<String> = edges
-        .iter()
-        .map(|e| {
-            let how = if e.partition {
-                "a partition of"
-            } else {
-                "an inheritance child of"
-            };
-            format!("{} is {how} {}, which is not protected", e.child, e.parent)
-        })
-        .collect();
-    let fixes: Vec<String> = edges
-        .iter()
-        .map(|e| {
-            if e.partition {
-                format!("ALTER TABLE {} DETACH PARTITION {}", e.parent, e.child)
-            } else {
-                format!("ALTER TABLE {} NO INHERIT {}", e.child, e.parent)
-            }
-        })
-        .collect();
-    format!(
-        "{}: rows written through the parent would reach the protected table unencrypted, so \
-         the proxy refuses statements naming it; fix directly upstream: {} (a protected table \
-         must be the root of its partition or inheritance tree in [[columns]])",
-        what.join("; "),
-        fixes.join("; ")
-    )
 }
 
 /// The DDL still needed, given what the catalog says; every column gets a comment saying why
@@ -757,10 +518,6 @@ mod tests {
                 name: "whatever".into(),
                 validated: true,
             },
-            moved_to: Vec::new(),
-            schema_exists: true,
-            renamed_to: Vec::new(),
-            plain_parents: Vec::new(),
         }
     }
 
@@ -1003,102 +760,5 @@ mod tests {
             ),
             "{ddl}"
         );
-    }
-
-    #[test]
-    fn drift_is_an_error_with_the_fix() {
-        let schema = ProtectedSchema::from_columns([
-            col("public.rn.email", false, false),
-            col("sch.sr.email", false, false),
-            col("public.rc.email", false, false),
-            col("public.part.email", false, false),
-        ]);
-        let mut rn = state("public.rn.email", None, None, false, false);
-        rn.moved_to = vec![("public".into(), "rn2".into())];
-        let mut sr = state("sch.sr.email", None, None, false, false);
-        sr.moved_to = vec![("sch2".into(), "sr".into())];
-        sr.schema_exists = false;
-        let mut rc = state("public.rc.email", Some("r"), None, false, false);
-        rc.renamed_to = vec!["e2".into()];
-        let mut part = state("public.part.email", Some("r"), Some("bytea"), false, false);
-        part.plain_parents = vec![
-            PlainParent {
-                child: "public.part".into(),
-                parent: "public.all_people".into(),
-                partition: true,
-            },
-            PlainParent {
-                child: "public.part".into(),
-                parent: "public.people".into(),
-                partition: false,
-            },
-        ];
-        let f = findings(&schema, &[rn, sr, rc, part]);
-        let text: Vec<String> = f.iter().map(ToString::to_string).collect();
-        assert_eq!(f.len(), 4, "{text:?}");
-        assert!(f.iter().all(|f| f.severity == Severity::Error), "{text:?}");
-        let find = |c: &str| {
-            text.iter()
-                .find(|l| l.contains(&format!(": {c}: ")))
-                .cloned()
-                .unwrap_or_default()
-        };
-        let rn = find("public.rn.email");
-        assert!(rn.contains("table public.rn does not exist; it may have been renamed or moved directly upstream to public.rn2"), "{rn}");
-        assert!(
-            rn.contains("(ALTER TABLE public.rn2 RENAME TO rn)") && rn.contains("[[columns]]"),
-            "{rn}"
-        );
-        let sr = find("sch.sr.email");
-        assert!(sr.contains("(ALTER SCHEMA sch2 RENAME TO sch)"), "{sr}");
-        let rc = find("public.rc.email");
-        assert!(rc.contains("column \"email\" does not exist in public.rc; it may have been renamed directly upstream to e2"), "{rc}");
-        assert!(
-            rc.contains("ALTER TABLE public.rc RENAME COLUMN e2 TO email"),
-            "{rc}"
-        );
-        let part = find("public.part.email");
-        assert!(
-            part.contains(
-                "public.part is a partition of public.all_people, which is not protected"
-            ),
-            "{part}"
-        );
-        assert!(
-            part.contains("ALTER TABLE public.all_people DETACH PARTITION public.part"),
-            "{part}"
-        );
-        assert!(
-            part.contains("ALTER TABLE public.part NO INHERIT public.people"),
-            "{part}"
-        );
-    }
-
-    #[test]
-    fn likeliest_new_names_first() {
-        let c = |s: &str, t: &str, col: &str| (s.to_owned(), t.to_owned(), col.to_owned());
-        let candidates = vec![
-            c("archive", "patients", "email"),
-            c("archive", "patients", "ssn"),
-            c("public", "audit", "email"),
-            c("public", "audit", "ssn"),
-            c("public", "patients_old", "email"),
-            c("public", "patients_old", "ssn"),
-            c("public", "only_email", "email"),
-            c("x", "y", "email"),
-            c("x", "y", "ssn"),
-        ];
-        let got = moved_candidates("public", "patients", &["email", "ssn"], &candidates);
-        let p = |s: &str, t: &str| (s.to_owned(), t.to_owned());
-        assert_eq!(
-            got,
-            [
-                p("archive", "patients"),
-                p("public", "patients_old"),
-                p("public", "audit"),
-                p("x", "y")
-            ]
-        );
-        assert!(moved_candidates("public", "patients", &["email"], &[]).is_empty());
     }
 }
