@@ -214,14 +214,6 @@ impl Facts {
         }
         out
     }
-
-    /// The relation names (lower case) of the protected `RangeVar`s of each statement.
-    pub fn protected_relations(&self) -> Vec<Vec<String>> {
-        self.statements
-            .iter()
-            .map(|s| s.protected_relations.clone())
-            .collect()
-    }
 }
 
 /// [`analyse`] through a cache of facts by statement shape ([`ShapeCache`]): a statement
