@@ -450,6 +450,9 @@ impl Case {
         self
     }
 
+    /// Marks a case as a documented known gap (reported, not failing the suite). No case is
+    /// one today; kept for gaps the suite documents before they are closed.
+    #[allow(dead_code)]
     fn known_gap(&mut self, why: &'static str) -> &mut Self {
         self.known_gap = Some(why);
         self
@@ -1607,7 +1610,7 @@ fn renames(b: &mut Book) {
             ),
         };
         c.steps_mut().push(step);
-        c.refused().known_gap(UPSTREAM_DRIFT);
+        c.refused();
     }
     // Directly upstream right before the write (inside the proxy's reload interval).
     for (what, now, write) in [
@@ -1634,7 +1637,7 @@ fn renames(b: &mut Book) {
         for s in now {
             c.now(s);
         }
-        c.q(write).refused().known_gap(UPSTREAM_DRIFT);
+        c.q(write).refused();
     }
     b.add(C, "ALTER SCHEMA public RENAME, then INSERT INTO the new name")
         .last()
@@ -2149,11 +2152,6 @@ fn settings(b: &mut Book) {
         .q(ins)
         .refused();
 }
-
-/// Renames and schema moves done directly upstream: the catalog must follow configured tables
-/// by OID and fail closed for a drifted relation (issue 13, item 3; not merged yet).
-const UPSTREAM_DRIFT: &str =
-    "catalog drift done directly upstream is not followed by OID yet (issue 13, item 3)";
 
 // ---------------------------------------------------------------------------------------------
 // 8. Beyond: prepared statements, cursors, COPY, MERGE, upserts, CTEs, EXPLAIN, odd bytes
@@ -3282,8 +3280,11 @@ async fn check_all_cells(
         for (table, col, indexed, _) in protected_of(c) {
             let exists = direct
                 .query_one(
+                    // Only a bytea column can hold stored cells: after a swap done upstream
+                    // the protected name may be a plain text column (drift, refused).
                     "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) \
-                     AND attname = $2 AND NOT attisdropped)",
+                     AND attname = $2 AND NOT attisdropped \
+                     AND atttypid = 'pg_catalog.bytea'::pg_catalog.regtype)",
                     &[&table, &col],
                 )
                 .await

@@ -232,6 +232,18 @@ async fn protocol_corners_through_the_encrypting_interceptor() {
         .unwrap();
     let rows = c.query("SELECT data FROM plain", &[]).await.unwrap();
     assert_eq!(rows[0].get::<_, Vec<u8>>(0), vec![1, 2]);
+    // An indexed column's envelope without its blind index, copied into a plain bytea column
+    // directly upstream: the result guard still knows it (issue 13, item 8).
+    pg.psql(
+        "app",
+        "INSERT INTO plain VALUES (2, (SELECT substring(email from 17) FROM patients WHERE id = 1))",
+    );
+    let e = c
+        .query("SELECT data FROM plain WHERE id = 2", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "0A000", "{e:?}");
+    pg.psql("app", "DELETE FROM plain WHERE id = 2");
     // Pipeline: a refused statement between two good ones.
     let q1 = c.query("SELECT email FROM patients WHERE id = 1", &[]);
     let q2 = c.query("SELECT email FROM patients ORDER BY email", &[]);

@@ -104,18 +104,22 @@ fn check_columns(connector: &CatalogConnector, settings: &EncryptionSettings) ->
     for f in &findings {
         println!("{f}");
     }
+    let mut errors = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .count();
     match notes {
         Ok(notes) => {
             for n in &notes {
                 println!("{n}");
             }
+            errors += notes
+                .iter()
+                .filter(|n| n.level == dependents::Level::Error)
+                .count();
         }
         Err(e) => println!("warning: partitions, views and functions not inspected: {e}"),
     }
-    let errors = findings
-        .iter()
-        .filter(|f| f.severity == Severity::Error)
-        .count();
     if errors > 0 {
         println!(
             "hint: `pgseal-proxy schema --config FILE` prints the DDL still missing for every column"

@@ -19,6 +19,9 @@ pub enum Level {
     Info,
     /// Statements using it through the proxy are refused.
     Warning,
+    /// The catalog no longer matches the configuration (drift done directly upstream): the
+    /// relation is refused until the configuration matches again. `check` fails.
+    Error,
 }
 
 /// One note about one relation or function.
@@ -37,6 +40,7 @@ impl std::fmt::Display for Note {
         let l = match self.level {
             Level::Info => "info",
             Level::Warning => "warning",
+            Level::Error => "error",
         };
         write!(f, "{l}: {}: {}", self.object, self.message)
     }
@@ -56,8 +60,18 @@ pub fn relation_notes(snapshot: &CatalogSnapshot) -> Vec<Note> {
             ),
         })
         .collect();
+    let drifted = |s: &str, n: &str| {
+        snapshot
+            .drift()
+            .iter()
+            .any(|d| d.schema == s && d.name == n)
+    };
     notes.extend(schema.tainted_relations().map(|((s, n), why)| Note {
-        level: Level::Warning,
+        level: if drifted(s, n) {
+            Level::Error
+        } else {
+            Level::Warning
+        },
         object: format!("{s}.{n}"),
         message: format!(
             "{why}: statements naming it through the proxy are refused and its result columns \

@@ -4,8 +4,9 @@
 //! attributes, and the relations whose rewrite rules depend on them (views and materialized
 //! views, recursively through `pg_depend` / `pg_rewrite`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
+use super::drift::{drift_of_load, remembered_sql, Drift, OidMemory, MARKERS_SQL};
 use super::{CatalogError, CatalogSnapshot, DependentRelation, Descendant};
 use crate::rewrite::ProtectedSchema;
 use crate::upstream::simple_query::{quote_literal, Rows, SimpleClient};
@@ -54,9 +55,10 @@ fn descendants_ctes(filter: &str) -> String {
 /// temporary, root schema, root table, attnum, attname)` of the descendants, then `(oid,
 /// schema, name, relkind, schema, table)` of relations whose rules depend on a protected table
 /// or a descendant (one protected table each).
-pub(crate) fn snapshot_sql(schema: &ProtectedSchema) -> String {
+pub(crate) fn snapshot_sql(schema: &ProtectedSchema, memory: &OidMemory) -> String {
     let filter = protected_tables_filter(schema);
     let ctes = descendants_ctes(&filter);
+    let remembered = remembered_sql(memory);
     format!(
         "{RELATIONS_SQL}; \
          SELECT c.oid, n.nspname, c.relname, a.attnum, a.attname \
@@ -87,12 +89,25 @@ pub(crate) fn snapshot_sql(schema: &ProtectedSchema) -> String {
          FROM v JOIN pg_catalog.pg_class c ON c.oid = v.oid \
          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
          WHERE v.oid NOT IN (SELECT oid FROM base) \
-         ORDER BY v.oid, v.rs, v.rt"
+         ORDER BY v.oid, v.rs, v.rt; \
+         {remembered}; \
+         {MARKERS_SQL}; \
+         {ctes}, \
+         base(oid, rs, rt) AS (SELECT oid, rs, rt FROM roots UNION SELECT oid, rs, rt FROM d), \
+         up(oid, rs, rt) AS ( \
+           SELECT i.inhparent, b.rs, b.rt FROM pg_catalog.pg_inherits i JOIN base b ON b.oid = i.inhrelid \
+           UNION \
+           SELECT i.inhparent, up.rs, up.rt FROM pg_catalog.pg_inherits i JOIN up ON up.oid = i.inhrelid) \
+         SELECT DISTINCT ON (up.oid) up.oid, n.nspname, c.relname, up.rs, up.rt \
+         FROM up JOIN pg_catalog.pg_class c ON c.oid = up.oid \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE up.oid NOT IN (SELECT oid FROM base) \
+         ORDER BY up.oid, up.rs, up.rt"
     )
 }
 
 /// `(oid, schema, table, [(attnum, column name)])`, as [`CatalogSnapshot::new`] takes them.
-type TableRow = (u32, String, String, Vec<(i16, String)>);
+pub(crate) type TableRow = (u32, String, String, Vec<(i16, String)>);
 
 fn bad(what: &str) -> CatalogError {
     CatalogError(format!("unexpected catalog answer: {what}"))
@@ -105,17 +120,30 @@ pub(crate) fn field(row: &[Option<String>], i: usize) -> Result<&str, CatalogErr
         .ok_or_else(|| bad("missing or NULL column"))
 }
 
-/// Builds a snapshot from the answers to [`snapshot_sql`].
+/// Builds a snapshot from the answers to [`snapshot_sql`], with a fresh OID memory.
+#[cfg(test)]
 pub(crate) fn snapshot_from_rows(
     generation: u64,
     results: &[Rows],
     schema: &ProtectedSchema,
 ) -> Result<CatalogSnapshot, CatalogError> {
-    let (relations, attributes, namespaces, dependents) = match results {
-        [r, a] => (r, a, None, None),
-        [r, a, n] => (r, a, Some(n), None),
-        [r, a, n, d, v] => (r, a, Some(n), Some((d, v))),
-        _ => return Err(bad("expected five result sets")),
+    Ok(snapshot_following(generation, results, schema, &OidMemory::default())?.0)
+}
+
+/// Builds a snapshot from the answers to [`snapshot_sql`] asked with `memory`, and the memory
+/// after this load (see [`super::drift`]).
+pub(crate) fn snapshot_following(
+    generation: u64,
+    results: &[Rows],
+    schema: &ProtectedSchema,
+    memory: &OidMemory,
+) -> Result<(CatalogSnapshot, OidMemory), CatalogError> {
+    let (relations, attributes, namespaces, dependents, drift) = match results {
+        [r, a] => (r, a, None, None, None),
+        [r, a, n] => (r, a, Some(n), None, None),
+        [r, a, n, d, v] => (r, a, Some(n), Some((d, v)), None),
+        [r, a, n, d, v, m, k, up] => (r, a, Some(n), Some((d, v)), Some((m, k, up))),
+        _ => return Err(bad("expected eight result sets")),
     };
     let relations = relations
         .iter()
@@ -136,21 +164,56 @@ pub(crate) fn snapshot_from_rows(
             )),
         }
     }
-    let mut snapshot = CatalogSnapshot::new(generation, relations, tables, schema);
+    let mut next_memory = memory.clone();
+    let mut drifts: Vec<Drift> = Vec::new();
+    let mut snapshot = CatalogSnapshot::new(generation, relations, tables.clone(), schema);
     if let Some((d, v)) = dependents {
-        snapshot =
-            snapshot.with_dependents(schema, descendants_from_rows(d)?, dependents_from_rows(v)?);
+        let descendants = descendants_from_rows(d)?;
+        let dependents = dependents_from_rows(v)?;
+        if let Some((m, k, up)) = drift {
+            let below: HashSet<u32> = descendants.iter().map(|d| d.oid).collect();
+            let (found, next) = drift_of_load(memory, m, k, &tables, &below, schema)?;
+            drifts = found;
+            next_memory = next;
+            for a in ancestors_from_rows(up)? {
+                if !drifts.iter().any(|d| d.oid == a.oid) {
+                    drifts.push(a);
+                }
+            }
+        }
+        snapshot = snapshot.with_dependents(schema, descendants, dependents);
     }
-    match namespaces {
+    snapshot = snapshot.with_drift(schema, drifts);
+    let snapshot = match namespaces {
         Some(rows) => {
             let names = rows
                 .iter()
                 .map(|r| Ok(field(r, 0)?.to_owned()))
                 .collect::<Result<Vec<_>, CatalogError>>()?;
-            Ok(snapshot.with_schemas(names))
+            snapshot.with_schemas(names)
         }
-        None => Ok(snapshot),
-    }
+        None => snapshot,
+    };
+    Ok((snapshot, next_memory))
+}
+
+/// Inheritance ancestors of configured tables and their descendants that are neither, from
+/// `(oid, schema, name, root schema, root table)` rows: a scan of one returns the protected
+/// table's rows, so they are tainted as drift (the configuration does not cover them).
+fn ancestors_from_rows(rows: &Rows) -> Result<Vec<Drift>, CatalogError> {
+    rows.iter()
+        .map(|r| {
+            let (rs, rt) = (field(r, 3)?, field(r, 4)?);
+            Ok(Drift {
+                oid: field(r, 0)?.parse().map_err(|_| bad("oid"))?,
+                schema: field(r, 1)?.to_owned(),
+                name: field(r, 2)?.to_owned(),
+                why: format!(
+                    "an inheritance parent of protected table {rs}.{rt} (a scan of it returns that table's rows; configure the parent, or undo the INHERIT / ATTACH PARTITION)"
+                ),
+            })
+        })
+        .collect()
 }
 
 /// Descendants from `(oid, schema, table, temporary, root schema, root table, attnum, attname)`
@@ -205,11 +268,26 @@ pub async fn load_snapshot(
     schema: &ProtectedSchema,
     generation: u64,
 ) -> Result<CatalogSnapshot, CatalogError> {
+    Ok(
+        load_following(client, schema, generation, &OidMemory::default())
+            .await?
+            .0,
+    )
+}
+
+/// Runs the catalog queries on `client` with `memory` (the OIDs of configured tables seen
+/// before) and builds a snapshot with `generation`, and the memory after this load.
+pub async fn load_following(
+    client: &mut SimpleClient,
+    schema: &ProtectedSchema,
+    generation: u64,
+    memory: &OidMemory,
+) -> Result<(CatalogSnapshot, OidMemory), CatalogError> {
     let results = client
-        .query(&snapshot_sql(schema))
+        .query(&snapshot_sql(schema, memory))
         .await
         .map_err(|e| CatalogError(e.to_string()))?;
-    snapshot_from_rows(generation, &results, schema)
+    snapshot_following(generation, &results, schema, memory)
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@
 
 pub mod connection;
 pub mod dependents;
+pub mod drift;
 pub mod load;
 pub mod upstream;
 pub mod verify;
@@ -107,6 +108,8 @@ pub struct CatalogSnapshot {
     effective: Arc<ProtectedSchema>,
     /// Lower-cased names of descendants and tainted relations (the pre-check's extra names).
     extra_lower_names: Vec<String>,
+    /// Relations tainted because of drift done directly upstream.
+    drift: Vec<drift::Drift>,
 }
 
 impl CatalogSnapshot {
@@ -147,6 +150,7 @@ impl CatalogSnapshot {
             tainted: HashMap::new(),
             effective: Arc::new(schema.clone()),
             extra_lower_names: Vec::new(),
+            drift: Vec::new(),
         }
     }
 
@@ -202,12 +206,11 @@ impl CatalogSnapshot {
         }
         for v in dependents {
             let (os, ot) = &v.over;
-            let kind = match v.relkind {
-                'v' => "a view",
-                'm' => "a materialized view",
-                _ => "a relation with rewrite rules",
+            let why = match v.relkind {
+                'v' => format!("a view over protected table {os}.{ot}"),
+                'm' => format!("a materialized view over protected table {os}.{ot}"),
+                _ => format!("a relation with rewrite rules over protected table {os}.{ot}"),
             };
-            let why = format!("{kind} over protected table {os}.{ot}");
             self.taint(&mut effective, v.oid, &v.schema, &v.name, why);
         }
         let configured = schema.lower_table_names();
@@ -219,6 +222,35 @@ impl CatalogSnapshot {
             .collect();
         self.effective = Arc::new(effective);
         self
+    }
+
+    /// The same snapshot, with the relations that drifted directly upstream tainted (see
+    /// [`drift`]): statements naming them are refused, result columns from them withheld.
+    /// `schema` is the configured schema.
+    pub fn with_drift(mut self, schema: &ProtectedSchema, drifts: Vec<drift::Drift>) -> Self {
+        if drifts.is_empty() {
+            return self;
+        }
+        let mut effective = (*self.effective).clone();
+        for d in &drifts {
+            self.by_oid.remove(&d.oid);
+            self.taint(&mut effective, d.oid, &d.schema, &d.name, d.why.clone());
+        }
+        self.drift = drifts;
+        let configured = schema.lower_table_names();
+        self.extra_lower_names = effective
+            .lower_table_names()
+            .iter()
+            .filter(|n| !configured.contains(*n))
+            .cloned()
+            .collect();
+        self.effective = Arc::new(effective);
+        self
+    }
+
+    /// The relations tainted because of drift done directly upstream.
+    pub fn drift(&self) -> &[drift::Drift] {
+        &self.drift
     }
 
     fn taint(

@@ -22,7 +22,8 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tracing::{debug, info, warn};
 
 use super::connection::CatalogConnector;
-use super::load::load_snapshot;
+use super::drift::OidMemory;
+use super::load::load_following;
 use super::{CatalogError, CatalogSnapshot, CatalogSource};
 use crate::config::{EncryptionSettings, Resolved};
 use crate::rewrite::ProtectedSchema;
@@ -124,6 +125,8 @@ struct Loader {
     current: Arc<RwLock<Arc<CatalogSnapshot>>>,
     client: Option<SimpleClient>,
     generation: u64,
+    /// The OIDs of configured tables seen so far (drift done upstream is followed by OID).
+    memory: OidMemory,
 }
 
 impl Loader {
@@ -139,13 +142,14 @@ impl Loader {
             let next = self.generation + 1;
             let r = tokio::time::timeout(
                 QUERY_TIMEOUT,
-                load_snapshot(&mut client, &self.schema, next),
+                load_following(&mut client, &self.schema, next, &self.memory),
             )
             .await
             .unwrap_or_else(|_| Err(CatalogError("catalog query timed out".into())));
             match r {
-                Ok(snap) => {
+                Ok((snap, memory)) => {
                     self.client = Some(client);
+                    self.memory = memory;
                     let current = match self.current.read() {
                         Ok(g) => g.clone(),
                         Err(poisoned) => poisoned.into_inner().clone(),
@@ -185,6 +189,7 @@ async fn run(
         current,
         client: None,
         generation: 0,
+        memory: OidMemory::default(),
     };
     match loader.load().await {
         Ok(s) => {

@@ -153,6 +153,18 @@ pub fn open(
     } else {
         stored
     };
+    open_envelope(crypto, col, envelope)
+}
+
+/// Opens a bare envelope of `col` (no blind-index prefix, whether or not the column has one).
+pub fn open_envelope(
+    crypto: &ColumnCrypto,
+    col: &ProtectedColumn,
+    envelope: &[u8],
+) -> Result<Value, CellError> {
+    let corrupt = || CellError::Corrupt {
+        column: col.id.to_string(),
+    };
     let keys = crypto.envelope()?;
     let mut plain = Vec::with_capacity(envelope.len());
     let r = keys.decrypt_into(envelope, &mut plain);

@@ -87,23 +87,23 @@ pub fn column_of<'a>(
         return Ok(None);
     }
     for col in schema.columns() {
-        let at = if col.index.is_some() {
-            BLIND_INDEX_LEN
-        } else {
-            0
-        };
-        if !header_at(stored, at) {
-            continue;
-        }
-        let crypto = keys.column(&col.id)?;
-        match cells::open(&crypto, col, stored) {
-            Ok(_) => return Ok(Some(col)),
-            Err(cells::CellError::Key(KeyError::VersionUnavailable { .. })) => {
-                // A version the column does not have (any more): if it ever sealed this value,
-                // the proxy cannot tell, but neither can anyone read it with these keys.
+        // The stored form (behind the blind index where the column has one), and the bare
+        // envelope cut out of it or glued behind 16 other bytes (`substring(email from 17)`,
+        // `'\x…'::bytea || note`): every offset a header can be at is tried.
+        for at in [0, BLIND_INDEX_LEN] {
+            let Some(envelope) = stored.get(at..).filter(|_| header_at(stored, at)) else {
+                continue;
+            };
+            let crypto = keys.column(&col.id)?;
+            match cells::open_envelope(&crypto, col, envelope) {
+                Ok(_) => return Ok(Some(col)),
+                Err(cells::CellError::Key(KeyError::VersionUnavailable { .. })) => {
+                    // A version the column does not have (any more): if it ever sealed this
+                    // value, the proxy cannot tell, but neither can anyone read it with these keys.
+                }
+                Err(cells::CellError::Key(e)) => return Err(e),
+                Err(_) => {}
             }
-            Err(cells::CellError::Key(e)) => return Err(e),
-            Err(_) => {}
         }
     }
     Ok(None)
