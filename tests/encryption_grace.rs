@@ -4,8 +4,8 @@
 //! - The keyserver is killed while a long poll is open: statements on protected columns keep
 //!   working for the configured grace, counted from the first failed contact (±1 s), then fail
 //!   closed with 58000 naming the keyring; once the keyserver answers again they work within 2 s.
-//! - The keyserver hangs (SIGSTOP) without closing its connections: the liveness check notices,
-//!   and the grace again ends within 1 s of the configured time after the hang.
+//! - The keyserver hangs (SIGSTOP) without closing its connections: the liveness check (every
+//!   second) notices, and the grace ends between the configured time and 2 s after it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod support;
@@ -106,7 +106,9 @@ async fn until_working(c: &tokio_postgres::Client, value: &str, back: Instant) -
     }
 }
 
-fn assert_grace(last_ok: Duration, first_fail: Duration, what: &str) {
+/// `late`: how much later than the configured grace the end may come besides [`SLACK`] (a hung
+/// keyserver is noticed by the liveness check, made every second).
+fn assert_grace(last_ok: Duration, first_fail: Duration, late: Duration, what: &str) {
     let grace = Duration::from_secs(GRACE);
     eprintln!(
         "{what}: configured grace {GRACE} s; last success {:.2} s, first fail-closed {:.2} s after",
@@ -118,7 +120,7 @@ fn assert_grace(last_ok: Duration, first_fail: Duration, what: &str) {
         "{what}: protected columns failed {first_fail:?} after, before the grace of {GRACE} s ran out"
     );
     assert!(
-        first_fail <= grace + SLACK,
+        first_fail <= grace + late + SLACK,
         "{what}: protected columns kept working until {first_fail:?} after, beyond the grace of {GRACE} s"
     );
 }
@@ -152,7 +154,7 @@ async fn grace_counts_from_the_keyserver_going_away_and_recovery_is_fast() {
     tokio::task::block_in_place(|| env.ks.stop());
     let down = Instant::now();
     let (last_ok, first_fail, msg) = until_fail_closed(&c, &v, down).await;
-    assert_grace(last_ok, first_fail, "keyserver killed");
+    assert_grace(last_ok, first_fail, Duration::ZERO, "keyserver killed");
     eprintln!("fail-closed error: {msg}");
     // Writes fail closed too, and nothing is written.
     let lost = secret(&mut s, "lost");
@@ -218,7 +220,12 @@ async fn grace_counts_from_a_hung_keyserver() {
     signal(pid, "-CONT");
     let answering = Instant::now();
     let (last_ok, first_fail, _) = res;
-    assert_grace(last_ok, first_fail, "keyserver hung (SIGSTOP)");
+    assert_grace(
+        last_ok,
+        first_fail,
+        Duration::from_secs(1),
+        "keyserver hung (SIGSTOP)",
+    );
     let took = until_working(&c, &v, answering).await;
     eprintln!(
         "keyserver resumed (SIGCONT): protected columns work again {:.2} s after",
