@@ -25,6 +25,9 @@ use crate::server::Shared;
 use crate::upstream::auth::{login, Credentials};
 use crate::upstream::UpstreamError;
 
+/// How long the FATAL message of a failed start-up may take to send.
+const FATAL_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Runs one connection to completion. Never panics on client or upstream input; every failure
 /// ends only this connection.
 ///
@@ -71,7 +74,12 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                 }
             }
             if let Some(mut conn) = fail.conn {
-                client::send_fatal(&mut conn, code, &message).await;
+                // Outside the start-up slot: bounded, for a client that does not read.
+                let _ = tokio::time::timeout(
+                    FATAL_SEND_TIMEOUT,
+                    client::send_fatal(&mut conn, code, &message),
+                )
+                .await;
             }
             shared.metrics.connection_closed();
             return;
