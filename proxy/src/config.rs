@@ -140,13 +140,20 @@ pub struct UserConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Maximum concurrent client connections.
+    /// Maximum concurrent logged-in client sessions (a client takes one once it has
+    /// authenticated; more get FATAL 53300).
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Maximum concurrent connections that have not authenticated yet (startup packet, TLS
+    /// handshake, SCRAM, cancel requests), separate from `max_connections`. When all are taken,
+    /// the one starting up the longest is closed to make room for the new one.
+    #[serde(default = "default_max_startup_connections")]
+    pub max_startup_connections: usize,
     /// Largest message accepted, in bytes (PostgreSQL allows just under 1 GiB).
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
-    /// Time a client has to finish startup and authentication, milliseconds.
+    /// Time a client has to finish startup and authentication (TLS handshake included), in
+    /// total from the accept, milliseconds.
     #[serde(default = "default_startup_timeout_ms")]
     pub startup_timeout_ms: u64,
 }
@@ -154,17 +161,21 @@ pub struct LimitsConfig {
 fn default_max_connections() -> usize {
     1000
 }
+fn default_max_startup_connections() -> usize {
+    256
+}
 fn default_max_message_bytes() -> usize {
     crate::protocol::framing::LARGE_MESSAGE_LIMIT
 }
 fn default_startup_timeout_ms() -> u64 {
-    10_000
+    5_000
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_connections: default_max_connections(),
+            max_startup_connections: default_max_startup_connections(),
             max_message_bytes: default_max_message_bytes(),
             startup_timeout_ms: default_startup_timeout_ms(),
         }
@@ -356,6 +367,14 @@ impl Config {
         }
         if self.limits.max_connections == 0 {
             return Err(invalid("limits.max_connections must be at least 1"));
+        }
+        if self.limits.max_startup_connections == 0 {
+            return Err(invalid("limits.max_startup_connections must be at least 1"));
+        }
+        if self.limits.startup_timeout_ms < 100 {
+            return Err(invalid(
+                "limits.startup_timeout_ms must be at least 100 (a client needs a few round trips to log in)",
+            ));
         }
         if self.limits.max_message_bytes < 1024 {
             return Err(invalid("limits.max_message_bytes must be at least 1024"));

@@ -20,6 +20,8 @@ pub struct Metrics {
     connections_active: AtomicI64,
     auth_failures: AtomicU64,
     protocol_errors: AtomicU64,
+    startup_timeouts: AtomicU64,
+    startup_evictions: AtomicU64,
     queries: AtomicU64,
     errors: AtomicU64,
     bytes_from_client: AtomicU64,
@@ -149,6 +151,20 @@ impl Metrics {
     pub(crate) fn add_protocol_error(&self) {
         self.protocol_errors.fetch_add(1, Relaxed);
     }
+    pub(crate) fn add_startup_timeout(&self) {
+        self.startup_timeouts.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn add_startup_evictions(&self, n: usize) {
+        self.startup_evictions.fetch_add(n as u64, Relaxed);
+    }
+    /// Connections closed because they did not finish start-up in time.
+    pub fn startup_timeouts(&self) -> u64 {
+        self.startup_timeouts.load(Relaxed)
+    }
+    /// Connections closed during start-up to make room for newer ones.
+    pub fn startup_evictions(&self) -> u64 {
+        self.startup_evictions.load(Relaxed)
+    }
     /// Active client connections.
     pub fn active_connections(&self) -> i64 {
         self.connections_active.load(Relaxed)
@@ -191,6 +207,18 @@ impl Metrics {
             "Connections closed for protocol violations.",
             "counter",
             self.protocol_errors.load(Relaxed).to_string(),
+        );
+        counter(
+            "pgseal_proxy_startup_timeouts_total",
+            "Connections closed because they did not authenticate within limits.startup_timeout_ms.",
+            "counter",
+            self.startup_timeouts.load(Relaxed).to_string(),
+        );
+        counter(
+            "pgseal_proxy_startup_evictions_total",
+            "Connections closed during start-up to make room for newer ones (start-up slots full).",
+            "counter",
+            self.startup_evictions.load(Relaxed).to_string(),
         );
         counter(
             "pgseal_proxy_queries_total",

@@ -13,6 +13,7 @@ use crate::cancel::CancelRegistry;
 use crate::client::tls::{self, TlsConfigError};
 use crate::config::{ClientTlsMode, Resolved};
 use crate::metrics::Metrics;
+use crate::session::admission::StartupSlots;
 use crate::session::{self, InterceptorFactory, PassThrough};
 use crate::upstream::connect::UpstreamTarget;
 
@@ -53,8 +54,10 @@ pub struct Shared {
     pub interceptors: Arc<dyn InterceptorFactory>,
     /// Signals shutdown to sessions.
     pub shutdown: Arc<crate::shutdown::ShutdownRegistry>,
-    /// Connection limit.
+    /// Logged-in sessions (`limits.max_connections`): taken once a client has authenticated.
     pub conn_limit: Arc<Semaphore>,
+    /// Connections that have not authenticated yet (`limits.max_startup_connections`).
+    pub startup: Arc<StartupSlots>,
 }
 
 /// A bound, not yet running proxy.
@@ -111,6 +114,7 @@ impl Server {
         let mut mock_secret = [0u8; 32];
         getrandom::fill(&mut mock_secret).map_err(|e| ServerError::Random(e.to_string()))?;
         let conn_limit = Arc::new(Semaphore::new(config.config.limits.max_connections));
+        let startup = StartupSlots::new(config.config.limits.max_startup_connections);
         Ok(Server {
             listener,
             metrics_listener,
@@ -124,6 +128,7 @@ impl Server {
                 interceptors,
                 shutdown: Arc::new(crate::shutdown::ShutdownRegistry::default()),
                 conn_limit,
+                startup,
             }),
         })
     }

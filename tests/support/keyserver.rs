@@ -266,6 +266,12 @@ impl TestKeyserver {
         self.child = Some(child);
     }
 
+    /// The server's process id, while it runs (to pause it with SIGSTOP: a keyserver that
+    /// hangs without closing its connections).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The directory holding the built-in CA.
     pub fn pki_dir(&self) -> PathBuf {
         self.ks_dir().join("pki")

@@ -16,7 +16,9 @@ pub struct KeyserverConfig {
     pub cert: PathBuf,
     /// Its private key (PEM).
     pub key: PathBuf,
-    /// How long cached keys keep serving when the keyserver is unreachable, seconds.
+    /// How long cached keys keep serving when the keyserver is unreachable, seconds, counted
+    /// from the first failed contact (see `health.rs`); afterwards protected columns fail
+    /// closed until the keyserver answers again.
     #[serde(default = "default_grace")]
     pub grace_seconds: u64,
     /// Long-poll wait of the change feed, seconds (rotation is noticed within about this long,

@@ -1,10 +1,11 @@
 //! The keyserver follower: the first fetch of every keyring, then the change-feed loop (long
-//! poll, refresh of changed keyrings, retry with backoff while the keyserver is unreachable).
+//! poll with a liveness check beside it, refresh of changed keyrings, short retries with a capped
+//! backoff while the keyserver is unreachable). What counts as contact: see `health.rs`.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pgseal_crypto::ColumnId;
 use pgseal_keyserver::client::{Client, ClientError};
@@ -15,8 +16,13 @@ use super::snapshot::{build_columns, fetch_keyring, FetchError, KeyringState, Sn
 use super::KeyError;
 use crate::rewrite::ProtectedSchema;
 
-const MIN_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// First retry after a failed contact.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest pause between retries while the keyserver fails: bounds how long after it is back
+/// the proxy notices.
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Interval of the liveness check while a long poll is open.
+pub(crate) const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// State shared by the follower thread and the [`super::KeyserverKeys`] handle.
 pub(crate) struct Shared {
@@ -190,8 +196,16 @@ fn log_change(name: &str, prev: Option<&KeyringState>, new: &KeyringState) {
 }
 
 /// Follows the change feed from `rev` until `stop` turns true.
+///
+/// While the keyserver answers: a long poll of `poll_wait_secs`, with a liveness check on
+/// `probe` every [`PROBE_EVERY`] while it is open (a keyserver that stops answering without
+/// closing the connection is noticed within that plus the request timeout). While it fails:
+/// short reads of the feed, retried with a backoff capped at [`MAX_BACKOFF`]; the first that
+/// succeeds re-reads every keyring and ends the failure, so protected columns work again about
+/// a second after the keyserver is back.
 pub(crate) async fn follow(
     client: Client,
+    probe: Client,
     shared: Arc<Shared>,
     mut rev: u64,
     mut stop: watch::Receiver<bool>,
@@ -202,14 +216,18 @@ pub(crate) async fn follow(
         if *stop.borrow() {
             return;
         }
+        let failing = shared.health.is_failing();
+        let sent = Instant::now();
         let step = async {
+            let wait = (!failing).then_some(shared.poll_wait_secs);
             let resp = client
-                .changes(rev, Some(shared.poll_wait_secs))
+                .changes(rev, wait)
                 .await
                 .map_err(FetchError::Failed)?;
             // A grant change may have withdrawn a keyring (the feed cannot list what this proxy
-            // no longer sees): re-read everything, like the periodic resync.
-            let resync = resp.grants_changed || last_resync.elapsed() >= shared.resync;
+            // no longer sees): re-read everything, like the periodic resync. After a failure,
+            // too (whatever happened meanwhile is read again before the failure ends).
+            let resync = failing || resp.grants_changed || last_resync.elapsed() >= shared.resync;
             let changed: BTreeSet<String> = if resync {
                 shared.keyrings.clone()
             } else {
@@ -226,7 +244,8 @@ pub(crate) async fn follow(
         };
         let res = tokio::select! {
             _ = stop.changed() => return,
-            r = step => r,
+            r = step => r.map_err(|e| (Instant::now(), e)),
+            (probe_sent, e) = liveness(&probe), if !failing => Err((probe_sent, FetchError::Failed(e))),
         };
         match res {
             Ok((next, resynced)) => {
@@ -237,14 +256,29 @@ pub(crate) async fn follow(
                 }
                 backoff = MIN_BACKOFF;
             }
-            Err(e) => {
-                shared.health.failure(&e);
+            Err((at, e)) => {
+                // A short request counts from when it was sent; the long poll from when it broke.
+                let at = if failing { sent } else { at };
+                shared.health.failure(at, &e);
                 tokio::select! {
                     _ = stop.changed() => return,
                     () = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
+        }
+    }
+}
+
+/// Checks every [`PROBE_EVERY`] that the keyserver answers; returns the first check that fails,
+/// with the instant it was sent. A successful check proves only that the keyserver answers, not
+/// that it serves this proxy, so it never ends a failure.
+async fn liveness(probe: &Client) -> (Instant, ClientError) {
+    loop {
+        tokio::time::sleep(PROBE_EVERY).await;
+        let sent = Instant::now();
+        if let Err(e) = probe.health().await {
+            return (sent, e);
         }
     }
 }

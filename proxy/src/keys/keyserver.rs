@@ -1,7 +1,8 @@
 //! The keyserver-backed [`KeySource`]: fetches every keyring the protected schema uses over mTLS,
 //! caches the material in zeroized memory, follows rotation through the change feed on its own
-//! thread, serves the cached keys for `grace_seconds` while the keyserver is unreachable, then
-//! fails closed.
+//! thread, serves the cached keys for `grace_seconds` from the first failed contact while the
+//! keyserver is unreachable (see `health.rs` for what counts as contact), then fails closed, and
+//! works again about a second after the keyserver answers again.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -81,17 +82,23 @@ impl KeyserverKeys {
         let ca_pem = read_file("CA certificate", &config.ca, &names)?;
         let cert_pem = read_file("client certificate", &config.cert, &names)?;
         let key_pem = Zeroizing::new(read_file("client key", &config.key, &names)?);
-        let client = Client::new(ClientConfig {
-            url: config.url.clone(),
-            ca_pem,
-            identity: Some((cert_pem, key_pem)),
-            token: None,
-            timeout: Duration::from_millis(config.timeout_ms.max(1)),
-        })
-        .map_err(|e| KeyError::Unavailable {
-            keyring: names.clone(),
-            reason: format!("keyserver client configuration: {e}"),
-        })?;
+        // Two clients, each with its own connection: the change feed and fetches on one, the
+        // liveness check made while a long poll is open on the other.
+        let new_client = || {
+            Client::new(ClientConfig {
+                url: config.url.clone(),
+                ca_pem: ca_pem.clone(),
+                identity: Some((cert_pem.clone(), key_pem.clone())),
+                token: None,
+                timeout: Duration::from_millis(config.timeout_ms.max(1)),
+            })
+            .map_err(|e| KeyError::Unavailable {
+                keyring: names.clone(),
+                reason: format!("keyserver client configuration: {e}"),
+            })
+        };
+        let client = new_client()?;
+        let probe = new_client()?;
         let shared = Arc::new(Shared {
             schema: schema.clone(),
             keyring_of,
@@ -135,7 +142,7 @@ impl KeyserverKeys {
                     match initial(&client, &thread_shared).await {
                         Ok(rev) => {
                             let _ = ready_tx.send(Ok(()));
-                            follow(client, thread_shared, rev, stop_rx).await;
+                            follow(client, probe, thread_shared, rev, stop_rx).await;
                         }
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));

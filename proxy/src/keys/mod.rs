@@ -7,8 +7,8 @@
 //! Sources:
 //! - [`StaticKeys`]: fixed keyring material given in code (unit tests, benchmarks).
 //! - [`KeyserverKeys`] (`keyserver.rs`): fetches over mTLS, caches in zeroized memory,
-//!   follows rotation through the change feed, serves from cache for a grace period when the
-//!   keyserver is unreachable, then fails closed.
+//!   follows rotation through the change feed, serves from cache for a grace period counted
+//!   from the first failed contact with the keyserver (`health.rs`), then fails closed.
 
 pub mod config;
 mod derive;

@@ -1,6 +1,7 @@
 //! One client connection from accept to close: client startup and authentication, upstream
 //! connect and login, cancel-key registration, then the relay.
 
+pub mod admission;
 pub mod intercept;
 mod relay;
 
@@ -24,30 +25,39 @@ use crate::server::Shared;
 use crate::upstream::auth::{login, Credentials};
 use crate::upstream::UpstreamError;
 
+/// How long the FATAL message of a failed start-up may take to send.
+const FATAL_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Runs one connection to completion. Never panics on client or upstream input; every failure
 /// ends only this connection.
+///
+/// Until it has authenticated, the connection holds a start-up slot (see [`admission`]): at most
+/// `limits.startup_timeout_ms` in all, and less when newer connections need the slot. A session
+/// slot (`limits.max_connections`) is taken only once the client has authenticated.
 pub async fn run(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = tcp.set_nodelay(true);
-    let Ok(_permit) = shared.conn_limit.clone().try_acquire_owned() else {
-        let mut conn = crate::net::Conn::Tcp(tcp);
-        warn!(%peer, "connection refused: too many connections");
-        client::send_fatal(&mut conn, "53300", "sorry, too many clients already").await;
-        return;
-    };
     shared.metrics.connection_opened();
-    let started = tokio::time::timeout(
-        shared.config.startup_timeout(),
-        client::accept(tcp, &shared),
-    )
-    .await;
-    let start = match started {
-        Err(_) => {
-            info!(%peer, "client startup timed out");
-            shared.metrics.add_protocol_error();
+    let (mut slot, evicted) = shared.startup.admit();
+    if evicted > 0 {
+        shared.metrics.add_startup_evictions(evicted);
+    }
+    let started = tokio::select! {
+        r = tokio::time::timeout(shared.config.startup_timeout(), client::accept(tcp, &shared)) => r.ok(),
+        () = slot.evicted() => {
+            debug!(%peer, "client start-up closed: its start-up slot went to a newer connection");
             shared.metrics.connection_closed();
             return;
         }
-        Ok(Err(fail)) => {
+    };
+    drop(slot);
+    let Some(started) = started else {
+        debug!(%peer, "client startup timed out");
+        shared.metrics.add_startup_timeout();
+        shared.metrics.connection_closed();
+        return;
+    };
+    let start = match started {
+        Err(fail) => {
             let (code, message) = fail.error.to_client(fail.user.as_deref());
             match &fail.error {
                 client::ClientError::AuthFailed { .. }
@@ -64,12 +74,17 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                 }
             }
             if let Some(mut conn) = fail.conn {
-                client::send_fatal(&mut conn, code, &message).await;
+                // Outside the start-up slot: bounded, for a client that does not read.
+                let _ = tokio::time::timeout(
+                    FATAL_SEND_TIMEOUT,
+                    client::send_fatal(&mut conn, code, &message),
+                )
+                .await;
             }
             shared.metrics.connection_closed();
             return;
         }
-        Ok(Ok(s)) => s,
+        Ok(s) => s,
     };
     match start {
         ClientStart::Cancel { pid, secret } => {
@@ -82,7 +97,20 @@ pub async fn run(tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                 debug!(%peer, "cancel request with an unknown key ignored");
             }
         }
-        ClientStart::Login(login_info) => serve(login_info, peer, &shared).await,
+        ClientStart::Login(mut login_info) => {
+            let Ok(_permit) = shared.conn_limit.clone().try_acquire_owned() else {
+                warn!(%peer, user = %login_info.user, "login refused: too many connections");
+                client::send_fatal(
+                    &mut login_info.conn,
+                    "53300",
+                    "sorry, too many clients already",
+                )
+                .await;
+                shared.metrics.connection_closed();
+                return;
+            };
+            serve(login_info, peer, &shared).await;
+        }
     }
     shared.metrics.connection_closed();
 }
