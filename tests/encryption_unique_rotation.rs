@@ -1,0 +1,289 @@
+//! UNIQUE and `ON CONFLICT` on a protected `unique = true` column across data-key rotations and
+//! `pgseal-proxy reencrypt`, with a concurrent writer (real PostgreSQL 15, keyserver and
+//! `pgseal-proxy serve`).
+//!
+//! The blind index of a value must not depend on the data-key version that seals its envelope
+//! (docs/format.md §2.4): otherwise, after `keyring rotate`, equal values get different tags,
+//! the UNIQUE index on the tag accepts a duplicate, `ON CONFLICT (email) DO UPDATE` inserts a
+//! second row, and `reencrypt` then stops with 23505.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::keyserver::{cargo_bin, ColumnSpec};
+use support::{check_cell, secret, sqlstate, EncEnv};
+
+const KR: &str = "uniquering";
+/// Distinct e-mail addresses the concurrent writer upserts.
+const WRITER_KEYS: usize = 12;
+/// Upper bound of the writer's statements (it normally stops much earlier).
+const WRITER_MAX_OPS: usize = 4000;
+
+/// What the concurrent writer saw.
+#[derive(Default, Debug)]
+struct Ledger {
+    /// E-mail → number of upserts that succeeded (the row's `n` must end up equal).
+    upserts: BTreeMap<String, i32>,
+    /// Plain INSERTs of an existing e-mail that PostgreSQL accepted (must stay 0).
+    duplicates_accepted: u32,
+    /// Plain INSERTs of an existing e-mail refused with 23505.
+    duplicates_refused: u32,
+    /// Any other error (must stay empty).
+    errors: Vec<String>,
+}
+
+/// Writes under the proxy until `stop`: upserts over `emails` (`ON CONFLICT (email) DO UPDATE`)
+/// and plain INSERTs of an already stored e-mail, recording everything in a ledger.
+async fn writer(
+    env_conn: String,
+    emails: Vec<String>,
+    existing: String,
+    stop: Arc<AtomicBool>,
+) -> Ledger {
+    let c = support::connect(&env_conn).await;
+    let upsert = c
+        .prepare(
+            "INSERT INTO acct (id, email, n) VALUES ($1, $2, 1) \
+             ON CONFLICT (email) DO UPDATE SET n = acct.n + 1",
+        )
+        .await
+        .unwrap();
+    let insert = c
+        .prepare("INSERT INTO acct (id, email, n) VALUES ($1, $2, 0)")
+        .await
+        .unwrap();
+    let mut ledger = Ledger::default();
+    let mut id = 10_000i32;
+    for op in 0..WRITER_MAX_OPS {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        id += 1;
+        if op % 5 == 4 {
+            match c.execute(&insert, &[&id, &existing]).await {
+                Ok(_) => ledger.duplicates_accepted += 1,
+                Err(e) if e.code().map(|s| s.code()) == Some("23505") => {
+                    ledger.duplicates_refused += 1
+                }
+                Err(e) => ledger.errors.push(format!("duplicate INSERT: {e:?}")),
+            }
+        } else {
+            let email = &emails[op % emails.len()];
+            match c.execute(&upsert, &[&id, email]).await {
+                Ok(1) => *ledger.upserts.entry(email.clone()).or_default() += 1,
+                Ok(n) => ledger.errors.push(format!("upsert changed {n} rows")),
+                Err(e) => ledger.errors.push(format!("upsert: {e:?}")),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    ledger
+}
+
+/// Inserts fresh rows (bounded) until one is sealed under `version`.
+async fn wait_for_version(env: &EncEnv, c: &tokio_postgres::Client, id: &mut i32, version: u32) {
+    let start = Instant::now();
+    loop {
+        *id += 1;
+        let email = format!("probe{id}@example.org");
+        c.execute(
+            "INSERT INTO acct (id, email, n) VALUES ($1, $2, 0)",
+            &[&*id, &email],
+        )
+        .await
+        .unwrap();
+        let cell = env.direct(&format!(
+            "SELECT encode(email, 'hex') FROM acct WHERE id = {id}"
+        ));
+        if check_cell(&support::hex_decode(cell.trim()), true).unwrap() == version {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "key version {version} not noticed by the proxy"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A plain INSERT of `email` (already stored) must be refused with 23505.
+async fn assert_duplicate_refused(c: &tokio_postgres::Client, id: i32, email: &str, when: &str) {
+    let e = c
+        .execute(
+            "INSERT INTO acct (id, email, n) VALUES ($1, $2, 0)",
+            &[&id, &email],
+        )
+        .await
+        .expect_err(&format!("a duplicate e-mail was accepted {when}"));
+    assert_eq!(sqlstate(&e), "23505", "{when}: {e:?}");
+}
+
+fn reencrypt(env: &EncEnv) -> (bool, String) {
+    let out = Command::new(cargo_bin("pgseal-proxy", "PGSEAL_PROXY_BIN"))
+        .args(["reencrypt", "--config"])
+        .arg(env.proxy.config_path())
+        .envs(support::proxy_env())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unique_and_on_conflict_hold_across_two_rotations_and_a_reencrypt() {
+    let env = EncEnv::start(&[
+        ColumnSpec::new("public.acct.email", "text", KR).unique(),
+        ColumnSpec::new("public.acct.note", "text", KR),
+    ]);
+    let mut s = Vec::new();
+    let c = env.client().await;
+    c.batch_execute(
+        "CREATE TABLE acct (id int4 PRIMARY KEY, email text, n int4, note text); \
+         CREATE UNIQUE INDEX acct_email_key ON acct (email)",
+    )
+    .await
+    .unwrap();
+    // Rows written under data-key version 1.
+    let mut base = Vec::new();
+    for i in 0..30i32 {
+        let email = secret(&mut s, &format!("base{i}"));
+        let note = secret(&mut s, &format!("note{i}"));
+        c.execute(
+            "INSERT INTO acct (id, email, n, note) VALUES ($1, $2, 0, $3)",
+            &[&i, &email, &note],
+        )
+        .await
+        .unwrap();
+        base.push(email);
+    }
+    assert_duplicate_refused(&c, 900, &base[0], "before any rotation").await;
+
+    let emails: Vec<String> = (0..WRITER_KEYS)
+        .map(|k| secret(&mut s, &format!("w{k}")))
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let task = tokio::spawn(writer(
+        env.conn_str(),
+        emails.clone(),
+        base[1].clone(),
+        Arc::clone(&stop),
+    ));
+
+    let mut id = 1000i32;
+    // Two rotations; after each, once the proxy seals under the new version, values stored
+    // under older versions still conflict.
+    for (round, version) in [(1, 2u32), (2, 3u32)] {
+        assert_eq!(tokio::task::block_in_place(|| env.ks.rotate(KR)), version);
+        wait_for_version(&env, &c, &mut id, version).await;
+        for (i, email) in base.iter().enumerate().step_by(7) {
+            id += 1;
+            assert_duplicate_refused(&c, id, email, &format!("after rotation {round} (base{i})"))
+                .await;
+        }
+        // ON CONFLICT (email) DO UPDATE finds the version-1 row and updates it.
+        id += 1;
+        let n: i32 = c
+            .query_one(
+                "INSERT INTO acct (id, email, n) VALUES ($1, $2, 1) \
+                 ON CONFLICT (email) DO UPDATE SET n = acct.n + 1 RETURNING n",
+                &[&id, &base[2]],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e:?}\n{}", env.proxy.log()))
+            .get(0);
+        assert_eq!(n, round, "ON CONFLICT after rotation {round} updated base2");
+    }
+
+    // Re-encryption while the writer keeps going: it must complete (no 23505).
+    let (ok, out) = tokio::task::block_in_place(|| reencrypt(&env));
+    assert!(ok, "reencrypt under a concurrent writer failed:\n{out}");
+    stop.store(true, Ordering::SeqCst);
+    let ledger = task.await.unwrap();
+    assert!(
+        ledger.errors.is_empty(),
+        "writer errors: {:?}\nproxy log:\n{}",
+        ledger.errors,
+        env.proxy.log()
+    );
+    assert_eq!(ledger.duplicates_accepted, 0, "{ledger:?}");
+    assert!(ledger.duplicates_refused > 0, "{ledger:?}");
+    // Rows the writer updated between reencrypt's read and write were left alone: a second
+    // run, with the writer stopped, rewrites them.
+    let (ok, out) = tokio::task::block_in_place(|| reencrypt(&env));
+    assert!(ok, "second reencrypt failed:\n{out}");
+
+    // Every cell is on the newest version, and every tag is unique.
+    for col in ["email", "note"] {
+        let versions: Vec<u32> = env
+            .stored_cells("public.acct", col)
+            .iter()
+            .map(|cell| check_cell(cell, col == "email").unwrap())
+            .collect();
+        assert!(!versions.is_empty());
+        assert!(
+            versions.iter().all(|v| *v == 3),
+            "{col}: versions after reencrypt {versions:?}\n{out}"
+        );
+    }
+    let counts = env.direct(
+        "SELECT count(*) || ' ' || count(DISTINCT substring(email from 1 for 16)) FROM acct",
+    );
+    let (rows, tags) = counts.trim().split_once(' ').unwrap();
+    assert_eq!(rows, tags, "stored rows vs distinct blind indexes");
+
+    // Client-side ledger against the table: one row per e-mail, `n` = upserts.
+    for email in &emails {
+        let got = c
+            .query("SELECT n FROM acct WHERE email = $1", &[email])
+            .await
+            .unwrap();
+        let expected = ledger.upserts.get(email).copied().unwrap_or(0);
+        if expected == 0 {
+            assert!(got.is_empty(), "{email}: {} rows, never written", got.len());
+            continue;
+        }
+        assert_eq!(got.len(), 1, "{email}: rows");
+        assert_eq!(got[0].get::<_, i32>(0), expected, "{email}: n vs ledger");
+    }
+    for (i, email) in base.iter().enumerate() {
+        let got = c
+            .query("SELECT id FROM acct WHERE email = $1", &[email])
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 1, "base{i}");
+        assert_eq!(got[0].get::<_, i32>(0), i as i32, "base{i}");
+    }
+    let total: i64 = c
+        .query_one(
+            "SELECT count(*) FROM acct WHERE id < 1000 OR id > 10000",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let upserted = ledger.upserts.len() as i64;
+    assert_eq!(total, 30 + upserted, "rows of base and writer e-mails");
+    assert_duplicate_refused(&c, 999, &base[3], "after reencrypt").await;
+    tokio::task::block_in_place(|| {
+        env.assert_no_leak(
+            &s,
+            &["public.acct"],
+            &[
+                ("public.acct", "email", true),
+                ("public.acct", "note", false),
+            ],
+        )
+    });
+}
