@@ -1,9 +1,25 @@
-//! Per-column subkeys derived from keyring versions (HKDF, see docs/format.md).
+//! Per-column subkeys derived from keyring versions and the keyring's blind-index lineage (HKDF,
+//! see docs/format.md §2.4).
 
 use pgseal_crypto::{BlindIndexKey, ColumnKeys, EnvelopeKey, SecretKey};
 
 use super::KeyError;
 use crate::rewrite::ProtectedColumn;
+
+/// Id bit of a blind-index key that is a legacy one (derived from a data-key version), so that
+/// its id never equals a generation number (ids tell cached lookups that the key set changed).
+pub const LEGACY_INDEX_ID: u32 = 0x8000_0000;
+
+/// Where a keyring's blind-index keys come from.
+pub struct IndexKeys<'a> {
+    /// The active generation of the lineage.
+    pub generation: u32,
+    /// Its index material.
+    pub material: &'a SecretKey,
+    /// Data-key versions whose cells may still carry a tag of the previous format (derived from
+    /// that version's material): searched by lookups, replaced by `reencrypt`.
+    pub legacy: &'a [u32],
+}
 
 /// The prepared keys of one protected column.
 #[derive(Debug)]
@@ -13,8 +29,8 @@ pub struct ColumnCrypto {
     envelope: Option<ColumnKeys>,
     /// Active (sealing) version, if any.
     active_version: Option<u32>,
-    /// Blind-index keys, one per version that may be stored, newest first. Empty when the
-    /// column has no equality index.
+    /// Blind-index keys whose tags may be stored: the active generation's first (new values
+    /// get its tag), then legacy ones. Empty when the column has no equality index.
     index: Vec<BlindIndexKey>,
     /// Keyring name (for error messages).
     keyring: String,
@@ -23,12 +39,15 @@ pub struct ColumnCrypto {
 }
 
 impl ColumnCrypto {
-    /// Derives the keys of `column` from its keyring's usable versions. `active` is the version
-    /// that seals new values (None: the column is read-only until a version becomes active).
+    /// Derives the keys of `column` from its keyring's usable versions and blind-index lineage.
+    /// `active` is the version that seals new values (None: the column is read-only until a
+    /// version becomes active). The blind index never depends on the data-key versions (except
+    /// legacy tags of usable versions listed in `index.legacy`).
     pub fn derive(
         column: &ProtectedColumn,
         versions: &[(u32, &SecretKey)],
         active: Option<u32>,
+        index_keys: &IndexKeys<'_>,
     ) -> Result<Self, KeyError> {
         let name = column.id.to_string();
         let derr = |_| KeyError::Derivation(name.clone());
@@ -43,10 +62,19 @@ impl ColumnCrypto {
         };
         let mut index = Vec::new();
         if let Some(spec) = &column.index {
-            let mut sorted: Vec<&(u32, &SecretKey)> = versions.iter().collect();
-            sorted.sort_by_key(|e| std::cmp::Reverse(e.0));
-            for (v, k) in sorted {
-                index.push(BlindIndexKey::derive(k, *v, &spec.group).map_err(derr)?);
+            index.push(
+                BlindIndexKey::derive(index_keys.material, index_keys.generation, &spec.group)
+                    .map_err(derr)?,
+            );
+            let mut legacy: Vec<&(u32, &SecretKey)> = versions
+                .iter()
+                .filter(|(v, _)| index_keys.legacy.contains(v))
+                .collect();
+            legacy.sort_by_key(|e| std::cmp::Reverse(e.0));
+            for (v, k) in legacy {
+                index.push(
+                    BlindIndexKey::derive(k, LEGACY_INDEX_ID | *v, &spec.group).map_err(derr)?,
+                );
             }
         }
         Ok(Self {
@@ -73,13 +101,13 @@ impl ColumnCrypto {
         self.active_version
     }
 
-    /// The blind-index key of the active version (the tag stored with new values).
+    /// The blind-index key of the lineage's active generation (the tag stored with new values;
+    /// the same whichever data-key version seals the envelope).
     pub fn active_index(&self) -> Option<&BlindIndexKey> {
-        let a = self.active_version?;
-        self.index.iter().find(|k| k.key_version() == a)
+        self.index.first()
     }
 
-    /// Blind-index keys of every version that may be stored, newest first (lookups compute one
+    /// Blind-index keys whose tags may be stored, active generation first (lookups compute one
     /// tag per key).
     pub fn lookup_keys(&self) -> &[BlindIndexKey] {
         &self.index
