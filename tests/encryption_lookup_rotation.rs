@@ -189,7 +189,10 @@ async fn statement_prepared_before_a_rotation_finds_rows_of_every_version() {
         .await
         .unwrap()
         .get(0);
-    assert!(generic >= 9, "lookup after the rotation: {generic} generic plans");
+    assert!(
+        generic >= 9,
+        "lookup after the rotation: {generic} generic plans"
+    );
     let two_tags: i64 = c
         .query_one(
             "SELECT count(*) FROM pg_prepared_statements \

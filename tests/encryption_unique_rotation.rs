@@ -1,5 +1,5 @@
 //! UNIQUE and `ON CONFLICT` on a protected `unique = true` column across data-key rotations and
-//! `pgseal-proxy reencrypt`, with a concurrent writer (real PostgreSQL 15, keyserver and
+//! `pgseal-proxy reencrypt`, with two concurrent writers (real PostgreSQL 15, keyserver and
 //! `pgseal-proxy serve`).
 //!
 //! The blind index of a value must not depend on the data-key version that seals its envelope
@@ -44,6 +44,7 @@ async fn writer(
     env_conn: String,
     emails: Vec<String>,
     existing: String,
+    first_id: i32,
     stop: Arc<AtomicBool>,
 ) -> Ledger {
     let c = support::connect(&env_conn).await;
@@ -59,7 +60,7 @@ async fn writer(
         .await
         .unwrap();
     let mut ledger = Ledger::default();
-    let mut id = 10_000i32;
+    let mut id = first_id;
     for op in 0..WRITER_MAX_OPS {
         if stop.load(Ordering::SeqCst) {
             break;
@@ -174,12 +175,20 @@ async fn unique_and_on_conflict_hold_across_two_rotations_and_a_reencrypt() {
         .map(|k| secret(&mut s, &format!("w{k}")))
         .collect();
     let stop = Arc::new(AtomicBool::new(false));
-    let task = tokio::spawn(writer(
-        env.conn_str(),
-        emails.clone(),
-        base[1].clone(),
-        Arc::clone(&stop),
-    ));
+    // Two concurrent writers upserting the same e-mails (PostgreSQL's speculative insertion
+    // races them on the UNIQUE index), each with its own ids.
+    let tasks: Vec<_> = [10_000i32, 20_000]
+        .into_iter()
+        .map(|first_id| {
+            tokio::spawn(writer(
+                env.conn_str(),
+                emails.clone(),
+                base[1].clone(),
+                first_id,
+                Arc::clone(&stop),
+            ))
+        })
+        .collect();
 
     let mut id = 1000i32;
     // Two rotations; after each, once the proxy seals under the new version, values stored
@@ -210,7 +219,16 @@ async fn unique_and_on_conflict_hold_across_two_rotations_and_a_reencrypt() {
     let (ok, out) = tokio::task::block_in_place(|| reencrypt(&env));
     assert!(ok, "reencrypt under a concurrent writer failed:\n{out}");
     stop.store(true, Ordering::SeqCst);
-    let ledger = task.await.unwrap();
+    let mut ledger = Ledger::default();
+    for t in tasks {
+        let l = t.await.unwrap();
+        for (email, n) in l.upserts {
+            *ledger.upserts.entry(email).or_default() += n;
+        }
+        ledger.duplicates_accepted += l.duplicates_accepted;
+        ledger.duplicates_refused += l.duplicates_refused;
+        ledger.errors.extend(l.errors);
+    }
     assert!(
         ledger.errors.is_empty(),
         "writer errors: {:?}\nproxy log:\n{}",
@@ -267,7 +285,7 @@ async fn unique_and_on_conflict_hold_across_two_rotations_and_a_reencrypt() {
     }
     let total: i64 = c
         .query_one(
-            "SELECT count(*) FROM acct WHERE id < 1000 OR id > 10000",
+            "SELECT count(*) FROM acct WHERE id < 1000 OR id >= 10000",
             &[],
         )
         .await

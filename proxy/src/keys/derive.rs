@@ -118,3 +118,86 @@ impl ColumnCrypto {
         &self.keyring
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use super::*;
+    use crate::rewrite::IndexSpec;
+    use pgseal_crypto::value::{LogicalType, Normalisation};
+    use pgseal_crypto::{ColumnId, IndexGroup};
+
+    fn column() -> ProtectedColumn {
+        let id = ColumnId::parse("public.acct.email").unwrap();
+        ProtectedColumn {
+            index: Some(IndexSpec {
+                group: IndexGroup::of_column(&id),
+                norm: Normalisation::default(),
+                unique: true,
+            }),
+            id,
+            ty: LogicalType::Text,
+            keyring: "k".into(),
+        }
+    }
+
+    /// The stored tag comes from the lineage: the same under every active data-key version,
+    /// and different from a tag computed under a data-key version's material.
+    #[test]
+    fn the_stored_tag_does_not_depend_on_the_data_key_version() {
+        let col = column();
+        let (m1, m2, ix) = (
+            SecretKey::from_bytes([1; 32]),
+            SecretKey::from_bytes([2; 32]),
+            SecretKey::from_bytes([9; 32]),
+        );
+        let index = IndexKeys {
+            generation: 1,
+            material: &ix,
+            legacy: &[],
+        };
+        let v1 = ColumnCrypto::derive(&col, &[(1, &m1)], Some(1), &index).unwrap();
+        let v12 = ColumnCrypto::derive(&col, &[(1, &m1), (2, &m2)], Some(2), &index).unwrap();
+        let t1 = v1.active_index().unwrap().tag(b"\x01anna");
+        let t2 = v12.active_index().unwrap().tag(b"\x01anna");
+        assert_eq!(t1, t2);
+        assert_eq!(v12.lookup_keys().len(), 1, "no tag per data-key version");
+        let group = &col.index.as_ref().unwrap().group;
+        let per_version = BlindIndexKey::derive(&m2, 2, group).unwrap();
+        assert_ne!(per_version.tag(b"\x01anna"), t2);
+    }
+
+    /// Legacy versions are searched (after the generation's tag) only while usable, with ids
+    /// that never equal a generation number; new values never get a legacy tag.
+    #[test]
+    fn legacy_tags_are_searched_for_usable_versions_only() {
+        let col = column();
+        let (m1, m2, m3) = (
+            SecretKey::from_bytes([1; 32]),
+            SecretKey::from_bytes([2; 32]),
+            SecretKey::from_bytes([3; 32]),
+        );
+        // A keyring carried over with active version 3: generation 1 is version 3's material.
+        let index = IndexKeys {
+            generation: 1,
+            material: &m3,
+            legacy: &[1, 2],
+        };
+        let all =
+            ColumnCrypto::derive(&col, &[(1, &m1), (2, &m2), (3, &m3)], Some(3), &index).unwrap();
+        let ids: Vec<u32> = all.lookup_keys().iter().map(|k| k.key_version()).collect();
+        assert_eq!(ids, vec![1, LEGACY_INDEX_ID | 2, LEGACY_INDEX_ID | 1]);
+        let group = &col.index.as_ref().unwrap().group;
+        assert_eq!(
+            all.active_index().unwrap().tag(b"x"),
+            BlindIndexKey::derive(&m3, 3, group).unwrap().tag(b"x")
+        );
+        assert_eq!(
+            all.lookup_keys()[2].tag(b"x"),
+            BlindIndexKey::derive(&m1, 1, group).unwrap().tag(b"x")
+        );
+        // Version 1 no longer usable (disabled, or below min_decryption_version).
+        let fewer = ColumnCrypto::derive(&col, &[(2, &m2), (3, &m3)], Some(3), &index).unwrap();
+        assert_eq!(fewer.lookup_keys().len(), 2);
+    }
+}
