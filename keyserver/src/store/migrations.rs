@@ -77,12 +77,16 @@ CREATE TABLE grant_changes (
 CREATE TABLE index_generations (
     keyring_id     TEXT NOT NULL REFERENCES keyrings(id),
     generation     INTEGER NOT NULL,
-    state          TEXT NOT NULL CHECK (state IN ('active')),
+    -- 'active' only in this release; the other states are those of the blind-index key
+    -- rotation designed in docs/format.md §2.5 (kept here so that it needs no table rebuild).
+    state          TEXT NOT NULL
+                   CHECK (state IN ('next', 'active', 'retiring', 'retired', 'destroyed')),
     wrapped        BLOB,
     source_version INTEGER,
     created_at     TEXT NOT NULL,
     PRIMARY KEY (keyring_id, generation),
-    CHECK ((wrapped IS NULL) <> (source_version IS NULL))
+    CHECK ((state = 'destroyed' AND wrapped IS NULL AND source_version IS NULL)
+           OR (state <> 'destroyed' AND (wrapped IS NULL) <> (source_version IS NULL)))
 );
 ALTER TABLE keyrings ADD COLUMN active_index_generation INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE keyrings ADD COLUMN legacy_tags INTEGER NOT NULL DEFAULT 0;

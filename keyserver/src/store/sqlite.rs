@@ -1045,7 +1045,7 @@ mod tests {
             s.fetch_index_material(&p, &name, 1, &root, &ev),
             Err(StoreError::NotFound)
         ));
-        s.set_proxy(&p, &[name.clone()], &ev).unwrap();
+        s.set_proxy(&p, std::slice::from_ref(&name), &ev).unwrap();
         let before = s.fetch_index_material(&p, &name, 1, &root, &ev).unwrap();
         let v1 = s.fetch_material(&p, &name, 1, &root, &ev).unwrap();
         assert_ne!(before.key, v1.key);
@@ -1088,7 +1088,7 @@ mod tests {
             .unwrap();
         }
         let p = ProxyName::parse("p1").unwrap();
-        s.set_proxy(&p, &[name.clone()], &ev).unwrap();
+        s.set_proxy(&p, std::slice::from_ref(&name), &ev).unwrap();
         let m = s.keyring(Access::Proxy(&p), &name, &ev).unwrap();
         assert_eq!(m.index.generations[0].derived_from_version, Some(2));
         assert_eq!(m.index.legacy_tag_versions, vec![1]);
