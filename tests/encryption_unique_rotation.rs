@@ -305,3 +305,189 @@ async fn unique_and_on_conflict_hold_across_two_rotations_and_a_reencrypt() {
         )
     });
 }
+
+/// Sets the keyring's blind-index generation 1 to "the material of data-key version
+/// `source`", with legacy tags below it when `legacy` — what keyserver schema migration 3 does
+/// for a keyring whose active version is `source` when a release before lineages is upgraded
+/// (docs/format.md §2.4) — and restarts the proxy so that it fetches the lineage afresh.
+fn stage_carried_over_lineage(env: &mut EncEnv, source: u32, legacy: bool) {
+    env.ks.stop();
+    let sql = format!(
+        "UPDATE index_generations SET wrapped = NULL, source_version = {source}; \
+         UPDATE keyrings SET legacy_tags = {};",
+        u8::from(legacy)
+    );
+    let out = Command::new("sqlite3")
+        .arg(env.ks.db_path())
+        .arg(&sql)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sqlite3: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.ks.resume();
+    env.restart_proxy();
+}
+
+/// The upgrade path of a keyring carried over from a release that keyed blind indexes per
+/// data-key version: cells of the version generation 1 comes from keep their tags; cells of an
+/// older version carry legacy tags that lookups still find, `reencrypt` re-tags them, and then
+/// UNIQUE compares every cell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carried_over_keyring_legacy_tags_are_found_then_retagged() {
+    const LKR: &str = "legacyring";
+    let mut env = EncEnv::start(&[ColumnSpec::new("public.leg.email", "text", LKR).unique()]);
+    let mut s = Vec::new();
+    // An earlier release at data-key version 1: its tags are those of version 1's material.
+    stage_carried_over_lineage(&mut env, 1, false);
+    let c = env.client().await;
+    c.batch_execute(
+        "CREATE TABLE leg (id int4 PRIMARY KEY, email text); \
+         CREATE UNIQUE INDEX leg_email_key ON leg (email)",
+    )
+    .await
+    .unwrap();
+    let old: Vec<String> = (0..20)
+        .map(|i| secret(&mut s, &format!("old{i}")))
+        .collect();
+    for (i, e) in old.iter().enumerate() {
+        c.execute(
+            "INSERT INTO leg (id, email) VALUES ($1, $2)",
+            &[&(i as i32), e],
+        )
+        .await
+        .unwrap();
+    }
+    // The earlier release rotated to version 2, then the keyserver was upgraded: generation 1
+    // is version 2's material, version 1's cells carry legacy tags.
+    assert_eq!(tokio::task::block_in_place(|| env.ks.rotate(LKR)), 2);
+    tokio::task::block_in_place(|| stage_carried_over_lineage(&mut env, 2, true));
+    let shown = env.ks.admin_ok(&["keyring", "show", LKR]);
+    assert!(
+        shown.contains("legacy tags under:       version(s) 1"),
+        "{shown}"
+    );
+    let c = env.client().await;
+    let mut id = 100i32;
+    wait_for_version_in(&env, &c, "leg", &mut id, 2).await;
+    let new: Vec<String> = (0..5).map(|i| secret(&mut s, &format!("new{i}"))).collect();
+    for e in &new {
+        id += 1;
+        c.execute("INSERT INTO leg (id, email) VALUES ($1, $2)", &[&id, e])
+            .await
+            .unwrap();
+    }
+    let tags_of = |env: &EncEnv| -> Vec<String> {
+        env.direct("SELECT encode(substring(email from 1 for 16), 'hex') FROM leg WHERE id < 20 ORDER BY id")
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    let legacy_tags = tags_of(&env);
+    // Lookups find rows under legacy tags and under the generation's.
+    for e in old.iter().chain(&new) {
+        let rows = c
+            .query("SELECT email FROM leg WHERE email = $1", &[e])
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1, "{e} before re-tagging");
+    }
+    // Re-encryption re-tags the version-1 cells.
+    let (ok, out) = tokio::task::block_in_place(|| reencrypt(&env));
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("public.leg.email: 20 cell(s) rewritten to key version 2"),
+        "{out}"
+    );
+    let retagged = tags_of(&env);
+    assert_eq!(retagged.len(), 20);
+    for (a, b) in legacy_tags.iter().zip(&retagged) {
+        assert_ne!(a, b, "a legacy tag was left");
+    }
+    // UNIQUE now compares them with new writes, and ON CONFLICT finds them.
+    for e in old.iter().step_by(5) {
+        id += 1;
+        assert_duplicate_refused_in(&c, "leg", id, e).await;
+    }
+    id += 1;
+    let n = c
+        .execute(
+            "INSERT INTO leg (id, email) VALUES ($1, $2) ON CONFLICT (email) DO NOTHING",
+            &[&id, &old[3]],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 0, "ON CONFLICT found the re-tagged row");
+    // Raising min_decryption_version ends the legacy lookups; every row is still found.
+    tokio::task::block_in_place(|| env.ks.admin_ok(&["keyring", "set-min-version", LKR, "2"]));
+    let start = Instant::now();
+    loop {
+        let shown = env.ks.admin_ok(&["keyring", "show", LKR]);
+        if !shown.contains("legacy tags under") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "{shown}");
+    }
+    for e in old.iter().chain(&new) {
+        let rows = c
+            .query("SELECT email FROM leg WHERE email = $1", &[e])
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1, "{e} after re-tagging");
+    }
+    let counts = env.direct(
+        "SELECT count(*) || ' ' || count(DISTINCT substring(email from 1 for 16)) FROM leg",
+    );
+    let (rows, tags) = counts.trim().split_once(' ').unwrap();
+    assert_eq!(rows, tags);
+}
+
+/// [`wait_for_version`] on another table with an `(id, email)` shape.
+async fn wait_for_version_in(
+    env: &EncEnv,
+    c: &tokio_postgres::Client,
+    table: &str,
+    id: &mut i32,
+    version: u32,
+) {
+    let start = Instant::now();
+    loop {
+        *id += 1;
+        let email = format!("probe{id}@example.org");
+        c.execute(
+            &format!("INSERT INTO {table} (id, email) VALUES ($1, $2)"),
+            &[&*id, &email],
+        )
+        .await
+        .unwrap();
+        let cell = env.direct(&format!(
+            "SELECT encode(email, 'hex') FROM {table} WHERE id = {id}"
+        ));
+        if check_cell(&support::hex_decode(cell.trim()), true).unwrap() == version {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "key version {version} not noticed by the proxy"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn assert_duplicate_refused_in(
+    c: &tokio_postgres::Client,
+    table: &str,
+    id: i32,
+    email: &str,
+) {
+    let e = c
+        .execute(
+            &format!("INSERT INTO {table} (id, email) VALUES ($1, $2)"),
+            &[&id, &email],
+        )
+        .await
+        .expect_err("a duplicate e-mail was accepted");
+    assert_eq!(sqlstate(&e), "23505", "{e:?}");
+}

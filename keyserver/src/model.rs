@@ -236,8 +236,9 @@ pub struct IndexMeta {
     pub active_generation: u32,
     /// Every generation, ascending.
     pub generations: Vec<IndexGenerationInfo>,
-    /// Data-key versions whose cells may still carry a tag of the previous format (computed
-    /// under that data-key version's own material): lookups search those tags too, and
+    /// Data-key versions (not destroyed, not below `min_decryption_version`) whose cells may
+    /// still carry a tag of the previous format (computed under that data-key version's own
+    /// material): lookups search those tags too, and
     /// `pgseal-proxy reencrypt` re-tags the cells. Empty for keyrings created with lineages.
     pub legacy_tag_versions: Vec<u32>,
 }

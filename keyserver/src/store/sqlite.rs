@@ -313,8 +313,8 @@ fn index_generations(
 }
 
 /// The lineage metadata: generations, and the data-key versions whose cells may still carry a
-/// tag of the previous format (those below the version generation 1 is derived from, that
-/// still have material).
+/// tag of the previous format (those below the version generation 1 is derived from, not
+/// destroyed and not below `min_decryption_version`).
 fn index_meta(
     tx: &Connection,
     row: &KeyringRow,
@@ -324,7 +324,11 @@ fn index_meta(
     let legacy_tag_versions = match generations.iter().find_map(|g| g.derived_from_version) {
         Some(source) if row.legacy_tags => versions
             .iter()
-            .filter(|v| v.version < source && v.state != VersionState::Destroyed)
+            .filter(|v| {
+                v.version < source
+                    && v.version >= row.min_decryption_version
+                    && v.state != VersionState::Destroyed
+            })
             .map(|v| v.version)
             .collect(),
         _ => Vec::new(),
