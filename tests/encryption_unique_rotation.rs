@@ -394,9 +394,27 @@ async fn carried_over_keyring_legacy_tags_are_found_then_retagged() {
             .unwrap();
         assert_eq!(rows.len(), 1, "{e} before re-tagging");
     }
+    // Until they are re-tagged, the UNIQUE index does not compare legacy cells with new ones
+    // (docs/format.md §2.4): a duplicate of a version-1 value gets in, as it did across a
+    // rotation before lineages. Re-encryption then stops on that column naming the index; once
+    // the duplicate is removed through the proxy it completes.
+    c.execute("INSERT INTO leg (id, email) VALUES (999, $1)", &[&old[7]])
+        .await
+        .unwrap();
+    let (ok, out) = tokio::task::block_in_place(|| reencrypt(&env));
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("public.leg.email: two rows hold the same value of this unique column")
+            && out.contains("leg_email_key"),
+        "{out}"
+    );
+    c.execute("DELETE FROM leg WHERE id = 999", &[])
+        .await
+        .unwrap();
     // Re-encryption re-tags the version-1 cells.
     let (ok, out) = tokio::task::block_in_place(|| reencrypt(&env));
     assert!(ok, "{out}");
+    // (The stopped run's batch was rolled back; the rerun rewrites all 20.)
     assert!(
         out.contains("public.leg.email: 20 cell(s) rewritten to key version 2"),
         "{out}"
