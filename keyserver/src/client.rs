@@ -26,8 +26,9 @@ use zeroize::Zeroizing;
 
 use crate::model::{
     AuditList, AuditVerifyReport, ChangesResponse, CreateKeyringRequest, CreateTokenRequest,
-    CreatedToken, ErrorBody, Health, KeyringList, KeyringMeta, MaterialResponse, ProxyInfo,
-    ProxyList, Role, SetMinVersionRequest, SetProxyRequest, TokenInfo, TokenList, VersionState,
+    CreatedToken, ErrorBody, Health, IndexMaterialResponse, KeyringList, KeyringMeta,
+    MaterialResponse, ProxyInfo, ProxyList, Role, SetMinVersionRequest, SetProxyRequest, TokenInfo,
+    TokenList, VersionState,
 };
 use crate::server::{certs_from_pem, provider};
 
@@ -86,6 +87,16 @@ pub struct FetchedKey {
     /// State at fetch time.
     pub state: VersionState,
     /// The 32-byte key (zeroized on drop).
+    pub key: SecretKey,
+}
+
+/// Material of one blind-index generation, fetched by a proxy.
+pub struct FetchedIndexKey {
+    /// Keyring id.
+    pub keyring_id: String,
+    /// Generation.
+    pub generation: u32,
+    /// The 32-byte index material (zeroized on drop).
     pub key: SecretKey,
 }
 
@@ -299,6 +310,30 @@ impl Client {
             keyring_id: resp.keyring_id,
             version: resp.version,
             state: resp.state,
+            key,
+        })
+    }
+
+    /// `GET /v1/keyrings/{name}/index/{generation}/material` (proxy certificate required).
+    pub async fn index_material(
+        &self,
+        name: &str,
+        generation: u32,
+    ) -> Result<FetchedIndexKey, ClientError> {
+        let mut resp: IndexMaterialResponse = self
+            .get(&format!("/v1/keyrings/{name}/index/{generation}/material"))
+            .await?;
+        let b64 = Zeroizing::new(std::mem::take(&mut resp.material));
+        let raw = Zeroizing::new(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.as_bytes())
+                .map_err(|_| ClientError::Decode("index material is not base64".into()))?,
+        );
+        let key = SecretKey::from_slice(&raw)
+            .map_err(|_| ClientError::Decode("index material is not 32 bytes".into()))?;
+        Ok(FetchedIndexKey {
+            keyring_id: resp.keyring_id,
+            generation: resp.generation,
             key,
         })
     }

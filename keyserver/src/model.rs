@@ -183,6 +183,64 @@ pub struct KeyringMeta {
     pub created_at: String,
     /// All versions, ascending.
     pub versions: Vec<VersionInfo>,
+    /// The keyring's blind-index key lineage (docs/format.md §2.4): independent of the data-key
+    /// versions above, so a data-key rotation never changes a stored value's blind index.
+    pub index: IndexMeta,
+}
+
+/// State of one blind-index key generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IndexState {
+    /// The generation whose tags are stored with new values and searched by lookups.
+    Active,
+}
+
+impl IndexState {
+    /// Database / wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+        }
+    }
+    /// Parses the database spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(Self::Active),
+            _ => None,
+        }
+    }
+}
+
+/// One generation of a keyring's blind-index key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexGenerationInfo {
+    /// Generation number, from 1.
+    pub generation: u32,
+    /// Current state.
+    pub state: IndexState,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+    /// For a keyring created before blind-index lineages existed: the data-key version whose
+    /// material is this generation's index material (its tags are those today's proxies
+    /// already stored). `None`: independent random material.
+    pub derived_from_version: Option<u32>,
+}
+
+/// The blind-index key lineage of a keyring.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexMeta {
+    /// Generation whose tags new values get.
+    pub active_generation: u32,
+    /// Every generation, ascending.
+    pub generations: Vec<IndexGenerationInfo>,
+    /// Data-key versions (not destroyed, not below `min_decryption_version`) whose cells may
+    /// still carry a tag of the previous format (computed under that data-key version's own
+    /// material): lookups search those tags too, and
+    /// `pgseal-proxy reencrypt` re-tags the cells. Empty for keyrings created with lineages.
+    pub legacy_tag_versions: Vec<u32>,
 }
 
 /// Entry of `GET /v1/keyrings`.
@@ -232,6 +290,31 @@ impl fmt::Debug for MaterialResponse {
             .field("keyring", &self.keyring)
             .field("version", &self.version)
             .field("state", &self.state)
+            .field("material", &"<redacted>")
+            .finish()
+    }
+}
+
+/// `GET /v1/keyrings/{name}/index/{generation}/material` response.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexMaterialResponse {
+    /// Keyring id.
+    pub keyring_id: String,
+    /// Keyring name.
+    pub keyring: String,
+    /// Generation number.
+    pub generation: u32,
+    /// 32 bytes of index material, standard base64 with padding.
+    pub material: String,
+}
+
+impl fmt::Debug for IndexMaterialResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IndexMaterialResponse")
+            .field("keyring_id", &self.keyring_id)
+            .field("keyring", &self.keyring)
+            .field("generation", &self.generation)
             .field("material", &"<redacted>")
             .finish()
     }

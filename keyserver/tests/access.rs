@@ -44,6 +44,12 @@ fn endpoints() -> Vec<(&'static str, Method, &'static str, Option<&'static str>)
             "/v1/keyrings/patients/versions/2/material",
             None,
         ),
+        (
+            "index_material",
+            Method::GET,
+            "/v1/keyrings/patients/index/1/material",
+            None,
+        ),
         ("changes", Method::GET, "/v1/changes?since=0", None),
         ("token.list", Method::GET, "/v1/tokens", None),
         (
@@ -83,17 +89,17 @@ fn expected(identity: &str, endpoint: &str) -> u16 {
     match identity {
         "anonymous" | "revoked" | "expired" | "malformed-token" | "unknown-token" => 401,
         "proxy" => match endpoint {
-            "keyring.read" | "material" | "changes" => 200,
+            "keyring.read" | "material" | "index_material" | "changes" => 200,
             _ => 403,
         },
         "proxy-ungranted" => match endpoint {
-            "keyring.read" | "material" => 404,
+            "keyring.read" | "material" | "index_material" => 404,
             "changes" => 200,
             _ => 403,
         },
         "key-admin" => match endpoint {
             "keyring.create" | "token.create" => 201,
-            "material" | "audit.list" | "audit.verify" => 403,
+            "material" | "index_material" | "audit.list" | "audit.verify" => 403,
             "token.revoke" | "proxy.delete" => 404,
             _ => 200,
         },
@@ -208,6 +214,10 @@ async fn role_endpoint_matrix() {
     assert!(records
         .iter()
         .any(|r| r.action == "material.read" && r.outcome == "ok" && r.actor == "proxy:proxy-a"));
+    assert!(records.iter().any(|r| r.action == "index_material.read"
+        && r.outcome == "ok"
+        && r.actor == "proxy:proxy-a"
+        && r.detail.as_deref() == Some("generation=1")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -246,6 +256,21 @@ async fn unknown_and_forbidden_keyrings_look_the_same() {
             &stranger,
             Method::GET,
             "/v1/keyrings/{}/versions/1/material".into(),
+        ),
+        (
+            &proxy,
+            Method::GET,
+            "/v1/keyrings/{}/index/1/material".into(),
+        ),
+        (
+            &proxy,
+            Method::GET,
+            "/v1/keyrings/{}/index/9/material".into(),
+        ),
+        (
+            &stranger,
+            Method::GET,
+            "/v1/keyrings/{}/index/1/material".into(),
         ),
         (&auditor, Method::POST, "/v1/keyrings/{}/rotate".into()),
         (&proxy, Method::POST, "/v1/keyrings/{}/rotate".into()),

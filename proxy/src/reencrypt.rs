@@ -5,7 +5,9 @@
 //! For each configured column, in batches: select cells whose envelope header names another key
 //! version (the header is cleartext by design, docs/format.md, so PostgreSQL can filter on
 //! `substring(col from … for 4)`), open each in this process, seal it again under the active
-//! version (new blind-index tag, new nonce) and write it back with
+//! version (new nonce; the blind index is the lineage's, docs/format.md §2.4, so it is the same
+//! as before unless the cell carried a legacy tag of the previous format, which is replaced)
+//! and write it back with
 //! `UPDATE … SET col = new WHERE ctid = … AND col = old RETURNING 1`: a row the application changed
 //! in between is left alone (it was rewritten under the active version anyway, or will be on the
 //! next run). Batches are keyset-paginated by `ctid`, so cells that cannot be opened (corrupt, or
@@ -38,6 +40,19 @@ pub enum ReencryptError {
         column: String,
         /// The upstream error (no data values in it).
         source: UpstreamError,
+    },
+    /// Two stored rows hold the same value of a unique column (data written before blind
+    /// indexes were kept across rotations): re-tagging one of them violates the UNIQUE index.
+    #[error(
+        "{column}: two rows hold the same value of this unique column ({message}); they were \
+         stored before blind indexes were kept across key rotations: find them through the \
+         proxy, merge or delete one, and run reencrypt again"
+    )]
+    Duplicate {
+        /// Column.
+        column: String,
+        /// PostgreSQL's message (names the index, no values).
+        message: String,
     },
     /// The upstream answered something unexpected.
     #[error("{column}: unexpected answer from the upstream: {what}")]
@@ -208,7 +223,18 @@ async fn reencrypt_column(
             continue;
         }
         updates.push_str("COMMIT;");
-        let results = client.query(&updates).await.map_err(up_err)?;
+        let results = match client.query(&updates).await {
+            Ok(r) => r,
+            Err(UpstreamError::Query(f)) if f.code == "23505" => {
+                // The transaction failed; leave the connection usable for the next column.
+                let _ = client.query("ROLLBACK").await;
+                return Err(ReencryptError::Duplicate {
+                    column: name.clone(),
+                    message: f.message,
+                });
+            }
+            Err(e) => return Err(up_err(e)),
+        };
         // BEGIN, one result per UPDATE, COMMIT.
         let done: u64 = results
             .iter()

@@ -199,7 +199,19 @@ fn open(keys: &dyn KeySource, env: &[u8]) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-fn lookup_versions(keys: &dyn KeySource) -> Vec<u32> {
+/// The data-key versions the source can open envelopes of, newest first.
+fn open_versions(keys: &dyn KeySource) -> Vec<u32> {
+    let c = keys.column(&email()).unwrap();
+    let env = c.envelope().unwrap();
+    (1..=16)
+        .rev()
+        .filter(|v| env.version(*v).is_some())
+        .collect()
+}
+
+/// The ids of the blind-index keys lookups use (the lineage's generation; data-key versions
+/// do not add any).
+fn index_ids(keys: &dyn KeySource) -> Vec<u32> {
     keys.column(&email())
         .unwrap()
         .lookup_keys()
@@ -240,7 +252,7 @@ fn start_fetches_keys_and_values_round_trip() {
     let c = keys.column(&email()).unwrap();
     assert_eq!(c.active_version(), Some(1));
     assert_eq!(c.keyring(), "patients");
-    assert_eq!(lookup_versions(keys.as_ref()), vec![1]);
+    assert_eq!(open_versions(keys.as_ref()), vec![1]);
     let env = seal(keys.as_ref(), b"alice@example.org");
     assert_ne!(&env[..], b"alice@example.org");
     assert_eq!(open(keys.as_ref(), &env).unwrap(), b"alice@example.org");
@@ -311,16 +323,25 @@ fn rotation_is_noticed_within_seconds_and_old_versions_stay_readable() {
     assert!(times.iter().all(|t| *t < Duration::from_secs(3)));
 
     let c = keys.column(&email()).unwrap();
-    assert_eq!(lookup_versions(keys.as_ref()), vec![3, 2, 1]);
+    assert_eq!(open_versions(keys.as_ref()), vec![3, 2, 1]);
+    // The blind index comes from the keyring's index lineage: two rotations change neither the
+    // stored tag nor the lookup tags (one generation, one tag).
+    assert_eq!(index_ids(keys.as_ref()), vec![1]);
     let tags: Vec<_> = c
         .lookup_keys()
         .iter()
         .map(|k| k.tag(b"bob@example.org"))
         .collect();
-    assert_eq!(tags.len(), 3);
-    assert_eq!(tags[2], tag_v1, "the v1 lookup tag is unchanged");
-    assert_ne!(tags[0], tags[2]);
-    assert_ne!(tags[1], tags[2]);
+    assert_eq!(
+        tags,
+        vec![tag_v1],
+        "the lookup tag is unchanged by rotations"
+    );
+    assert_eq!(
+        c.active_index().unwrap().tag(b"bob@example.org"),
+        tag_v1,
+        "new values get the same tag"
+    );
     // Old version still decrypts; new values are sealed with v3.
     assert_eq!(open(keys.as_ref(), &env1).unwrap(), b"bob@example.org");
     let env3 = seal(keys.as_ref(), b"bob@example.org");
@@ -343,6 +364,15 @@ fn rotation_is_noticed_within_seconds_and_old_versions_stay_readable() {
     assert_eq!(material_reads(&ks, &auditor, 1), 1);
     assert_eq!(material_reads(&ks, &auditor, 2), 1);
     assert_eq!(material_reads(&ks, &auditor, 3), 1);
+    // The index material was fetched once, at start.
+    let index_reads = ks
+        .run(auditor.audit(0, 1000))
+        .unwrap()
+        .records
+        .iter()
+        .filter(|r| r.action == "index_material.read" && r.outcome == "ok")
+        .count();
+    assert_eq!(index_reads, 1);
 }
 
 #[test]
@@ -358,7 +388,7 @@ fn disable_destroy_and_min_version_drop_versions() {
         &schema("patients"),
     )
     .unwrap();
-    assert_eq!(lookup_versions(keys.as_ref()), vec![4, 3, 2, 1]);
+    assert_eq!(open_versions(keys.as_ref()), vec![4, 3, 2, 1]);
     // Envelopes of v1..v3 sealed with the version keys the source holds.
     let c = keys.column(&email()).unwrap();
     let sealed: Vec<Vec<u8>> = (1..=3)
@@ -378,7 +408,7 @@ fn disable_destroy_and_min_version_drop_versions() {
     ks.run(admin.version_action("patients", 1, "disable"))
         .unwrap();
     wait_until(Duration::from_secs(5), "v1 dropped", || {
-        lookup_versions(keys.as_ref()) == vec![4, 3, 2]
+        open_versions(keys.as_ref()) == vec![4, 3, 2]
     });
     assert!(open(keys.as_ref(), &sealed[0]).is_err());
     assert_eq!(open(keys.as_ref(), &sealed[1]).unwrap(), b"carol");
@@ -386,7 +416,7 @@ fn disable_destroy_and_min_version_drop_versions() {
     ks.run(admin.version_action("patients", 1, "enable"))
         .unwrap();
     wait_until(Duration::from_secs(5), "v1 back", || {
-        lookup_versions(keys.as_ref()) == vec![4, 3, 2, 1]
+        open_versions(keys.as_ref()) == vec![4, 3, 2, 1]
     });
     assert_eq!(open(keys.as_ref(), &sealed[0]).unwrap(), b"carol");
 
@@ -396,7 +426,7 @@ fn disable_destroy_and_min_version_drop_versions() {
     ks.run(admin.version_action("patients", 2, "destroy"))
         .unwrap();
     wait_until(Duration::from_secs(5), "v2 dropped", || {
-        lookup_versions(keys.as_ref()) == vec![4, 3, 1]
+        open_versions(keys.as_ref()) == vec![4, 3, 1]
     });
     assert!(open(keys.as_ref(), &sealed[1]).is_err());
     // A destroyed version never comes back.
@@ -404,10 +434,12 @@ fn disable_destroy_and_min_version_drop_versions() {
         .run(admin.version_action("patients", 2, "enable"))
         .is_err());
 
+    assert_eq!(index_ids(keys.as_ref()), vec![1], "lookups unchanged");
     ks.run(admin.set_min_version("patients", 4)).unwrap();
     wait_until(Duration::from_secs(5), "versions below 4 dropped", || {
-        lookup_versions(keys.as_ref()) == vec![4]
+        open_versions(keys.as_ref()) == vec![4]
     });
+    assert_eq!(index_ids(keys.as_ref()), vec![1], "lookups unchanged");
     assert!(open(keys.as_ref(), &sealed[0]).is_err());
     assert!(open(keys.as_ref(), &sealed[2]).is_err());
     assert_eq!(keys.column(&email()).unwrap().active_version(), Some(4));

@@ -215,6 +215,12 @@ impl TestKeyserver {
         panic!("pgseal-keyserver did not start:\n{last_err}");
     }
 
+    /// The keyserver's SQLite database (tests that stage a state of an earlier release edit it
+    /// while the server is stopped).
+    pub fn db_path(&self) -> PathBuf {
+        self.ks_dir().join("keyserver.db")
+    }
+
     fn ks_dir(&self) -> PathBuf {
         self.dir.path().join(format!("ks{}", self.current))
     }

@@ -386,6 +386,17 @@ impl EncEnv {
         }
     }
 
+    /// Starts a new proxy process with the same configuration (it fetches every key afresh) and
+    /// stops the old one; clients connect to the new port.
+    pub fn restart_proxy(&mut self) {
+        let text = std::fs::read_to_string(self.proxy.config_path()).unwrap();
+        let toml = text.replace(
+            &format!("listen = \"127.0.0.1:{}\"", self.proxy.port),
+            "listen = \"127.0.0.1:0\"",
+        );
+        self.proxy = ProxyProcess::start(&toml, &proxy_env());
+    }
+
     /// tokio-postgres / libpq connection string to the proxy.
     pub fn conn_str(&self) -> String {
         format!(

@@ -10,7 +10,7 @@ use base64::Engine;
 
 use super::{parse_query, parse_version, ApiError, AppState, Caller};
 use crate::auth::Principal;
-use crate::model::{KeyringName, MaterialResponse};
+use crate::model::{IndexMaterialResponse, KeyringName, MaterialResponse};
 use crate::store::Access;
 
 /// Longest long-poll wait for `GET /v1/changes`.
@@ -72,6 +72,40 @@ pub async fn get_material(
                 keyring,
                 version: m.version,
                 state: m.state,
+                material: base64::engine::general_purpose::STANDARD.encode(m.key.expose_secret()),
+            },
+        ))
+    }
+    .await;
+    st.finish(ev, res).await
+}
+
+/// `GET /v1/keyrings/{name}/index/{generation}/material`: proxies only (granted keyrings);
+/// audited as `index_material.read` with the generation in the detail.
+pub async fn get_index_material(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path((name, generation)): Path<(String, String)>,
+) -> Response {
+    let mut ev = caller.event("index_material.read").keyring(&name);
+    if let Ok(g) = generation.parse::<u32>() {
+        ev = ev.detail(format!("generation={g}"));
+    }
+    let res = async {
+        let proxy = caller.require_proxy()?;
+        let name = keyring_name(&name)?;
+        let generation = parse_version(&generation)?;
+        let ev = ev.clone();
+        let keyring = name.to_string();
+        let m = st
+            .blocking(move |s, root| s.fetch_index_material(&proxy, &name, generation, root, &ev))
+            .await?;
+        Ok((
+            StatusCode::OK,
+            IndexMaterialResponse {
+                keyring_id: m.keyring_id.clone(),
+                keyring,
+                generation: m.generation,
                 material: base64::engine::general_purpose::STANDARD.encode(m.key.expose_secret()),
             },
         ))

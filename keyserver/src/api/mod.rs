@@ -288,6 +288,10 @@ pub fn router(state: AppState) -> Router {
             get(dp::get_material),
         )
         .route(
+            "/v1/keyrings/{name}/index/{generation}/material",
+            get(dp::get_index_material),
+        )
+        .route(
             "/v1/keyrings/{name}/versions/{version}/{action}",
             post(cp::version_action),
         )

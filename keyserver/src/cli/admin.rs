@@ -69,6 +69,31 @@ fn print_keyring(m: &KeyringMeta) {
             v.created_at
         );
     }
+    println!("  blind-index generation:  {}", m.index.active_generation);
+    for g in &m.index.generations {
+        let from = g
+            .derived_from_version
+            .map(|v| format!(" (material of data-key version {v})"))
+            .unwrap_or_default();
+        println!(
+            "  g{:<4} {:<13} created {}{from}",
+            g.generation,
+            g.state.as_str(),
+            g.created_at
+        );
+    }
+    if !m.index.legacy_tag_versions.is_empty() {
+        let list: Vec<String> = m
+            .index
+            .legacy_tag_versions
+            .iter()
+            .map(u32::to_string)
+            .collect();
+        println!(
+            "  legacy tags under:       version(s) {} (re-tagged by `pgseal-proxy reencrypt`)",
+            list.join(", ")
+        );
+    }
 }
 
 fn output_keyring(json: bool, m: &KeyringMeta) -> Result<(), CliError> {

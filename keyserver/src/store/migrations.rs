@@ -69,6 +69,31 @@ CREATE TABLE grant_changes (
     revision INTEGER NOT NULL
 );
 "#,
+    // 3: blind-index key lineages (docs/format.md §2.4). A keyring that exists already gets
+    // generation 1 defined as its active data-key version's material (the tags today's proxies
+    // stored with cells of that version stay valid); cells of older data-key versions carry
+    // tags under their own version (`legacy_tags`) until `pgseal-proxy reencrypt` re-tags them.
+    r#"
+CREATE TABLE index_generations (
+    keyring_id     TEXT NOT NULL REFERENCES keyrings(id),
+    generation     INTEGER NOT NULL,
+    -- 'active' only in this release; the other states are those of the blind-index key
+    -- rotation designed in docs/format.md §2.5 (kept here so that it needs no table rebuild).
+    state          TEXT NOT NULL
+                   CHECK (state IN ('next', 'active', 'retiring', 'retired', 'destroyed')),
+    wrapped        BLOB,
+    source_version INTEGER,
+    created_at     TEXT NOT NULL,
+    PRIMARY KEY (keyring_id, generation),
+    CHECK ((state = 'destroyed' AND wrapped IS NULL AND source_version IS NULL)
+           OR (state <> 'destroyed' AND (wrapped IS NULL) <> (source_version IS NULL)))
+);
+ALTER TABLE keyrings ADD COLUMN active_index_generation INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE keyrings ADD COLUMN legacy_tags INTEGER NOT NULL DEFAULT 0;
+INSERT INTO index_generations (keyring_id, generation, state, wrapped, source_version, created_at)
+    SELECT id, 1, 'active', NULL, active_version, strftime('%Y-%m-%dT%H:%M:%SZ', 'now') FROM keyrings;
+UPDATE keyrings SET legacy_tags = 1 WHERE active_version > 1;
+"#,
 ];
 
 /// Current schema version.
@@ -102,5 +127,34 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(v, super::SCHEMA_VERSION);
+    }
+
+    /// A keyring stored by schema 2 (before lineages) gets generation 1 from its active
+    /// data-key version, and legacy tags when older versions exist.
+    #[test]
+    fn existing_keyrings_get_a_lineage_from_their_active_version() {
+        let mut c = rusqlite::Connection::open_in_memory().unwrap();
+        for (i, sql) in super::MIGRATIONS.iter().enumerate().take(2) {
+            c.execute_batch(sql).unwrap();
+            c.pragma_update(None, "user_version", i as u32 + 1).unwrap();
+        }
+        c.execute_batch(
+            "INSERT INTO keyrings VALUES ('kr_a', 'a', 't', 1, 1, 1);
+             INSERT INTO keyrings VALUES ('kr_b', 'b', 't', 3, 1, 2);",
+        )
+        .unwrap();
+        super::migrate(&mut c).unwrap();
+        let row = |id: &str| -> (i64, i64, i64) {
+            c.query_row(
+                "SELECT g.source_version, k.legacy_tags, k.active_index_generation \
+                 FROM index_generations g JOIN keyrings k ON k.id = g.keyring_id \
+                 WHERE g.keyring_id = ?1 AND g.generation = 1 AND g.wrapped IS NULL",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap()
+        };
+        assert_eq!(row("kr_a"), (1, 0, 1));
+        assert_eq!(row("kr_b"), (3, 1, 1));
     }
 }

@@ -104,6 +104,16 @@ pub struct Material {
     pub key: SecretKey,
 }
 
+/// Unwrapped material of one blind-index generation.
+pub struct IndexMaterial {
+    /// Keyring id.
+    pub keyring_id: String,
+    /// Generation.
+    pub generation: u32,
+    /// The index material (blind-index keys are derived from it, docs/format.md §2.4).
+    pub key: SecretKey,
+}
+
 /// The storage backend.
 pub trait KeyStore: Send + Sync {
     /// Stores a root-key check value (first start) or verifies it (later starts).
@@ -157,6 +167,15 @@ pub trait KeyStore: Send + Sync {
         root: &dyn RootKey,
         ev: &AuditEvent,
     ) -> Result<Material, StoreError>;
+    /// Unwraps the material of a blind-index generation for a proxy holding a grant.
+    fn fetch_index_material(
+        &self,
+        proxy: &ProxyName,
+        name: &KeyringName,
+        generation: u32,
+        root: &dyn RootKey,
+        ev: &AuditEvent,
+    ) -> Result<IndexMaterial, StoreError>;
     /// Keyrings visible to `access` changed after revision `since` (not audited: the caller audits).
     fn changes_since(&self, access: Access<'_>, since: u64) -> Result<ChangesResponse, StoreError>;
     /// Stores a new token.

@@ -7,11 +7,14 @@ use std::sync::{Mutex, MutexGuard};
 use pgseal_crypto::SecretKey;
 use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
-use super::{migrations, Access, KeyStore, Material, StoreError, TokenRecord, VersionAction};
+use super::{
+    migrations, Access, IndexMaterial, KeyStore, Material, StoreError, TokenRecord, VersionAction,
+};
 use crate::audit::{record_hash, verify_chain, AuditEvent, GENESIS_HASH};
 use crate::model::{
-    AuditRecord, AuditVerifyReport, ChangedKeyring, ChangesResponse, KeyringMeta, KeyringName,
-    KeyringSummary, ProxyInfo, ProxyName, Role, TokenInfo, VersionInfo, VersionState,
+    AuditRecord, AuditVerifyReport, ChangedKeyring, ChangesResponse, IndexGenerationInfo,
+    IndexMeta, IndexState, KeyringMeta, KeyringName, KeyringSummary, ProxyInfo, ProxyName, Role,
+    TokenInfo, VersionInfo, VersionState,
 };
 use crate::rootkey::{RootKey, RootKeyError};
 use crate::util::{now_rfc3339, random_id};
@@ -40,6 +43,12 @@ pub fn binding(keyring_id: &str, version: u32) -> Vec<u8> {
     format!("{keyring_id}/{version}").into_bytes()
 }
 
+/// Binding (AAD) of a wrapped blind-index generation: keyring id and generation, in a
+/// namespace of its own (a data-key blob does not unwrap as index material, nor the reverse).
+pub fn index_binding(keyring_id: &str, generation: u32) -> Vec<u8> {
+    format!("{keyring_id}/index/{generation}").into_bytes()
+}
+
 struct KeyringRow {
     id: String,
     name: String,
@@ -47,6 +56,8 @@ struct KeyringRow {
     active_version: u32,
     min_decryption_version: u32,
     revision: u64,
+    active_index_generation: u32,
+    legacy_tags: bool,
 }
 
 fn to_u32(v: i64, what: &str) -> Result<u32, StoreError> {
@@ -195,28 +206,35 @@ fn append_audit_tx(tx: &Connection, ev: &AuditEvent, outcome: &str) -> Result<()
 fn load_keyring(tx: &Connection, name: &KeyringName) -> Result<Option<KeyringRow>, StoreError> {
     let row = tx
         .prepare_cached(
-            "SELECT id, name, created_at, active_version, min_decryption_version, revision FROM keyrings WHERE name = ?1",
+            "SELECT id, name, created_at, active_version, min_decryption_version, revision, \
+             active_index_generation, legacy_tags FROM keyrings WHERE name = ?1",
         )?
         .query_row([name.as_str()], |r| {
             Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
+                (
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ),
                 r.get::<_, i64>(3)?,
                 r.get::<_, i64>(4)?,
                 r.get::<_, i64>(5)?,
+                r.get::<_, i64>(6)?,
+                r.get::<_, i64>(7)?,
             ))
         })
         .optional()?;
     match row {
         None => Ok(None),
-        Some((id, name, created_at, a, m, rev)) => Ok(Some(KeyringRow {
+        Some(((id, name, created_at), a, m, rev, g, legacy)) => Ok(Some(KeyringRow {
             id,
             name,
             created_at,
             active_version: to_u32(a, "active_version")?,
             min_decryption_version: to_u32(m, "min_decryption_version")?,
             revision: to_u64(rev, "revision")?,
+            active_index_generation: to_u32(g, "active_index_generation")?,
+            legacy_tags: legacy != 0,
         })),
     }
 }
@@ -263,8 +281,68 @@ fn versions(tx: &Connection, keyring_id: &str) -> Result<Vec<VersionInfo>, Store
     Ok(out)
 }
 
+/// The generations of a keyring's blind-index lineage, ascending.
+fn index_generations(
+    tx: &Connection,
+    keyring_id: &str,
+) -> Result<Vec<IndexGenerationInfo>, StoreError> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT generation, state, created_at, source_version FROM index_generations \
+         WHERE keyring_id = ?1 ORDER BY generation",
+    )?;
+    let rows = stmt.query_map([keyring_id], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, Option<i64>>(3)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (g, state, created_at, source) = row?;
+        out.push(IndexGenerationInfo {
+            generation: to_u32(g, "index generation")?,
+            state: IndexState::parse(&state)
+                .ok_or_else(|| StoreError::Corrupt(format!("index generation state {state}")))?,
+            created_at,
+            derived_from_version: source.map(|v| to_u32(v, "source_version")).transpose()?,
+        });
+    }
+    Ok(out)
+}
+
+/// The lineage metadata: generations, and the data-key versions whose cells may still carry a
+/// tag of the previous format (those below the version generation 1 is derived from, not
+/// destroyed and not below `min_decryption_version`).
+fn index_meta(
+    tx: &Connection,
+    row: &KeyringRow,
+    versions: &[VersionInfo],
+) -> Result<IndexMeta, StoreError> {
+    let generations = index_generations(tx, &row.id)?;
+    let legacy_tag_versions = match generations.iter().find_map(|g| g.derived_from_version) {
+        Some(source) if row.legacy_tags => versions
+            .iter()
+            .filter(|v| {
+                v.version < source
+                    && v.version >= row.min_decryption_version
+                    && v.state != VersionState::Destroyed
+            })
+            .map(|v| v.version)
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok(IndexMeta {
+        active_generation: row.active_index_generation,
+        generations,
+        legacy_tag_versions,
+    })
+}
+
 fn meta_of(tx: &Connection, row: KeyringRow) -> Result<KeyringMeta, StoreError> {
     let versions = versions(tx, &row.id)?;
+    let index = index_meta(tx, &row, &versions)?;
     Ok(KeyringMeta {
         id: row.id,
         name: row.name,
@@ -273,7 +351,26 @@ fn meta_of(tx: &Connection, row: KeyringRow) -> Result<KeyringMeta, StoreError> 
         revision: row.revision,
         created_at: row.created_at,
         versions,
+        index,
     })
+}
+
+/// Generation `generation` of a new lineage, with fresh random index material.
+fn insert_index_generation(
+    tx: &Connection,
+    keyring_id: &str,
+    generation: u32,
+    root: &dyn RootKey,
+    created_at: &str,
+) -> Result<(), StoreError> {
+    let key = SecretKey::generate().map_err(|_| StoreError::Random)?;
+    let wrapped = root.wrap(&key, &index_binding(keyring_id, generation))?;
+    tx.prepare_cached(
+        "INSERT INTO index_generations (keyring_id, generation, state, wrapped, created_at) \
+         VALUES (?1, ?2, 'active', ?3, ?4)",
+    )?
+    .execute(params![keyring_id, generation, wrapped, created_at])?;
+    Ok(())
 }
 
 fn insert_version(
@@ -469,6 +566,7 @@ impl KeyStore for SqliteStore {
             )?
             .execute(params![id, name.as_str(), now, rev])?;
             insert_version(tx, &id, 1, root, &now)?;
+            insert_index_generation(tx, &id, 1, root, &now)?;
             let row = load_keyring(tx, name)?.ok_or(StoreError::NotFound)?;
             meta_of(tx, row)
         })
@@ -571,6 +669,23 @@ impl KeyStore for SqliteStore {
                 }
             };
             if new_state == VersionState::Destroyed {
+                let index_source = tx
+                    .prepare_cached(
+                        "SELECT generation FROM index_generations \
+                         WHERE keyring_id = ?1 AND source_version = ?2",
+                    )?
+                    .query_row(params![row.id, version], |r| r.get::<_, i64>(0))
+                    .optional()?;
+                if let Some(g) = index_source {
+                    return conflict(
+                        "index_source",
+                        &format!(
+                            "blind-index generation {g} of this keyring is derived from version \
+                             {version}: destroying it would lose every stored blind index \
+                             (rotate the blind-index key first, docs/keyserver.md)"
+                        ),
+                    );
+                }
                 tx.prepare_cached(
                     "UPDATE key_versions SET state = 'destroyed', wrapped = NULL, destroyed_at = ?1
                      WHERE keyring_id = ?2 AND version = ?3",
@@ -650,6 +765,52 @@ impl KeyStore for SqliteStore {
             let wrapped = wrapped.ok_or_else(|| StoreError::Corrupt("missing wrapped key".into()))?;
             let key = root.unwrap(&wrapped, &binding(&row.id, version))?;
             Ok(Material { keyring_id: row.id, version, state, key })
+        })
+    }
+
+    fn fetch_index_material(
+        &self,
+        proxy: &ProxyName,
+        name: &KeyringName,
+        generation: u32,
+        root: &dyn RootKey,
+        ev: &AuditEvent,
+    ) -> Result<IndexMaterial, StoreError> {
+        self.write_tx(Some(ev), |tx| {
+            let row = load_accessible(tx, Access::Proxy(proxy), name)?;
+            let (wrapped, source): (Option<Vec<u8>>, Option<i64>) = tx
+                .prepare_cached(
+                    "SELECT wrapped, source_version FROM index_generations \
+                     WHERE keyring_id = ?1 AND generation = ?2",
+                )?
+                .query_row(params![row.id, generation], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?
+                .ok_or(StoreError::NotFound)?;
+            let key = match (wrapped, source) {
+                (Some(w), None) => root.unwrap(&w, &index_binding(&row.id, generation))?,
+                (None, Some(v)) => {
+                    // Generation 1 of a keyring from before lineages: that version's material
+                    // (destroying it is refused while the generation exists).
+                    let v = to_u32(v, "source_version")?;
+                    let w: Option<Vec<u8>> = tx
+                        .prepare_cached(
+                            "SELECT wrapped FROM key_versions WHERE keyring_id = ?1 AND version = ?2",
+                        )?
+                        .query_row(params![row.id, v], |r| r.get(0))
+                        .optional()?
+                        .flatten();
+                    let w = w.ok_or_else(|| {
+                        StoreError::Corrupt("index source version has no material".into())
+                    })?;
+                    root.unwrap(&w, &binding(&row.id, v))?
+                }
+                _ => return Err(StoreError::Corrupt("index generation material".into())),
+            };
+            Ok(IndexMaterial {
+                keyring_id: row.id,
+                generation,
+                key,
+            })
         })
     }
 
@@ -869,6 +1030,89 @@ mod tests {
         let m = s.set_min_decryption_version(&name, 2, &ev).unwrap();
         assert_eq!(m.min_decryption_version, 2);
         assert!(s.verify_audit(None).unwrap().ok);
+    }
+
+    /// A new keyring's blind-index generation 1 has material of its own, served only to a
+    /// granted proxy, unchanged by data-key rotations, and not unwrappable as a data-key blob.
+    #[test]
+    fn index_lineage_is_independent_of_data_key_versions() {
+        let (_d, s, root) = store();
+        let ev = AuditEvent::new("t", "x");
+        let name = KeyringName::parse("people").unwrap();
+        let m = s.create_keyring(&name, &root, &ev).unwrap();
+        assert_eq!(m.index.active_generation, 1);
+        assert_eq!(m.index.generations.len(), 1);
+        assert_eq!(m.index.generations[0].derived_from_version, None);
+        assert!(m.index.legacy_tag_versions.is_empty());
+        let p = ProxyName::parse("p1").unwrap();
+        assert!(matches!(
+            s.fetch_index_material(&p, &name, 1, &root, &ev),
+            Err(StoreError::NotFound)
+        ));
+        s.set_proxy(&p, std::slice::from_ref(&name), &ev).unwrap();
+        let before = s.fetch_index_material(&p, &name, 1, &root, &ev).unwrap();
+        let v1 = s.fetch_material(&p, &name, 1, &root, &ev).unwrap();
+        assert_ne!(before.key, v1.key);
+        let m = s.rotate(&name, &root, &ev).unwrap();
+        assert_eq!(m.index.active_generation, 1);
+        let after = s.fetch_index_material(&p, &name, 1, &root, &ev).unwrap();
+        assert_eq!(before.key, after.key);
+        assert!(matches!(
+            s.fetch_index_material(&p, &name, 2, &root, &ev),
+            Err(StoreError::NotFound)
+        ));
+        // Data-key version 1 can be destroyed: the lineage does not depend on it.
+        s.set_version_state(&name, 1, VersionAction::Disable, &ev)
+            .unwrap();
+        s.set_version_state(&name, 1, VersionAction::Destroy, &ev)
+            .unwrap();
+        let again = s.fetch_index_material(&p, &name, 1, &root, &ev).unwrap();
+        assert_eq!(before.key, again.key);
+        let n = s.audit_records(0, 1000, None).unwrap().len();
+        assert!(n > 0);
+    }
+
+    /// A keyring from before lineages (generation 1 derived from its active version): the
+    /// index material is that version's material, older versions are legacy, and the source
+    /// version cannot be destroyed.
+    #[test]
+    fn legacy_lineage_uses_the_source_version_and_protects_it() {
+        let (_d, s, root) = store();
+        let ev = AuditEvent::new("t", "x");
+        let name = KeyringName::parse("old").unwrap();
+        s.create_keyring(&name, &root, &ev).unwrap();
+        s.rotate(&name, &root, &ev).unwrap();
+        {
+            // What migration 3 does for a keyring with active version 2.
+            let conn = s.lock().unwrap();
+            conn.execute_batch(
+                "UPDATE index_generations SET wrapped = NULL, source_version = 2; \
+                 UPDATE keyrings SET legacy_tags = 1;",
+            )
+            .unwrap();
+        }
+        let p = ProxyName::parse("p1").unwrap();
+        s.set_proxy(&p, std::slice::from_ref(&name), &ev).unwrap();
+        let m = s.keyring(Access::Proxy(&p), &name, &ev).unwrap();
+        assert_eq!(m.index.generations[0].derived_from_version, Some(2));
+        assert_eq!(m.index.legacy_tag_versions, vec![1]);
+        let ix = s.fetch_index_material(&p, &name, 1, &root, &ev).unwrap();
+        let v2 = s.fetch_material(&p, &name, 2, &root, &ev).unwrap();
+        assert_eq!(ix.key, v2.key);
+        s.rotate(&name, &root, &ev).unwrap();
+        s.set_version_state(&name, 2, VersionAction::Disable, &ev)
+            .unwrap();
+        assert!(matches!(
+            s.set_version_state(&name, 2, VersionAction::Destroy, &ev),
+            Err(StoreError::Conflict("index_source", _))
+        ));
+        // Version 1 (legacy) can go; then it is no longer listed.
+        s.set_version_state(&name, 1, VersionAction::Disable, &ev)
+            .unwrap();
+        let m = s
+            .set_version_state(&name, 1, VersionAction::Destroy, &ev)
+            .unwrap();
+        assert!(m.index.legacy_tag_versions.is_empty());
     }
 
     #[test]

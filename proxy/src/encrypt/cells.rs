@@ -89,8 +89,9 @@ pub fn parse_value(
     .map_err(|e| CellError::input(col, e))
 }
 
-/// Appends the stored form of `value`: the active version's blind index (indexed columns) and
-/// the envelope of its canonical encoding.
+/// Appends the stored form of `value`: the blind index under the keyring's active index
+/// generation (indexed columns; independent of the data-key version) and the envelope of its
+/// canonical encoding under the active data-key version.
 pub fn seal(
     crypto: &ColumnCrypto,
     col: &ProtectedColumn,
@@ -119,7 +120,8 @@ pub fn seal(
     })
 }
 
-/// Appends the lookup tags of `value` under every key version that may be stored.
+/// Appends the lookup tags of `value` under every blind-index key whose tags may be stored (the
+/// lineage's active generation first, then legacy keys; docs/format.md §2.4).
 pub fn lookup_tags(
     crypto: &ColumnCrypto,
     col: &ProtectedColumn,

@@ -93,7 +93,12 @@ mod tests {
             index: None,
         };
         let key = SecretKey::from_bytes([3; 32]);
-        Arc::new(ColumnCrypto::derive(&col, &[(version, &key)], Some(version)).unwrap())
+        let index = crate::keys::IndexKeys {
+            generation: 1,
+            material: &key,
+            legacy: &[],
+        };
+        Arc::new(ColumnCrypto::derive(&col, &[(version, &key)], Some(version), &index).unwrap())
     }
 
     /// Version-1 keys at epoch 1, nothing asked yet.

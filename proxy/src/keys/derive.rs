@@ -1,9 +1,25 @@
-//! Per-column subkeys derived from keyring versions (HKDF, see docs/format.md).
+//! Per-column subkeys derived from keyring versions and the keyring's blind-index lineage (HKDF,
+//! see docs/format.md §2.4).
 
 use pgseal_crypto::{BlindIndexKey, ColumnKeys, EnvelopeKey, SecretKey};
 
 use super::KeyError;
 use crate::rewrite::ProtectedColumn;
+
+/// Id bit of a blind-index key that is a legacy one (derived from a data-key version), so that
+/// its id never equals a generation number (ids tell cached lookups that the key set changed).
+pub const LEGACY_INDEX_ID: u32 = 0x8000_0000;
+
+/// Where a keyring's blind-index keys come from.
+pub struct IndexKeys<'a> {
+    /// The active generation of the lineage.
+    pub generation: u32,
+    /// Its index material.
+    pub material: &'a SecretKey,
+    /// Data-key versions whose cells may still carry a tag of the previous format (derived from
+    /// that version's material): searched by lookups, replaced by `reencrypt`.
+    pub legacy: &'a [u32],
+}
 
 /// The prepared keys of one protected column.
 #[derive(Debug)]
@@ -13,8 +29,8 @@ pub struct ColumnCrypto {
     envelope: Option<ColumnKeys>,
     /// Active (sealing) version, if any.
     active_version: Option<u32>,
-    /// Blind-index keys, one per version that may be stored, newest first. Empty when the
-    /// column has no equality index.
+    /// Blind-index keys whose tags may be stored: the active generation's first (new values
+    /// get its tag), then legacy ones. Empty when the column has no equality index.
     index: Vec<BlindIndexKey>,
     /// Keyring name (for error messages).
     keyring: String,
@@ -23,12 +39,15 @@ pub struct ColumnCrypto {
 }
 
 impl ColumnCrypto {
-    /// Derives the keys of `column` from its keyring's usable versions. `active` is the version
-    /// that seals new values (None: the column is read-only until a version becomes active).
+    /// Derives the keys of `column` from its keyring's usable versions and blind-index lineage.
+    /// `active` is the version that seals new values (None: the column is read-only until a
+    /// version becomes active). The blind index never depends on the data-key versions (except
+    /// legacy tags of usable versions listed in `index.legacy`).
     pub fn derive(
         column: &ProtectedColumn,
         versions: &[(u32, &SecretKey)],
         active: Option<u32>,
+        index_keys: &IndexKeys<'_>,
     ) -> Result<Self, KeyError> {
         let name = column.id.to_string();
         let derr = |_| KeyError::Derivation(name.clone());
@@ -43,10 +62,19 @@ impl ColumnCrypto {
         };
         let mut index = Vec::new();
         if let Some(spec) = &column.index {
-            let mut sorted: Vec<&(u32, &SecretKey)> = versions.iter().collect();
-            sorted.sort_by_key(|e| std::cmp::Reverse(e.0));
-            for (v, k) in sorted {
-                index.push(BlindIndexKey::derive(k, *v, &spec.group).map_err(derr)?);
+            index.push(
+                BlindIndexKey::derive(index_keys.material, index_keys.generation, &spec.group)
+                    .map_err(derr)?,
+            );
+            let mut legacy: Vec<&(u32, &SecretKey)> = versions
+                .iter()
+                .filter(|(v, _)| index_keys.legacy.contains(v))
+                .collect();
+            legacy.sort_by_key(|e| std::cmp::Reverse(e.0));
+            for (v, k) in legacy {
+                index.push(
+                    BlindIndexKey::derive(k, LEGACY_INDEX_ID | *v, &spec.group).map_err(derr)?,
+                );
             }
         }
         Ok(Self {
@@ -73,13 +101,13 @@ impl ColumnCrypto {
         self.active_version
     }
 
-    /// The blind-index key of the active version (the tag stored with new values).
+    /// The blind-index key of the lineage's active generation (the tag stored with new values;
+    /// the same whichever data-key version seals the envelope).
     pub fn active_index(&self) -> Option<&BlindIndexKey> {
-        let a = self.active_version?;
-        self.index.iter().find(|k| k.key_version() == a)
+        self.index.first()
     }
 
-    /// Blind-index keys of every version that may be stored, newest first (lookups compute one
+    /// Blind-index keys whose tags may be stored, active generation first (lookups compute one
     /// tag per key).
     pub fn lookup_keys(&self) -> &[BlindIndexKey] {
         &self.index
@@ -88,5 +116,88 @@ impl ColumnCrypto {
     /// Keyring name.
     pub fn keyring(&self) -> &str {
         &self.keyring
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use super::*;
+    use crate::rewrite::IndexSpec;
+    use pgseal_crypto::value::{LogicalType, Normalisation};
+    use pgseal_crypto::{ColumnId, IndexGroup};
+
+    fn column() -> ProtectedColumn {
+        let id = ColumnId::parse("public.acct.email").unwrap();
+        ProtectedColumn {
+            index: Some(IndexSpec {
+                group: IndexGroup::of_column(&id),
+                norm: Normalisation::default(),
+                unique: true,
+            }),
+            id,
+            ty: LogicalType::Text,
+            keyring: "k".into(),
+        }
+    }
+
+    /// The stored tag comes from the lineage: the same under every active data-key version,
+    /// and different from a tag computed under a data-key version's material.
+    #[test]
+    fn the_stored_tag_does_not_depend_on_the_data_key_version() {
+        let col = column();
+        let (m1, m2, ix) = (
+            SecretKey::from_bytes([1; 32]),
+            SecretKey::from_bytes([2; 32]),
+            SecretKey::from_bytes([9; 32]),
+        );
+        let index = IndexKeys {
+            generation: 1,
+            material: &ix,
+            legacy: &[],
+        };
+        let v1 = ColumnCrypto::derive(&col, &[(1, &m1)], Some(1), &index).unwrap();
+        let v12 = ColumnCrypto::derive(&col, &[(1, &m1), (2, &m2)], Some(2), &index).unwrap();
+        let t1 = v1.active_index().unwrap().tag(b"\x01anna");
+        let t2 = v12.active_index().unwrap().tag(b"\x01anna");
+        assert_eq!(t1, t2);
+        assert_eq!(v12.lookup_keys().len(), 1, "no tag per data-key version");
+        let group = &col.index.as_ref().unwrap().group;
+        let per_version = BlindIndexKey::derive(&m2, 2, group).unwrap();
+        assert_ne!(per_version.tag(b"\x01anna"), t2);
+    }
+
+    /// Legacy versions are searched (after the generation's tag) only while usable, with ids
+    /// that never equal a generation number; new values never get a legacy tag.
+    #[test]
+    fn legacy_tags_are_searched_for_usable_versions_only() {
+        let col = column();
+        let (m1, m2, m3) = (
+            SecretKey::from_bytes([1; 32]),
+            SecretKey::from_bytes([2; 32]),
+            SecretKey::from_bytes([3; 32]),
+        );
+        // A keyring carried over with active version 3: generation 1 is version 3's material.
+        let index = IndexKeys {
+            generation: 1,
+            material: &m3,
+            legacy: &[1, 2],
+        };
+        let all =
+            ColumnCrypto::derive(&col, &[(1, &m1), (2, &m2), (3, &m3)], Some(3), &index).unwrap();
+        let ids: Vec<u32> = all.lookup_keys().iter().map(|k| k.key_version()).collect();
+        assert_eq!(ids, vec![1, LEGACY_INDEX_ID | 2, LEGACY_INDEX_ID | 1]);
+        let group = &col.index.as_ref().unwrap().group;
+        assert_eq!(
+            all.active_index().unwrap().tag(b"x"),
+            BlindIndexKey::derive(&m3, 3, group).unwrap().tag(b"x")
+        );
+        assert_eq!(
+            all.lookup_keys()[2].tag(b"x"),
+            BlindIndexKey::derive(&m1, 1, group).unwrap().tag(b"x")
+        );
+        // Version 1 no longer usable (disabled, or below min_decryption_version).
+        let fewer = ColumnCrypto::derive(&col, &[(2, &m2), (3, &m3)], Some(3), &index).unwrap();
+        assert_eq!(fewer.lookup_keys().len(), 2);
     }
 }

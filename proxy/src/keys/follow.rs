@@ -165,6 +165,7 @@ fn share(p: &KeyringState) -> KeyringState {
             .iter()
             .map(|(v, k)| (*v, Arc::clone(k)))
             .collect(),
+        index: p.index.clone(),
     }
 }
 

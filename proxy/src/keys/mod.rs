@@ -23,7 +23,7 @@ use std::sync::Arc;
 use pgseal_crypto::{ColumnId, SecretKey};
 
 pub use config::KeyserverConfig;
-pub use derive::ColumnCrypto;
+pub use derive::{ColumnCrypto, IndexKeys, LEGACY_INDEX_ID};
 pub use keyserver::KeyserverKeys;
 
 use crate::rewrite::ProtectedSchema;
@@ -85,7 +85,9 @@ pub trait KeySource: Send + Sync {
 }
 
 /// Keyring material given in code: keyring name → (version → material), active = highest.
-/// For unit tests and benchmarks; the server uses the keyserver-backed source.
+/// The blind-index lineage is that of a keyring carried over from before lineages existed
+/// (docs/format.md §2.4): generation 1 is the highest version's material, the other versions
+/// are legacy tags. For unit tests and benchmarks; the server uses the keyserver-backed source.
 pub struct StaticKeys {
     columns: HashMap<ColumnId, Arc<ColumnCrypto>>,
 }
@@ -103,7 +105,20 @@ impl StaticKeys {
             };
             let refs: Vec<(u32, &SecretKey)> = versions.iter().map(|(v, k)| (*v, k)).collect();
             let active = refs.iter().map(|(v, _)| *v).max();
-            let crypto = ColumnCrypto::derive(col, &refs, active)?;
+            let Some((_, source)) = refs.iter().find(|(v, _)| Some(*v) == active) else {
+                continue;
+            };
+            let legacy: Vec<u32> = refs
+                .iter()
+                .map(|(v, _)| *v)
+                .filter(|v| Some(*v) != active)
+                .collect();
+            let index = IndexKeys {
+                generation: 1,
+                material: source,
+                legacy: &legacy,
+            };
+            let crypto = ColumnCrypto::derive(col, &refs, active, &index)?;
             columns.insert(col.id.clone(), Arc::new(crypto));
         }
         Ok(Self { columns })

@@ -9,7 +9,7 @@ use pgseal_crypto::{ColumnId, SecretKey};
 use pgseal_keyserver::client::{Client, ClientError};
 use pgseal_keyserver::model::{KeyringMeta, VersionState};
 
-use super::{ColumnCrypto, KeyError};
+use super::{ColumnCrypto, IndexKeys, KeyError};
 use crate::rewrite::ProtectedSchema;
 
 /// The usable versions of one keyring, with their material.
@@ -22,6 +22,19 @@ pub(crate) struct KeyringState {
     pub active: u32,
     /// Material of every usable version.
     pub versions: BTreeMap<u32, Arc<SecretKey>>,
+    /// The blind-index lineage (independent of `versions`).
+    pub index: IndexLineage,
+}
+
+/// The active generation of a keyring's blind-index lineage, with its material.
+#[derive(Clone)]
+pub(crate) struct IndexLineage {
+    /// Active generation.
+    pub generation: u32,
+    /// Its index material.
+    pub material: Arc<SecretKey>,
+    /// Data-key versions whose cells may still carry a legacy tag.
+    pub legacy: Vec<u32>,
 }
 
 /// One immutable view of every keyring and column.
@@ -111,11 +124,43 @@ pub(crate) async fn fetch_keyring(
             Err(e) => return Err(FetchError::Failed(e)),
         }
     }
+    let generation = meta.index.active_generation;
+    let material = match previous
+        .map(|p| &p.index)
+        .filter(|ix| ix.generation == generation)
+    {
+        Some(ix) => Arc::clone(&ix.material),
+        None => {
+            let f = client
+                .index_material(name, generation)
+                .await
+                .map_err(|e| match e {
+                    ClientError::Api { status: 404, .. } => FetchError::NotServed(format!(
+                        "the blind-index key of keyring {name} is not served to this proxy \
+                         (grant it with `pgseal-keyserver proxy grant PROXY --keyring {name}`)"
+                    )),
+                    other => FetchError::Failed(other),
+                })?;
+            if f.keyring_id != meta.id || f.generation != generation {
+                return Err(FetchError::Failed(ClientError::Decode(format!(
+                    "keyserver returned index material of another keyring or generation \
+                     for keyring {name}"
+                ))));
+            }
+            tracing::debug!(keyring = name, keyring_id = %meta.id, generation, "fetched blind-index material");
+            Arc::new(f.key)
+        }
+    };
     Ok(KeyringState {
         id: meta.id,
         revision: meta.revision,
         active: meta.active_version,
         versions,
+        index: IndexLineage {
+            generation,
+            material,
+            legacy: meta.index.legacy_tag_versions,
+        },
     })
 }
 
@@ -143,7 +188,12 @@ pub(crate) fn build_columns(
             .iter()
             .map(|(v, k)| (*v, k.as_ref()))
             .collect();
-        let crypto = ColumnCrypto::derive(col, &refs, Some(state.active))?;
+        let index = IndexKeys {
+            generation: state.index.generation,
+            material: &state.index.material,
+            legacy: &state.index.legacy,
+        };
+        let crypto = ColumnCrypto::derive(col, &refs, Some(state.active), &index)?;
         out.insert(col.id.clone(), Arc::new(crypto));
     }
     Ok(out)
@@ -153,7 +203,7 @@ pub(crate) fn build_columns(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
-    use pgseal_keyserver::model::VersionInfo;
+    use pgseal_keyserver::model::{IndexMeta, VersionInfo};
 
     fn meta(min: u32, states: &[(u32, VersionState)]) -> KeyringMeta {
         KeyringMeta {
@@ -171,6 +221,11 @@ mod tests {
                     created_at: String::new(),
                 })
                 .collect(),
+            index: IndexMeta {
+                active_generation: 1,
+                generations: Vec::new(),
+                legacy_tag_versions: Vec::new(),
+            },
         }
     }
 

@@ -44,8 +44,8 @@
 //! range comparisons and BETWEEN; LIKE / ILIKE / SIMILAR TO / regex; `IS [NOT] DISTINCT FROM`;
 //! arithmetic, operators, casts and functions over a protected column (`42883`, including a
 //! user-written `substring`); aggregates other than `count(*)` / `count(col)` (`42883`;
-//! `count(DISTINCT col)` is `0A000`: after a key rotation one value has one tag per key
-//! version, so even the index cannot count it exactly); comparison with a plaintext column, a
+//! `count(DISTINCT col)` is `0A000`: while legacy tags of a carried-over keyring remain
+//! (docs/format.md §2.4) one value can have two tags, so even the index cannot count it exactly); comparison with a plaintext column, a
 //! computed expression or a column of another index group; equality on a column without an
 //! index; set operations, scalar subqueries and `IN (subquery)` over protected outputs;
 //! `JOIN … USING` / NATURAL JOIN on protected columns; INSERT without a column list,

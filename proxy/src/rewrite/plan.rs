@@ -223,7 +223,8 @@ fn push_bytea_param(out: &mut String, k: usize) {
 }
 
 /// The number of blind-index tags each scalar lookup parameter carries in one rendering of a
-/// plan: one per key version of the column that may be stored, fixed when the statement is
+/// plan: one per blind-index key of the column whose tags may be stored (the lineage's
+/// generation, plus legacy keys, docs/format.md §2.4), fixed when the statement is
 /// prepared upstream. Indexed like [`RewritePlan::upstream_params`]; a missing entry, a
 /// parameter that is not a scalar lookup, and 0 all count as 1.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -272,7 +273,7 @@ pub enum Slot {
         /// The literal's text.
         literal_text: String,
     },
-    /// Blind-index tags of every literal under every key version that may be stored: render as
+    /// Blind-index tags of every literal under every blind-index key that may be stored: render as
     /// an array expression, e.g. `'{"\\x…","\\x…"}'::bytea[]` (used as `= ANY(…)` or
     /// `<> ALL(…)`; the operator is already in the template).
     Lookup {

@@ -241,7 +241,7 @@ impl Ctx<'_> {
             terms.push(term(s));
         }
         for n in params {
-            // A scalar comparison per key version (`= $k` or `IN ($k, …)`), not an array:
+            // A scalar comparison per blind-index key (`= $k` or `IN ($k, …)`), not an array:
             // PostgreSQL's generic plan then estimates it like the custom plan does, so a
             // prepared lookup is planned once.
             let p = UpstreamParam::Lookup {

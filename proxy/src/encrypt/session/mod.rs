@@ -159,7 +159,7 @@ struct Reparse {
 struct LookupKeys {
     /// Per upstream parameter, the column keys of a scalar lookup (None for other parameters).
     cryptos: Vec<Option<Arc<ColumnCrypto>>>,
-    /// The widths of the scalar lookups (one tag per key version).
+    /// The widths of the scalar lookups (one tag per blind-index key).
     widths: LookupWidths,
     /// The versions the rendering depends on.
     versions: KeyVersions,
@@ -581,7 +581,7 @@ impl EncryptSession {
     }
 
     /// The upstream parameters of a Bind on a rewritten statement.
-    /// Scalar lookups get one parameter per key version, as `keys` says: the first tag at the
+    /// Scalar lookups get one parameter per blind-index key, as `keys` says: the first tag at the
     /// lookup's own position, the others after the plan's parameters.
     fn bind_params(
         &self,
@@ -663,9 +663,9 @@ impl EncryptSession {
                     };
                     let mut tags = Vec::with_capacity(width);
                     cells::lookup_tags(&crypto, col, &parsed, &mut tags)?;
-                    // One tag per version the statement was prepared for: never fewer
-                    // parameters than tags (a version would go unsearched); a repeated tag
-                    // fills a statement prepared for more versions.
+                    // One tag per blind-index key the statement was prepared for: never fewer
+                    // parameters than tags (a key's tags would go unsearched); a repeated tag
+                    // fills a statement prepared for more keys.
                     let Some(last) = tags.last().copied() else {
                         return Err(CellError::Key(crate::keys::KeyError::NoActiveVersion {
                             keyring: crypto.keyring().to_owned(),
