@@ -140,7 +140,11 @@ async fn unauthenticated_flood_is_aggregated_with_exact_counts() {
     for r in &individual {
         assert_eq!(r.actor, "anonymous");
         assert_eq!(r.outcome, "unauthenticated");
-        assert!(r.detail.as_deref().unwrap_or("").contains("source=127.0.0.1"));
+        assert!(r
+            .detail
+            .as_deref()
+            .unwrap_or("")
+            .contains("source=127.0.0.1"));
     }
     for r in &aggregates {
         assert_eq!(r.actor, "unauthenticated:127.0.0.1");
@@ -273,7 +277,11 @@ async fn tail_is_exact_beyond_one_page_and_fails_on_a_broken_chain() {
     assert_eq!(s.len(), 3_100);
     assert!(s.windows(2).all(|w| w[1] == w[0] + 1), "not contiguous");
     // The newest records: everything up to the read before this tail's own verification.
-    assert!(*s.last().unwrap() > last, "tail ends at {} (log had {last})", s.last().unwrap());
+    assert!(
+        *s.last().unwrap() > last,
+        "tail ends at {} (log had {last})",
+        s.last().unwrap()
+    );
 
     // More than there are: all of them, from #1.
     let (ok, out, err) = tail(&ks, &auditor_token, 100_000);
@@ -309,7 +317,11 @@ async fn tail_is_exact_beyond_one_page_and_fails_on_a_broken_chain() {
         .arg("UPDATE audit SET outcome = 'forged' WHERE seq = 10;")
         .output()
         .unwrap();
-    assert!(edit.status.success(), "{}", String::from_utf8_lossy(&edit.stderr));
+    assert!(
+        edit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&edit.stderr)
+    );
     let (ok, out, err) = tail(&ks, &auditor_token, 20);
     assert!(!ok, "tail succeeded on a broken chain:\n{out}");
     assert!(err.contains("BROKEN at record 10"), "{err}");

@@ -97,7 +97,12 @@ async fn flood(ks: &TestKeyserver, n: usize, sources: u8, budget: Duration) -> F
     let deadline = Instant::now() + budget;
     let mut handles = Vec::with_capacity(n);
     for i in 0..n {
-        let src = Ipv4Addr::new(127, 0, 0, 2 + u8::try_from(i % usize::from(sources)).unwrap());
+        let src = Ipv4Addr::new(
+            127,
+            0,
+            0,
+            2 + u8::try_from(i % usize::from(sources)).unwrap(),
+        );
         let (connector, gate, port) = (connector.clone(), gate.clone(), ks.port);
         handles.push(tokio::spawn(async move {
             let _p = gate.acquire_owned().await.ok()?;
@@ -250,7 +255,10 @@ async fn idle_connections_are_closed_and_sources_are_capped() {
     for _ in 0..3 {
         idle.push(open_tls(&connector, src, ks.port).await.expect("connect"));
     }
-    idle[1].write_all(b"GET /v1/health HTTP/1.1\r\n").await.unwrap();
+    idle[1]
+        .write_all(b"GET /v1/health HTTP/1.1\r\n")
+        .await
+        .unwrap();
     idle[2]
         .write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
         .await

@@ -80,7 +80,6 @@ pub async fn run(cfg: &Config) -> Result<(), KsError> {
         .map_err(|e| KsError::Tls(format!("bind {}: {e}", cfg.listen)))?;
     tracing::info!(listen = %cfg.listen, "keyserver listening");
     fd_limit::ensure(cfg.limits.max_open_connections());
-    let flusher = tokio::spawn(state.clone().run_unauthenticated_flusher());
     let res = server::serve_with_limits(
         listener,
         tls,
@@ -89,7 +88,6 @@ pub async fn run(cfg: &Config) -> Result<(), KsError> {
         shutdown_signal(),
     )
     .await;
-    flusher.abort();
     // Counts of the current window go to the chain before the process ends.
     state.flush_unauthenticated(true).await;
     res

@@ -52,6 +52,7 @@ struct Inner {
     changes: watch::Sender<u64>,
     max_body: usize,
     unauth: UnauthAudit,
+    flusher_started: std::sync::atomic::AtomicBool,
 }
 
 /// Shared server state.
@@ -81,6 +82,7 @@ impl AppState {
                 changes,
                 max_body,
                 unauth: UnauthAudit::new(audit),
+                flusher_started: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -111,16 +113,27 @@ impl AppState {
         written
     }
 
-    /// Writes aggregate records as their windows end, until the state is dropped elsewhere
-    /// and the task is aborted.
-    pub async fn run_unauthenticated_flusher(self) {
-        let period = std::time::Duration::from_secs(self.inner.unauth.window_secs().clamp(1, 5));
-        let mut tick = tokio::time::interval(period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            self.flush_unauthenticated(false).await;
+    /// Starts (once) the task that writes aggregate records as their windows end. It holds
+    /// only a weak reference and ends with the state.
+    fn ensure_flusher(&self) {
+        if self
+            .inner
+            .flusher_started
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
         }
+        let weak = Arc::downgrade(&self.inner);
+        let period = std::time::Duration::from_secs(self.inner.unauth.window_secs().clamp(1, 5));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                AppState { inner }.flush_unauthenticated(false).await;
+            }
+        });
     }
 
     /// Runs a storage call on the blocking pool.
@@ -149,7 +162,10 @@ impl AppState {
                 let outcome = err.audit_outcome();
                 let ev = if matches!(err, ApiError::Unauthorized(_)) {
                     match self.inner.unauth.record(&ev, &outcome) {
-                        Decision::Counted => return err.into_response(),
+                        Decision::Counted => {
+                            self.ensure_flusher();
+                            return err.into_response();
+                        }
                         Decision::Write => match ev.source {
                             Some(ip) => {
                                 let d = ev.detail.clone().map_or_else(
@@ -449,20 +465,6 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::decoded_path_is_utf8;
-
-    #[test]
-    fn utf8_paths() {
-        assert!(decoded_path_is_utf8("/v1/keyrings/abc"));
-        assert!(decoded_path_is_utf8("/v1/keyrings/%C3%A4%1b"));
-        assert!(decoded_path_is_utf8("/v1/keyrings/%zz%"));
-        assert!(!decoded_path_is_utf8("/v1/keyrings/%ff"));
-        assert!(!decoded_path_is_utf8("/v1/keyrings/%C3"));
-    }
-}
-
 /// Parses a version path segment.
 pub(crate) fn parse_version(s: &str) -> Result<u32, ApiError> {
     match s.parse::<u32>() {
@@ -495,4 +497,18 @@ pub(crate) fn parse_query(
         out.push((k.to_owned(), n));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decoded_path_is_utf8;
+
+    #[test]
+    fn utf8_paths() {
+        assert!(decoded_path_is_utf8("/v1/keyrings/abc"));
+        assert!(decoded_path_is_utf8("/v1/keyrings/%C3%A4%1b"));
+        assert!(decoded_path_is_utf8("/v1/keyrings/%zz%"));
+        assert!(!decoded_path_is_utf8("/v1/keyrings/%ff"));
+        assert!(!decoded_path_is_utf8("/v1/keyrings/%C3"));
+    }
 }
