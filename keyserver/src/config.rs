@@ -80,9 +80,9 @@ impl Default for LimitsConfig {
         Self {
             handshake_timeout_secs: 5,
             max_handshakes: 256,
-            max_handshakes_per_source: 32,
+            max_handshakes_per_source: 64,
             max_anonymous_connections: 512,
-            max_anonymous_per_source: 32,
+            max_anonymous_per_source: 64,
             proxy_connections: 256,
             idle_timeout_secs: 15,
             proxy_idle_timeout_secs: 300,
