@@ -4,6 +4,15 @@
 //! `[seq, ts, actor, action, keyring, version, outcome, detail, prev_hash]`. The first
 //! record's `prev_hash` is 64 zeros. The store keeps the head (last seq and hash) in its
 //! meta table, so removing records at the end is detected too.
+//!
+//! Text that reaches a record from a request (paths, names, token ids) is escaped before it is
+//! stored ([`escape_stored`]): control characters, bidirectional-override characters and the
+//! backslash itself become `\xNN` / `\u{NNNN}` / `\\`, so a stored record can never carry a
+//! terminal escape or a line break. Records written before this rule are hashed as stored and
+//! still verify; the CLI escapes them when printing ([`escape_display`]).
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
 
 use sha2::{Digest, Sha256};
 
@@ -26,22 +35,31 @@ pub struct AuditEvent {
     pub version: Option<u32>,
     /// Optional detail (never secrets).
     pub detail: Option<String>,
+    /// Source IP address of the request (not stored by itself; used to aggregate
+    /// unauthenticated failures per source).
+    pub source: Option<IpAddr>,
 }
 
 impl AuditEvent {
     /// A new event.
     pub fn new(actor: impl Into<String>, action: impl Into<String>) -> Self {
         Self {
-            actor: actor.into(),
-            action: action.into(),
+            actor: truncate(&escape_stored(&actor.into()), 256),
+            action: truncate(&escape_stored(&action.into()), 64),
             keyring: None,
             version: None,
             detail: None,
+            source: None,
         }
     }
-    /// Sets the keyring (truncated to 128 bytes so junk input cannot bloat the log).
+    /// Sets the source address.
+    pub fn source(mut self, ip: Option<IpAddr>) -> Self {
+        self.source = ip;
+        self
+    }
+    /// Sets the keyring (escaped, truncated to 128 bytes so junk input cannot bloat the log).
     pub fn keyring(mut self, k: &str) -> Self {
-        self.keyring = Some(truncate(k, 128));
+        self.keyring = Some(truncate(&escape_stored(k), 128));
         self
     }
     /// Sets the version.
@@ -49,11 +67,63 @@ impl AuditEvent {
         self.version = Some(v);
         self
     }
-    /// Sets the detail.
+    /// Sets the detail (escaped, truncated to 256 bytes).
     pub fn detail(mut self, d: impl AsRef<str>) -> Self {
-        self.detail = Some(truncate(d.as_ref(), 256));
+        self.detail = Some(truncate(&escape_stored(d.as_ref()), 256));
         self
     }
+}
+
+/// Characters that must never reach a terminal or a line-oriented reader unescaped: control
+/// characters (C0, DEL, C1), line/paragraph separators and bidirectional-formatting characters.
+fn is_dangerous(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
+fn push_escaped(out: &mut String, c: char) {
+    let n = u32::from(c);
+    if n < 0x100 {
+        let _ = write!(out, "\\x{n:02x}");
+    } else {
+        let _ = write!(out, "\\u{{{n:04x}}}");
+    }
+}
+
+/// Escaping applied before a value is stored in a record: dangerous characters as `\xNN` or
+/// `\u{NNNN}`, and `\` as `\\` so the escaping is unambiguous.
+pub fn escape_stored(s: &str) -> String {
+    if !s.chars().any(|c| c == '\\' || is_dangerous(c)) {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c == '\\' {
+            out.push_str("\\\\");
+        } else if is_dangerous(c) {
+            push_escaped(&mut out, c);
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Escaping applied when printing a stored value: dangerous characters only (values stored
+/// by this version contain none; older records may).
+pub fn escape_display(s: &str) -> String {
+    if !s.chars().any(is_dangerous) {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if is_dangerous(c) {
+            push_escaped(&mut out, c);
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -194,6 +264,24 @@ mod tests {
         let mut truncated = c.clone();
         truncated.pop();
         assert_eq!(verify_chain(truncated, h).first_bad.unwrap().seq, 5);
+    }
+
+    #[test]
+    fn escaping() {
+        let evil = "a\u{1b}[31mX\nFAKE #1 ok\r\\\u{202e}\u{85}";
+        let stored = escape_stored(evil);
+        assert_eq!(stored, "a\\x1b[31mX\\x0aFAKE #1 ok\\x0d\\\\\\u{202e}\\x85");
+        assert!(!stored.chars().any(is_dangerous));
+        // Display of an already-escaped value changes nothing; of a raw one, escapes it.
+        assert_eq!(escape_display(&stored), stored);
+        assert_eq!(escape_display("x\u{7}y"), "x\\x07y");
+        assert_eq!(escape_stored("plain kr-1"), "plain kr-1");
+        let ev = AuditEvent::new("anon\n", "a")
+            .keyring("k\u{1b}")
+            .detail("GET /\u{0}");
+        assert_eq!(ev.actor, "anon\\x0a");
+        assert_eq!(ev.keyring.as_deref(), Some("k\\x1b"));
+        assert_eq!(ev.detail.as_deref(), Some("GET /\\x00"));
     }
 
     #[test]

@@ -218,10 +218,33 @@ impl Client {
             None => req.body(Full::new(Bytes::new())),
         }
         .map_err(|e| ClientError::Http(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let retry_req = (*method == Method::GET && body.is_none()).then(|| {
+            let mut r = Request::new(Full::new(Bytes::new()));
+            *r.method_mut() = req.method().clone();
+            *r.uri_mut() = req.uri().clone();
+            *r.headers_mut() = req.headers().clone();
+            r
+        });
+        let resp = match sender.send_request(req).await {
+            Ok(r) => r,
+            // The server closed the kept-alive connection (idle timeout) just as the request
+            // went out: a GET is safe to send once more on a new connection.
+            Err(e) if (e.is_canceled() || e.is_incomplete_message()) && retry_req.is_some() => {
+                sender = self.connect().await?;
+                sender
+                    .ready()
+                    .await
+                    .map_err(|e| ClientError::Http(e.to_string()))?;
+                let Some(r) = retry_req else {
+                    return Err(ClientError::Http(e.to_string()));
+                };
+                sender
+                    .send_request(r)
+                    .await
+                    .map_err(|e| ClientError::Http(e.to_string()))?
+            }
+            Err(e) => return Err(ClientError::Http(e.to_string())),
+        };
         let status = resp.status();
         let bytes = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES)
             .collect()

@@ -1,6 +1,7 @@
 //! pgseal-keyserver: keyrings with versions, rotation, mTLS data plane for proxies, token-based
 //! control plane for admins, hash-chained audit log. See `docs/keyserver.md`.
 
+pub mod admission;
 pub mod api;
 pub mod audit;
 pub mod auth;
@@ -8,12 +9,15 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod fd_limit;
+pub mod idle;
 pub mod logging;
 pub mod model;
 pub mod pki;
 pub mod rootkey;
 pub mod server;
 pub mod store;
+pub mod unauth_audit;
 pub mod util;
 
 use std::sync::Arc;
@@ -64,7 +68,8 @@ pub fn prepare(cfg: &Config) -> Result<(AppState, Arc<rustls::ServerConfig>), Ks
     let store = open_store(cfg, root.as_ref())?;
     tracing::info!(root = %root.describe(), db = %cfg.database.display(), "keyserver opened");
     let tls = server::server_tls_from_files(&cfg.tls.cert, &cfg.tls.key, &cfg.tls.client_ca)?;
-    Ok((AppState::new(store, root, cfg.max_body_bytes), tls))
+    let state = AppState::with_audit(store, root, cfg.max_body_bytes, &cfg.audit);
+    Ok((state, tls))
 }
 
 /// Runs the server until Ctrl-C / SIGTERM.
@@ -74,7 +79,18 @@ pub async fn run(cfg: &Config) -> Result<(), KsError> {
         .await
         .map_err(|e| KsError::Tls(format!("bind {}: {e}", cfg.listen)))?;
     tracing::info!(listen = %cfg.listen, "keyserver listening");
-    server::serve(listener, tls, api::router(state), shutdown_signal()).await
+    fd_limit::ensure(cfg.limits.max_open_connections());
+    let res = server::serve_with_limits(
+        listener,
+        tls,
+        api::router(state.clone()),
+        &cfg.limits,
+        shutdown_signal(),
+    )
+    .await;
+    // Counts of the current window go to the chain before the process ends.
+    state.flush_unauthenticated(true).await;
+    res
 }
 
 async fn shutdown_signal() {

@@ -15,11 +15,28 @@ fn main() -> std::process::ExitCode {
     pgseal_keyserver::install_crypto_provider();
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // `… | head`: the reader has all it wanted.
+        Err(e) if is_broken_pipe(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<CliError>()
+            .is_some_and(CliError::is_broken_pipe)
+            || c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Writes a line to stdout; an error (closed pipe) instead of `println!`'s panic.
+fn out(line: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    writeln!(std::io::stdout().lock(), "{line}")
 }
 
 fn run() -> anyhow::Result<()> {
@@ -34,14 +51,14 @@ fn run() -> anyhow::Result<()> {
             rt.block_on(pgseal_keyserver::run(&cfg))?;
         }
         Command::Init(args) => {
-            let out = init::init(&args)?;
+            let created = init::init(&args)?;
             // Messages on stderr, the token alone on stdout: `TOKEN=$(pgseal-keyserver init ...)` works.
-            eprintln!("created {}", out.config_path.display());
+            eprintln!("created {}", created.config_path.display());
             eprintln!(
                 "first key-admin token (id {}) follows on stdout, shown once; store it safely",
-                out.admin_token_id
+                created.admin_token_id
             );
-            println!("{}", out.admin_token.as_str());
+            out(created.admin_token.as_str())?;
         }
         Command::Cert {
             command:
@@ -52,14 +69,17 @@ fn run() -> anyhow::Result<()> {
                 },
         } => {
             let (cert, key) = init::issue_proxy_cert(&proxy, &pki_dir, out_dir.as_deref())?;
-            println!("wrote {} and {}", cert.display(), key.display());
-            println!("grant it keyrings with: pgseal-keyserver proxy grant {proxy} --keyring NAME");
+            out(&format!("wrote {} and {}", cert.display(), key.display()))?;
+            out(&format!(
+                "grant it keyrings with: pgseal-keyserver proxy grant {proxy} --keyring NAME"
+            ))?;
         }
         Command::Keyring { remote, command } => rt.block_on(admin::keyring(&remote, &command))?,
         Command::Token { remote, command } => rt.block_on(admin::token(&remote, &command))?,
         Command::Proxy { remote, command } => rt.block_on(admin::proxy(&remote, &command))?,
         Command::Audit { remote, command } => match rt.block_on(admin::audit(&remote, &command)) {
             Err(CliError::AuditBroken) => anyhow::bail!("audit chain verification FAILED"),
+            Err(e) if e.is_broken_pipe() => {}
             other => other?,
         },
     }

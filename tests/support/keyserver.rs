@@ -143,6 +143,12 @@ pub struct TestKeyserver {
 impl TestKeyserver {
     /// Initialises and starts a keyserver; panics with its log when it does not come up.
     pub fn start() -> TestKeyserver {
+        TestKeyserver::start_with("")
+    }
+
+    /// [`start`](Self::start) with `extra_toml` appended to the generated `keyserver.toml`
+    /// (e.g. `[limits]` or `[audit]` tables).
+    pub fn start_with(extra_toml: &str) -> TestKeyserver {
         let bin = keyserver_bin();
         let dir = tempfile::Builder::new()
             .prefix("pgseal-ks-")
@@ -168,6 +174,13 @@ impl TestKeyserver {
                 String::from_utf8_lossy(&out.stderr)
             );
             let bootstrap = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if !extra_toml.is_empty() {
+                let cfg_path = ks_dir.join("keyserver.toml");
+                let mut cfg = fs::read_to_string(&cfg_path).unwrap();
+                cfg.push('\n');
+                cfg.push_str(extra_toml);
+                fs::write(&cfg_path, cfg).unwrap();
+            }
             let log = fs::File::create(dir.path().join(format!("serve{attempt}.log"))).unwrap();
             let mut child = Command::new(&bin)
                 .arg("serve")
@@ -276,6 +289,28 @@ impl TestKeyserver {
     /// hangs without closing its connections).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// The `keyserver` binary.
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
+    /// Creates an admin token with `role` (`auditor`, `key-admin`); returns the token.
+    pub fn create_token(&self, name: &str, role: &str) -> String {
+        let out = self.admin_ok(&["token", "create", "--name", name, "--role", role, "--json"]);
+        json_string_field(&out, "token").unwrap_or_else(|| panic!("no token in {out}"))
+    }
+
+    /// A CLI command against this server with the given token (stdin closed).
+    pub fn command_with_token(&self, token: &str) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.env("PGSEAL_KEYSERVER_URL", &self.url)
+            .env("PGSEAL_KEYSERVER_CA", self.ca_path())
+            .env("PGSEAL_KEYSERVER_TOKEN", token)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null());
+        c
     }
 
     /// The directory holding the built-in CA.

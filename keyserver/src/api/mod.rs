@@ -5,6 +5,7 @@ pub mod data_plane;
 pub mod errors;
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -22,9 +23,11 @@ use zeroize::Zeroizing;
 
 use crate::audit::AuditEvent;
 use crate::auth::{tokens, AuthFailure, Principal};
+use crate::config::AuditConfig;
 use crate::model::{Health, ProxyName, Role};
 use crate::rootkey::RootKey;
 use crate::store::{KeyStore, StoreError};
+use crate::unauth_audit::{Decision, UnauthAudit};
 
 pub use errors::ApiError;
 
@@ -39,11 +42,17 @@ pub enum PeerCert {
     Unusable,
 }
 
+/// The source IP address of the connection; inserted into every request of the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub IpAddr);
+
 struct Inner {
     store: Arc<dyn KeyStore>,
     root: Arc<dyn RootKey>,
     changes: watch::Sender<u64>,
     max_body: usize,
+    unauth: UnauthAudit,
+    flusher_started: std::sync::atomic::AtomicBool,
 }
 
 /// Shared server state.
@@ -55,6 +64,16 @@ pub struct AppState {
 impl AppState {
     /// Builds the state from a store and a root key (the root key must already be checked).
     pub fn new(store: Arc<dyn KeyStore>, root: Arc<dyn RootKey>, max_body: usize) -> Self {
+        Self::with_audit(store, root, max_body, &AuditConfig::default())
+    }
+
+    /// Like [`new`](Self::new), with the aggregation settings for unauthenticated failures.
+    pub fn with_audit(
+        store: Arc<dyn KeyStore>,
+        root: Arc<dyn RootKey>,
+        max_body: usize,
+        audit: &AuditConfig,
+    ) -> Self {
         let (changes, _) = watch::channel(0);
         Self {
             inner: Arc::new(Inner {
@@ -62,8 +81,59 @@ impl AppState {
                 root,
                 changes,
                 max_body,
+                unauth: UnauthAudit::new(audit),
+                flusher_started: std::sync::atomic::AtomicBool::new(false),
             }),
         }
+    }
+
+    /// Writes the aggregate records of ended windows (all windows when `all`) to the chain.
+    /// Returns how many were written; failed writes are kept for the next call.
+    pub async fn flush_unauthenticated(&self, all: bool) -> usize {
+        let due = self.inner.unauth.take_due(all);
+        let mut failed = Vec::new();
+        let mut written = 0;
+        for agg in due {
+            let (ev, outcome) = (agg.event.clone(), agg.outcome.clone());
+            match self
+                .blocking(move |s, _| s.append_audit(&ev, &outcome))
+                .await
+            {
+                Ok(()) => written += 1,
+                Err(_) => failed.push(agg),
+            }
+        }
+        if !failed.is_empty() {
+            tracing::error!(
+                records = failed.len(),
+                "could not write aggregate audit records; retrying"
+            );
+            self.inner.unauth.requeue(failed);
+        }
+        written
+    }
+
+    /// Starts (once) the task that writes aggregate records as their windows end. It holds
+    /// only a weak reference and ends with the state.
+    fn ensure_flusher(&self) {
+        if self
+            .inner
+            .flusher_started
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        let period = std::time::Duration::from_secs(self.inner.unauth.window_secs().clamp(1, 5));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                AppState { inner }.flush_unauthenticated(false).await;
+            }
+        });
     }
 
     /// Runs a storage call on the blocking pool.
@@ -90,6 +160,26 @@ impl AppState {
             Ok((status, body)) => (status, Json(body)).into_response(),
             Err(err) => {
                 let outcome = err.audit_outcome();
+                let ev = if matches!(err, ApiError::Unauthorized(_)) {
+                    match self.inner.unauth.record(&ev, &outcome) {
+                        Decision::Counted => {
+                            self.ensure_flusher();
+                            return err.into_response();
+                        }
+                        Decision::Write => match ev.source {
+                            Some(ip) => {
+                                let d = ev.detail.clone().map_or_else(
+                                    || format!("source={ip}"),
+                                    |d| format!("{d}; source={ip}"),
+                                );
+                                ev.detail(d)
+                            }
+                            None => ev,
+                        },
+                    }
+                } else {
+                    ev
+                };
                 match self
                     .blocking(move |s, _| s.append_audit(&ev, &outcome))
                     .await
@@ -140,12 +230,14 @@ pub struct Caller {
     pub result: Result<Principal, AuthFailure>,
     /// Identity for the audit log.
     pub actor: String,
+    /// Source IP address of the connection.
+    pub source: Option<IpAddr>,
 }
 
 impl Caller {
     /// Starts an audit event for this caller.
     pub fn event(&self, action: &str) -> AuditEvent {
-        AuditEvent::new(self.actor.clone(), action)
+        AuditEvent::new(self.actor.clone(), action).source(self.source)
     }
 
     /// Requires an admin token with one of `roles`.
@@ -173,6 +265,13 @@ impl Caller {
 }
 
 async fn authenticate(parts: &Parts, state: &AppState) -> Caller {
+    let source = parts.extensions.get::<PeerAddr>().map(|a| a.0);
+    let mut caller = authenticate_inner(parts, state).await;
+    caller.source = source;
+    caller
+}
+
+async fn authenticate_inner(parts: &Parts, state: &AppState) -> Caller {
     let peer = parts
         .extensions
         .get::<PeerCert>()
@@ -188,12 +287,14 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Caller {
             return Caller {
                 result: Err(AuthFailure::Invalid),
                 actor: "invalid-authorization".into(),
+                source: None,
             };
         };
         let Some((id, _)) = tokens::parse(&presented) else {
             return Caller {
                 result: Err(AuthFailure::Invalid),
                 actor: "invalid-token".into(),
+                source: None,
             };
         };
         let id = id.to_owned();
@@ -213,7 +314,11 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Caller {
             Ok(p) => p.audit_actor(),
             Err(_) => format!("invalid-token:{id}"),
         };
-        return Caller { result, actor };
+        return Caller {
+            result,
+            actor,
+            source: None,
+        };
     }
     match peer {
         PeerCert::Proxy(p) => {
@@ -221,15 +326,18 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Caller {
             Caller {
                 actor: principal.audit_actor(),
                 result: Ok(principal),
+                source: None,
             }
         }
         PeerCert::Unusable => Caller {
             result: Err(AuthFailure::Invalid),
             actor: "invalid-certificate-name".into(),
+            source: None,
         },
         PeerCert::None => Caller {
             result: Err(AuthFailure::Missing),
             actor: "anonymous".into(),
+            source: None,
         },
     }
 }
@@ -263,6 +371,53 @@ async fn fallback(
     let res: Result<(StatusCode, ()), ApiError> = match caller.require_any() {
         Err(e) => Err(e),
         Ok(_) => Err(ApiError::NotFound),
+    };
+    st.finish(ev, res).await
+}
+
+/// Percent-decodes a path; `None` when the result is not UTF-8 (a router parameter could not
+/// be extracted from it).
+fn decoded_path_is_utf8(path: &str) -> bool {
+    let b = path.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        let hex = |j: usize| b.get(j).and_then(|h| (*h as char).to_digit(16));
+        match (c, hex(i + 1), hex(i + 2)) {
+            (b'%', Some(h), Some(l)) => {
+                out.push(u8::try_from(h * 16 + l).unwrap_or(0));
+                i += 3;
+            }
+            _ => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    std::str::from_utf8(&out).is_ok()
+}
+
+/// Requests whose path does not decode to UTF-8 are answered 400 here, and audited like every
+/// other failure (axum's path extractor would reject them before any handler runs).
+async fn reject_non_utf8_path(
+    State(st): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if decoded_path_is_utf8(req.uri().path()) {
+        return next.run(req).await;
+    }
+    let (parts, _body) = req.into_parts();
+    let caller = authenticate(&parts, &st).await;
+    // The raw path is percent-encoded ASCII: it is recorded exactly as received.
+    let ev = caller
+        .event("invalid_path")
+        .detail(format!("{} {}", parts.method, parts.uri.path()));
+    let res: Result<(StatusCode, ()), ApiError> = match caller.require_any() {
+        Err(e) => Err(e),
+        Ok(_) => Err(ApiError::BadRequest(
+            "the request path is not valid UTF-8 after percent-decoding".into(),
+        )),
     };
     st.finish(ev, res).await
 }
@@ -307,6 +462,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit/verify", get(cp::audit_verify))
         .fallback(fallback)
         .method_not_allowed_fallback(fallback)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            reject_non_utf8_path,
+        ))
         .with_state(state)
 }
 
@@ -342,4 +501,18 @@ pub(crate) fn parse_query(
         out.push((k.to_owned(), n));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decoded_path_is_utf8;
+
+    #[test]
+    fn utf8_paths() {
+        assert!(decoded_path_is_utf8("/v1/keyrings/abc"));
+        assert!(decoded_path_is_utf8("/v1/keyrings/%C3%A4%1b"));
+        assert!(decoded_path_is_utf8("/v1/keyrings/%zz%"));
+        assert!(!decoded_path_is_utf8("/v1/keyrings/%ff"));
+        assert!(!decoded_path_is_utf8("/v1/keyrings/%C3"));
+    }
 }

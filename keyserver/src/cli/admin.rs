@@ -7,6 +7,7 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 use super::{AuditCommand, KeyringCommand, ProxyCommand, Remote, RoleArg, TokenCommand};
+use crate::audit::escape_display;
 use crate::client::{Client, ClientConfig, ClientError};
 use crate::model::{AuditRecord, AuditVerifyReport, KeyringMeta, Role};
 use crate::store::sqlite::Durability;
@@ -24,6 +25,24 @@ pub enum CliError {
     /// The audit chain is broken (exit code 1).
     #[error("audit chain verification FAILED")]
     AuditBroken,
+    /// Writing the output failed (e.g. the reader of a pipe went away).
+    #[error("writing output: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl CliError {
+    /// The output pipe was closed by its reader (`… | head`): not worth an error message.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, Self::Io(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
+    }
+}
+
+/// `println!` that returns an error instead of panicking when stdout is closed.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err(CliError::from)
+    }};
 }
 
 fn client(remote: &Remote) -> Result<Client, CliError> {
@@ -51,36 +70,36 @@ fn client(remote: &Remote) -> Result<Client, CliError> {
 
 fn print_json<T: Serialize>(v: &T) -> Result<(), CliError> {
     let s = serde_json::to_string_pretty(v).map_err(|e| CliError::Usage(e.to_string()))?;
-    println!("{s}");
+    outln!("{s}")?;
     Ok(())
 }
 
-fn print_keyring(m: &KeyringMeta) {
-    println!("keyring {} ({})", m.name, m.id);
-    println!("  active version:          {}", m.active_version);
-    println!("  min decryption version:  {}", m.min_decryption_version);
-    println!("  revision:                {}", m.revision);
-    println!("  created:                 {}", m.created_at);
+fn print_keyring(m: &KeyringMeta) -> Result<(), CliError> {
+    outln!("keyring {} ({})", m.name, m.id)?;
+    outln!("  active version:          {}", m.active_version)?;
+    outln!("  min decryption version:  {}", m.min_decryption_version)?;
+    outln!("  revision:                {}", m.revision)?;
+    outln!("  created:                 {}", m.created_at)?;
     for v in &m.versions {
-        println!(
+        outln!(
             "  v{:<4} {:<13} created {}",
             v.version,
             v.state.as_str(),
             v.created_at
-        );
+        )?;
     }
-    println!("  blind-index generation:  {}", m.index.active_generation);
+    outln!("  blind-index generation:  {}", m.index.active_generation)?;
     for g in &m.index.generations {
         let from = g
             .derived_from_version
             .map(|v| format!(" (material of data-key version {v})"))
             .unwrap_or_default();
-        println!(
+        outln!(
             "  g{:<4} {:<13} created {}{from}",
             g.generation,
             g.state.as_str(),
             g.created_at
-        );
+        )?;
     }
     if !m.index.legacy_tag_versions.is_empty() {
         let list: Vec<String> = m
@@ -89,19 +108,19 @@ fn print_keyring(m: &KeyringMeta) {
             .iter()
             .map(u32::to_string)
             .collect();
-        println!(
+        outln!(
             "  legacy tags under:       version(s) {} (re-tagged by `pgseal-proxy reencrypt`)",
             list.join(", ")
-        );
+        )?;
     }
+    Ok(())
 }
 
 fn output_keyring(json: bool, m: &KeyringMeta) -> Result<(), CliError> {
     if json {
         print_json(m)
     } else {
-        print_keyring(m);
-        Ok(())
+        print_keyring(m)
     }
 }
 
@@ -130,15 +149,22 @@ pub async fn keyring(remote: &Remote, cmd: &KeyringCommand) -> Result<(), CliErr
             if json {
                 return print_json(&l);
             }
-            println!(
+            outln!(
                 "{:<32} {:>7} {:>8} {:>9}  ID",
-                "NAME", "ACTIVE", "MIN-DEC", "REVISION"
-            );
+                "NAME",
+                "ACTIVE",
+                "MIN-DEC",
+                "REVISION"
+            )?;
             for k in &l.keyrings {
-                println!(
+                outln!(
                     "{:<32} {:>7} {:>8} {:>9}  {}",
-                    k.name, k.active_version, k.min_decryption_version, k.revision, k.id
-                );
+                    k.name,
+                    k.active_version,
+                    k.min_decryption_version,
+                    k.revision,
+                    k.id
+                )?;
             }
             Ok(())
         }
@@ -162,13 +188,13 @@ pub async fn token(remote: &Remote, cmd: &TokenCommand) -> Result<(), CliError> 
             if remote.json {
                 return print_json(&t);
             }
-            println!("token id:   {}", t.info.id);
-            println!("role:       {}", t.info.role.as_str());
+            outln!("token id:   {}", t.info.id)?;
+            outln!("role:       {}", t.info.role.as_str())?;
             if let Some(e) = t.info.expires_at {
-                println!("expires at: {e} (unix seconds)");
+                outln!("expires at: {e} (unix seconds)")?;
             }
-            println!("token (shown once, store it safely):");
-            println!("{}", t.token);
+            outln!("token (shown once, store it safely):")?;
+            outln!("{}", t.token)?;
             Ok(())
         }
         TokenCommand::List => {
@@ -176,22 +202,25 @@ pub async fn token(remote: &Remote, cmd: &TokenCommand) -> Result<(), CliError> 
             if remote.json {
                 return print_json(&l);
             }
-            println!(
+            outln!(
                 "{:<36} {:<10} {:<8} {:<12} NAME",
-                "ID", "ROLE", "REVOKED", "EXPIRES"
-            );
+                "ID",
+                "ROLE",
+                "REVOKED",
+                "EXPIRES"
+            )?;
             for t in &l.tokens {
                 let exp = t
                     .expires_at
                     .map_or_else(|| "-".to_owned(), |e| e.to_string());
-                println!(
+                outln!(
                     "{:<36} {:<10} {:<8} {:<12} {}",
                     t.id,
                     t.role.as_str(),
                     t.revoked,
                     exp,
                     t.name
-                );
+                )?;
             }
             Ok(())
         }
@@ -200,7 +229,7 @@ pub async fn token(remote: &Remote, cmd: &TokenCommand) -> Result<(), CliError> 
             if remote.json {
                 return print_json(&t);
             }
-            println!("revoked {}", t.id);
+            outln!("revoked {}", t.id)?;
             Ok(())
         }
     }
@@ -215,7 +244,7 @@ pub async fn proxy(remote: &Remote, cmd: &ProxyCommand) -> Result<(), CliError> 
             if remote.json {
                 return print_json(&p);
             }
-            println!("proxy {} may read: {}", p.name, p.keyrings.join(", "));
+            outln!("proxy {} may read: {}", p.name, p.keyrings.join(", "))?;
             Ok(())
         }
         ProxyCommand::List => {
@@ -224,7 +253,7 @@ pub async fn proxy(remote: &Remote, cmd: &ProxyCommand) -> Result<(), CliError> 
                 return print_json(&l);
             }
             for p in &l.proxies {
-                println!("{:<32} {}", p.name, p.keyrings.join(","));
+                outln!("{:<32} {}", p.name, p.keyrings.join(","))?;
             }
             Ok(())
         }
@@ -233,7 +262,7 @@ pub async fn proxy(remote: &Remote, cmd: &ProxyCommand) -> Result<(), CliError> 
             if remote.json {
                 return print_json(&v);
             }
-            println!("removed proxy {name}");
+            outln!("removed proxy {name}")?;
             Ok(())
         }
     }
@@ -249,35 +278,138 @@ fn open_db(path: &Path) -> Result<SqliteStore, CliError> {
     SqliteStore::open(path, Durability::Normal).map_err(|e| CliError::Usage(e.to_string()))
 }
 
-fn print_record(r: &AuditRecord) {
+/// One record per line. Every field goes through [`escape_display`]: records stored before
+/// values were escaped at write time may still hold control characters.
+fn print_record(r: &AuditRecord) -> Result<(), CliError> {
     let kr = match (&r.keyring, r.version) {
         (Some(k), Some(v)) => format!("{k} v{v}"),
         (Some(k), None) => k.clone(),
         _ => "-".into(),
     };
-    println!(
+    outln!(
         "#{:<6} {} {:<40} {:<28} {:<20} {:<14} {}",
         r.seq,
-        r.ts,
-        r.actor,
-        r.action,
-        kr,
-        r.outcome,
-        r.detail.as_deref().unwrap_or("")
-    );
+        escape_display(&r.ts),
+        escape_display(&r.actor),
+        escape_display(&r.action),
+        escape_display(&kr),
+        escape_display(&r.outcome),
+        escape_display(r.detail.as_deref().unwrap_or(""))
+    )
+}
+
+/// Records per page when reading the log over the API (the server's maximum).
+const PAGE: u32 = 1000;
+
+/// Whether a record with `seq >= s` exists (one audited read).
+async fn exists_from(c: &Client, s: u64) -> Result<bool, CliError> {
+    Ok(!c.audit(s.saturating_sub(1), 1).await?.records.is_empty())
+}
+
+/// The highest stored sequence number, found without trusting the chain (doubling, then
+/// bisection: about 2·log2(n) one-record reads, each itself audited).
+async fn find_end(c: &Client, known: u64) -> Result<u64, CliError> {
+    let mut lo = known;
+    let mut hi = known.max(1).saturating_mul(2);
+    while exists_from(c, hi).await? {
+        lo = hi;
+        hi = hi.saturating_mul(2);
+    }
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if exists_from(c, mid).await? {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(lo)
+}
+
+/// The last `n` records up to and including `end`, reading page by page.
+async fn read_tail(c: &Client, end: u64, n: u32) -> Result<Vec<AuditRecord>, CliError> {
+    let mut after = end.saturating_sub(u64::from(n));
+    let mut out: Vec<AuditRecord> = Vec::new();
+    while out.len() < n as usize {
+        let want = PAGE.min(n - u32::try_from(out.len()).unwrap_or(n));
+        let page = c.audit(after, want).await?.records;
+        let Some(last) = page.last().map(|r| r.seq) else {
+            break;
+        };
+        let done = last >= end;
+        out.extend(page.into_iter().filter(|r| r.seq <= end));
+        if done || last <= after {
+            break;
+        }
+        after = last;
+    }
+    Ok(out)
+}
+
+/// `audit tail`: the last `lines` records, after verifying the whole chain. On a broken chain
+/// the records are still printed (they are the evidence), preceded by a warning on stderr,
+/// and the command fails.
+async fn tail(remote: &Remote, lines: u32, db: Option<&Path>) -> Result<(), CliError> {
+    let (records, report) = match db {
+        Some(db) => {
+            let store = open_db(db)?;
+            let report = store
+                .verify_audit(None)
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            let all = store
+                .audit_records(0, u32::MAX, None)
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            let skip = all.len().saturating_sub(lines as usize);
+            (all.into_iter().skip(skip).collect::<Vec<_>>(), report)
+        }
+        None => {
+            let c = client(remote)?;
+            let report = c.audit_verify().await?;
+            let end = if report.ok {
+                // The verification is itself the next record.
+                report.records + 1
+            } else {
+                find_end(&c, report.records).await?
+            };
+            (read_tail(&c, end, lines).await?, report)
+        }
+    };
+    if let (false, Some(bad)) = (report.ok, &report.first_bad) {
+        eprintln!(
+            "WARNING: audit chain BROKEN at record {}: {}",
+            bad.seq,
+            escape_display(&bad.reason)
+        );
+        eprintln!("WARNING: the records below cannot be trusted; run `audit verify`");
+    }
+    let printed = if remote.json {
+        print_json(&records)
+    } else {
+        records.iter().try_for_each(print_record)
+    };
+    match printed {
+        Err(e) if !e.is_broken_pipe() => return Err(e),
+        _ => {}
+    }
+    if report.ok {
+        printed
+    } else {
+        Err(CliError::AuditBroken)
+    }
 }
 
 fn report(json: bool, r: &AuditVerifyReport) -> Result<(), CliError> {
     if json {
         print_json(r)?;
     } else if r.ok {
-        println!(
+        outln!(
             "audit chain OK: {} records, head {}",
-            r.records, r.head_hash
-        );
+            r.records,
+            r.head_hash
+        )?;
     } else if let Some(bad) = &r.first_bad {
-        println!("audit chain BROKEN at record {}: {}", bad.seq, bad.reason);
-        println!("{} records verified before it", r.records);
+        outln!("audit chain BROKEN at record {}: {}", bad.seq, bad.reason)?;
+        outln!("{} records verified before it", r.records)?;
     }
     if r.ok {
         Ok(())
@@ -299,32 +431,6 @@ pub async fn audit(remote: &Remote, cmd: &AuditCommand) -> Result<(), CliError> 
         AuditCommand::Verify { db: None } => {
             report(remote.json, &client(remote)?.audit_verify().await?)
         }
-        AuditCommand::Tail { lines, db } => {
-            let records = match db {
-                Some(db) => {
-                    let store = open_db(db)?;
-                    let all = store
-                        .audit_records(0, u32::MAX, None)
-                        .map_err(|e| CliError::Usage(e.to_string()))?;
-                    let skip = all.len().saturating_sub(*lines as usize);
-                    all.into_iter().skip(skip).collect::<Vec<_>>()
-                }
-                None => {
-                    let c = client(remote)?;
-                    // Find the head (the verification itself is the next record), then read
-                    // the last `lines` records.
-                    let head = c.audit_verify().await?.records + 1;
-                    let after = head.saturating_sub(u64::from(*lines));
-                    c.audit(after, (*lines).min(1000)).await?.records
-                }
-            };
-            if remote.json {
-                return print_json(&records);
-            }
-            for r in &records {
-                print_record(r);
-            }
-            Ok(())
-        }
+        AuditCommand::Tail { lines, db } => tail(remote, *lines, db.as_deref()).await,
     }
 }

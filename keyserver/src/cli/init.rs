@@ -6,7 +6,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::audit::AuditEvent;
-use crate::config::{Config, TlsConfig, DEFAULT_MAX_BODY_BYTES};
+use crate::config::{AuditConfig, Config, LimitsConfig, TlsConfig, DEFAULT_MAX_BODY_BYTES};
 use crate::error::KsError;
 use crate::model::{ProxyName, Role};
 use crate::pki::{self, CertPair};
@@ -126,6 +126,8 @@ pub fn init(args: &InitArgs) -> Result<InitOutcome, KsError> {
             key: pki_dir.join("server-key.pem"),
             client_ca: pki_dir.join("ca.pem"),
         },
+        limits: LimitsConfig::default(),
+        audit: AuditConfig::default(),
     };
     let store = SqliteStore::open(&db_path, cfg.durability)?;
     fs::set_permissions(&db_path, fs::Permissions::from_mode(0o600))
