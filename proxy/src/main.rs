@@ -340,6 +340,14 @@ fn main() -> Result<()> {
         "schema" => schema(&resolved),
         "reencrypt" => reencrypt(&resolved),
         "serve" => {
+            // Each session holds a client and an upstream descriptor; start-ups one each.
+            let limits = &resolved.config.limits;
+            pgseal_keyserver::fd_limit::ensure(
+                limits
+                    .max_connections
+                    .saturating_mul(2)
+                    .saturating_add(limits.max_startup_connections),
+            );
             let interceptors = interceptors(&resolved)?;
             let server = Server::bind_sync(resolved, interceptors.factory)?;
             tracing::info!(
