@@ -137,7 +137,7 @@ pub fn embedded_column_of<'a>(
         }
     }
     // Text inside binary records and arrays is rendered like text: checked the same way.
-    hex_column_of(schema, keys, data)
+    text_column_of(schema, keys, data)
 }
 
 /// Finds the hex digits of a header's first three bytes (format 1, key version below 65 536);
@@ -150,10 +150,10 @@ static HEAD_HEX: LazyLock<memmem::Finder<'static>> =
 /// data) and `encode(…, 'hex')`, in either letter case. A candidate is a run of hex digits
 /// (not preceded by one) that starts with a header, or with 16 bytes of blind index and then a
 /// header, and ends where the digits end. A run glued to other hex digits on either side is
-/// not taken apart; neither are other encodings (base64, escape).
+/// not taken apart.
 ///
 /// Linear in the length of `text`: at most two candidates per run are decoded, each once.
-pub fn hex_column_of<'a>(
+fn hex_column_of<'a>(
     schema: &'a ProtectedSchema,
     keys: &dyn KeySource,
     text: &[u8],
@@ -192,6 +192,114 @@ pub fn hex_column_of<'a>(
         }
         if let Some(col) = column_of(schema, keys, &raw)? {
             return Ok(Some(col));
+        }
+    }
+    Ok(None)
+}
+
+/// The protected column whose keys authenticate a value rendered into `text` (a text result
+/// cell, or text inside a record or array), if any: hex renderings ([`hex_column_of`]), base64
+/// renderings (`encode(…, 'base64')`, which PostgreSQL wraps every 76 characters) and escape
+/// renderings (`encode(…, 'escape')`, a `bytea` cast to text under `bytea_output = escape`).
+pub fn text_column_of<'a>(
+    schema: &'a ProtectedSchema,
+    keys: &dyn KeySource,
+    text: &[u8],
+) -> Result<Option<&'a ProtectedColumn>, KeyError> {
+    if let Some(col) = hex_column_of(schema, keys, text)? {
+        return Ok(Some(col));
+    }
+    if let Some(col) = base64_column_of(schema, keys, text)? {
+        return Ok(Some(col));
+    }
+    escape_column_of(schema, keys, text)
+}
+
+/// Characters of a base64 rendering, with the line breaks PostgreSQL puts into one.
+fn base64_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'\n' | b'\r')
+}
+
+/// Base64 renderings: each maximal run of base64 characters long enough for an envelope is
+/// decoded (line breaks removed) and checked like a stored value. Linear in `text`.
+fn base64_column_of<'a>(
+    schema: &'a ProtectedSchema,
+    keys: &dyn KeySource,
+    text: &[u8],
+) -> Result<Option<&'a ProtectedColumn>, KeyError> {
+    use base64::Engine as _;
+    // Shortest stored value: OVERHEAD bytes, 4 characters per 3 bytes.
+    let shortest = OVERHEAD.div_ceil(3) * 4;
+    if text.len() < shortest {
+        return Ok(None);
+    }
+    let mut run = Vec::new();
+    let mut at = 0;
+    while at < text.len() {
+        let len = text
+            .get(at..)
+            .unwrap_or_default()
+            .iter()
+            .take_while(|b| base64_char(**b))
+            .count();
+        if len == 0 {
+            at += 1;
+            continue;
+        }
+        run.clear();
+        run.extend(
+            text.get(at..at + len)
+                .unwrap_or_default()
+                .iter()
+                .filter(|b| !matches!(b, b'\n' | b'\r')),
+        );
+        at += len;
+        if run.len() < shortest {
+            continue;
+        }
+        let engine = if run.ends_with(b"=") || run.len() % 4 == 0 {
+            &base64::engine::general_purpose::STANDARD
+        } else {
+            &base64::engine::general_purpose::STANDARD_NO_PAD
+        };
+        let Ok(raw) = engine.decode(&run) else {
+            continue;
+        };
+        if may_be_stored_value(&raw) {
+            if let Some(col) = column_of(schema, keys, &raw)? {
+                return Ok(Some(col));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Escape renderings: when `text` holds an escaped header (`\001\000\000`), it is decoded as
+/// `bytea` escape text and the first few header positions are checked (the envelope runs to
+/// the end of the cell, as `encode(…, 'escape')` renders it).
+fn escape_column_of<'a>(
+    schema: &'a ProtectedSchema,
+    keys: &dyn KeySource,
+    text: &[u8],
+) -> Result<Option<&'a ProtectedColumn>, KeyError> {
+    /// Header positions tried per cell (bounds the trial decryptions).
+    const MAX_TRIES: usize = 4;
+    if memmem::find(text, b"\\001\\000\\000").is_none() {
+        return Ok(None);
+    }
+    let mut raw = Vec::new();
+    if cells::decode_bytea_text(text, &mut raw).is_none() {
+        return Ok(None);
+    }
+    let heads = memmem::find_iter(&raw, &[FORMAT_VERSION, 0, 0]).take(MAX_TRIES);
+    for p in heads.collect::<Vec<_>>() {
+        for start in [Some(p), p.checked_sub(BLIND_INDEX_LEN)]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(col) = column_of(schema, keys, raw.get(start..).unwrap_or_default())? {
+                return Ok(Some(col));
+            }
         }
     }
     Ok(None)

@@ -28,8 +28,9 @@ pub enum Guard {
     /// user-defined types such as domains): every embedded value that could be a stored value
     /// is checked.
     Embedded,
-    /// A text type (and arrays of them): hex renderings of stored values inside it are
-    /// checked (`encode(note, 'hex')`, `note::text`, `to_json(note)` of a function's rows).
+    /// A text type (and arrays of them): hex, base64 and escape renderings of stored values
+    /// inside it are checked (`encode(note, 'hex')`, `note::text`, `to_json(note)` of a
+    /// function's rows, `encode(note, 'base64')`).
     Text,
 }
 
@@ -331,7 +332,7 @@ fn check_guarded(
     let embedded = match plan.guard.get(i) {
         Some(Guard::Embedded) => Some(leak_guard::embedded_column_of(schema, keys, v, binary)),
         // Text is the same bytes in both formats (jsonb's binary form adds a version byte).
-        Some(Guard::Text) => Some(leak_guard::hex_column_of(schema, keys, v)),
+        Some(Guard::Text) => Some(leak_guard::text_column_of(schema, keys, v)),
         _ => None,
     };
     if let Some(found) = embedded {

@@ -1367,6 +1367,26 @@ fn protected_values_in_columns_the_proxy_does_not_decrypt_are_refused() {
     assert_eq!(&cl[..], &input[..]);
 }
 
+/// `encode(bytes, 'base64')` as PostgreSQL renders it (a line break every 76 characters).
+fn base64_text(bytes: &[u8]) -> Vec<u8> {
+    use base64::Engine as _;
+    let flat = base64::engine::general_purpose::STANDARD.encode(bytes);
+    flat.as_bytes().chunks(76).collect::<Vec<_>>().join(&b'\n')
+}
+
+/// `encode(bytes, 'escape')` as PostgreSQL renders it.
+fn escape_text(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for b in bytes {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            0x20..=0x7e => out.push(*b),
+            _ => out.extend_from_slice(format!("\\{b:03o}").as_bytes()),
+        }
+    }
+    out
+}
+
 #[test]
 fn hex_renderings_of_protected_values_in_text_results_are_refused() {
     let mut h = harness();
@@ -1396,6 +1416,19 @@ fn hex_renderings_of_protected_values_in_text_results_are_refused() {
         ),
         (2275, 0, 0, hex_text(&email), "email"),
         (25, 99999, 0, bare(&notes), "notes"),
+        // encode(…, 'base64') (wrapped at 76 characters, as PostgreSQL does), and of the
+        // envelope alone; encode(…, 'escape').
+        (25, 0, 0, base64_text(&email), "email"),
+        (25, 0, 0, base64_text(&email[16..]), "email"),
+        (
+            25,
+            0,
+            0,
+            [&b"b64: "[..], &base64_text(&notes)[..]].concat(),
+            "notes",
+        ),
+        (25, 0, 0, escape_text(&notes), "notes"),
+        (1043, 0, 0, escape_text(&email), "email"),
     ] {
         h.client(&query("SELECT f()"));
         let cl = h.server(&cat(&[
@@ -1424,7 +1457,11 @@ fn hex_renderings_of_protected_values_in_text_results_are_refused() {
         &row_description(&[field("a", 0, 0, 25, 0), field("b", 0, 0, 25, 0)]),
         &data_row(&[Some(b"note 1"), Some(&bare(&lookalike))]),
         &data_row(&[Some(many.as_bytes()), Some(b"0100000001")]),
-        &complete("SELECT 2"),
+        &data_row(&[
+            Some(&base64_text(&lookalike)),
+            Some(&escape_text(&lookalike)),
+        ]),
+        &complete("SELECT 3"),
         &ready(b'I'),
     ]);
     assert_eq!(&h.server(&input)[..], &input[..]);
