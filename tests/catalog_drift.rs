@@ -14,7 +14,7 @@ mod support;
 use std::process::Command;
 
 use support::keyserver::{cargo_bin, ColumnSpec};
-use support::{db_message, proxy_env, secret, sqlstate, EncEnv, ProxyProcess};
+use support::{db_message, proxy_env, secret, sqlstate, EncEnv};
 
 const KR: &str = "drift";
 const TABLES: &[&str] = &["dr_tab", "dr_col", "dr_swap", "dr_nsp", "dr_kid"];
@@ -24,33 +24,6 @@ fn columns() -> Vec<ColumnSpec> {
         .iter()
         .map(|t| ColumnSpec::new(&format!("public.{t}.email"), "text", KR).indexed())
         .collect()
-}
-
-/// A second proxy with the same configuration, started now (no OID memory of its own).
-fn second_proxy(env: &EncEnv) -> ProxyProcess {
-    let toml = std::fs::read_to_string(env.proxy.config_path()).unwrap();
-    let toml: String = toml
-        .lines()
-        .map(|l| {
-            if l.starts_with("listen = ") {
-                "listen = \"127.0.0.1:0\"".to_owned()
-            } else {
-                l.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    ProxyProcess::start(&toml, &proxy_env())
-}
-
-async fn client_at(port: u16) -> tokio_postgres::Client {
-    support::connect(&format!(
-        "host=127.0.0.1 port={port} user={} password={} dbname={} sslmode=disable",
-        support::APP_USER,
-        support::APP_PASSWORD,
-        support::ENC_DB
-    ))
-    .await
 }
 
 /// Asserts `sql` is refused with 0A000 and a message containing `why`.
@@ -155,8 +128,8 @@ async fn drift_done_upstream_is_refused_until_undone() {
     .await;
 
     // A proxy started after the drift has no OID memory: the stored-cell constraints tell.
-    let second = second_proxy(&env);
-    let fresh = client_at(second.port).await;
+    let second = env.second_proxy("info");
+    let fresh = support::app_client_at(second.port).await;
     let s = secret(&mut secrets, "fresh-proxy");
     refused(
         &fresh,

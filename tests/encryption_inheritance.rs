@@ -15,7 +15,7 @@ mod support;
 use std::sync::OnceLock;
 
 use support::keyserver::ColumnSpec;
-use support::{db_message, proxy_env, secret, sqlstate, EncEnv, ProxyProcess};
+use support::{db_message, secret, sqlstate, EncEnv};
 
 const KR: &str = "inherit";
 
@@ -36,33 +36,6 @@ fn env() -> &'static EncEnv {
 /// DDL straight to PostgreSQL as the application's role (so the proxy's user owns the tables).
 fn upstream_ddl(env: &EncEnv, sql: &str) {
     env.direct(&format!("SET ROLE app; {sql}"));
-}
-
-/// A second proxy with the same configuration (it loads the catalog as it is now).
-fn second_proxy(env: &EncEnv) -> ProxyProcess {
-    let toml = std::fs::read_to_string(env.proxy.config_path()).unwrap();
-    let toml: String = toml
-        .lines()
-        .map(|l| {
-            if l.starts_with("listen = ") {
-                "listen = \"127.0.0.1:0\"".to_owned()
-            } else {
-                l.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    ProxyProcess::start(&toml, &proxy_env())
-}
-
-async fn client_at(port: u16) -> tokio_postgres::Client {
-    support::connect(&format!(
-        "host=127.0.0.1 port={port} user={} password={} dbname={} sslmode=disable",
-        support::APP_USER,
-        support::APP_PASSWORD,
-        support::ENC_DB
-    ))
-    .await
 }
 
 /// `(id, email, note)` of `sql`'s rows through the proxy (extended protocol), ordered by id.
@@ -134,8 +107,8 @@ async fn partitions_encrypt_and_decrypt_as_the_root() {
         "the attached partition's attnums must differ from the root's"
     );
     // A proxy started now loads the descendants with its first catalog.
-    let p2 = second_proxy(env);
-    let c2 = client_at(p2.port).await;
+    let p2 = env.second_proxy("info");
+    let c2 = support::app_client_at(p2.port).await;
 
     // Writes through the parent (PostgreSQL routes them) and through each partition.
     let e: Vec<String> = (0..10)

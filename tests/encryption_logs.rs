@@ -9,7 +9,7 @@
 mod support;
 
 use support::keyserver::ColumnSpec;
-use support::{hex_encode, proxy_env, secret, sqlstate, EncEnv, ProxyProcess};
+use support::{hex_encode, secret, sqlstate, EncEnv};
 
 const KR: &str = "logs";
 
@@ -19,33 +19,6 @@ fn columns() -> Vec<ColumnSpec> {
         ColumnSpec::new("public.lg.note", "text", KR),
         ColumnSpec::new("public.lg.n", "int8", KR).indexed(),
     ]
-}
-
-/// Another proxy with `env`'s configuration and `PGSEAL_LOG=log`.
-fn second_proxy(env: &EncEnv, log: &str) -> ProxyProcess {
-    let toml: String = std::fs::read_to_string(env.proxy.config_path())
-        .unwrap()
-        .lines()
-        .map(|l| {
-            if l.starts_with("listen = ") {
-                "listen = \"127.0.0.1:0\""
-            } else {
-                l
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    ProxyProcess::start_with_log(&toml, &proxy_env(), log)
-}
-
-async fn client_at(port: u16) -> tokio_postgres::Client {
-    support::connect(&format!(
-        "host=127.0.0.1 port={port} user={} password={} dbname={} sslmode=disable",
-        support::APP_USER,
-        support::APP_PASSWORD,
-        support::ENC_DB
-    ))
-    .await
 }
 
 /// A distinctive int8 (16+ digits), recorded as text in `markers`.
@@ -59,7 +32,7 @@ fn number(markers: &mut Vec<String>, base: i64) -> i64 {
 /// collects the markers that must not reach PostgreSQL either, `plain` the ones that go to
 /// it on purpose (plain table).
 async fn workload(port: u16, id0: i32, protected: &mut Vec<String>, plain: &mut Vec<String>) {
-    let c = client_at(port).await;
+    let c = support::app_client_at(port).await;
     // Simple protocol on the protected table: literals in INSERT, WHERE, UPDATE.
     let (s1, n1, s2) = (
         secret(protected, "logLitSecret"),
@@ -182,7 +155,7 @@ fn assert_not_in_log(what: &str, log: &str, markers: &[String]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_sql_text_or_value_in_the_proxy_log_at_trace() {
     let env = EncEnv::start_with(&columns(), 300, "trace");
-    let second = second_proxy(&env, "sqlparser=trace,trace");
+    let second = env.second_proxy("sqlparser=trace,trace");
     env.client()
         .await
         .batch_execute(

@@ -142,6 +142,14 @@ pub async fn connect(conn_str: &str) -> tokio_postgres::Client {
     client
 }
 
+/// A client of the application's user through a proxy listening on `port` (no TLS).
+pub async fn app_client_at(port: u16) -> tokio_postgres::Client {
+    connect(&format!(
+        "host=127.0.0.1 port={port} user={APP_USER} password={APP_PASSWORD} dbname={ENC_DB} sslmode=disable"
+    ))
+    .await
+}
+
 /// Runs psql against the proxy with `args`; stdin from `input`.
 pub fn psql_proxy(port: u16, db: &str, args: &[&str], input: Option<&str>) -> Output {
     let bindir = pg::bindir();
@@ -395,6 +403,24 @@ impl EncEnv {
             "listen = \"127.0.0.1:0\"",
         );
         self.proxy = ProxyProcess::start(&toml, &proxy_env());
+    }
+
+    /// Another proxy with this one's configuration (on a free port, `PGSEAL_LOG=log_filter`),
+    /// started now: it loads the catalog and the keys as they are now.
+    pub fn second_proxy(&self, log_filter: &str) -> ProxyProcess {
+        let toml: String = std::fs::read_to_string(self.proxy.config_path())
+            .unwrap()
+            .lines()
+            .map(|l| {
+                if l.starts_with("listen = ") {
+                    "listen = \"127.0.0.1:0\""
+                } else {
+                    l
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        ProxyProcess::start_with_log(&toml, &proxy_env(), log_filter)
     }
 
     /// tokio-postgres / libpq connection string to the proxy.

@@ -213,14 +213,7 @@ impl CatalogSnapshot {
             };
             self.taint(&mut effective, v.oid, &v.schema, &v.name, why);
         }
-        let configured = schema.lower_table_names();
-        self.extra_lower_names = effective
-            .lower_table_names()
-            .iter()
-            .filter(|n| !configured.contains(*n))
-            .cloned()
-            .collect();
-        self.effective = Arc::new(effective);
+        self.set_effective(schema, effective);
         self
     }
 
@@ -237,6 +230,18 @@ impl CatalogSnapshot {
             self.taint(&mut effective, d.oid, &d.schema, &d.name, d.why.clone());
         }
         self.drift = drifts;
+        self.set_effective(schema, effective);
+        self
+    }
+
+    /// The relations tainted because of drift done directly upstream.
+    pub fn drift(&self) -> &[drift::Drift] {
+        &self.drift
+    }
+
+    /// Installs `effective` as the analysed schema and derives the pre-check's extra names (those
+    /// beyond the configured tables of `schema`).
+    fn set_effective(&mut self, schema: &ProtectedSchema, effective: ProtectedSchema) {
         let configured = schema.lower_table_names();
         self.extra_lower_names = effective
             .lower_table_names()
@@ -245,12 +250,6 @@ impl CatalogSnapshot {
             .cloned()
             .collect();
         self.effective = Arc::new(effective);
-        self
-    }
-
-    /// The relations tainted because of drift done directly upstream.
-    pub fn drift(&self) -> &[drift::Drift] {
-        &self.drift
     }
 
     fn taint(
