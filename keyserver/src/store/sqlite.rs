@@ -991,6 +991,20 @@ mod tests {
     }
 
     #[test]
+    fn data_key_and_index_blobs_do_not_unwrap_as_each_other() {
+        let root = LocalRootKey::from_key(SecretKey::generate().unwrap(), "test");
+        let key = SecretKey::generate().unwrap();
+        let as_version = root.wrap(&key, &binding("kr1", 1)).unwrap();
+        let as_index = root.wrap(&key, &index_binding("kr1", 1)).unwrap();
+        assert!(root.unwrap(&as_version, &binding("kr1", 1)).is_ok());
+        assert!(root.unwrap(&as_index, &index_binding("kr1", 1)).is_ok());
+        assert!(root.unwrap(&as_version, &index_binding("kr1", 1)).is_err());
+        assert!(root.unwrap(&as_index, &binding("kr1", 1)).is_err());
+        assert!(root.unwrap(&as_index, &index_binding("kr2", 1)).is_err());
+        assert!(root.unwrap(&as_index, &index_binding("kr1", 2)).is_err());
+    }
+
+    #[test]
     fn lifecycle() {
         let (_d, s, root) = store();
         let ev = AuditEvent::new("t", "x");
