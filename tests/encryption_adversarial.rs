@@ -195,10 +195,6 @@ struct Case {
     /// relation or to none, and hits in the server, the dump and the data directory are not
     /// held against the proxy (the proxy log still is).
     only_if: Option<String>,
-    /// A leak this suite found that is not closed yet: reported as `GAP` with the reason, not
-    /// counted as a failure (the reason says where the fix stands). A case that passes is
-    /// reported as passing.
-    known_gap: Option<&'static str>,
 }
 
 /// The names of case `n`, substituted for `@X` placeholders in every string of the case.
@@ -450,14 +446,6 @@ impl Case {
         self
     }
 
-    /// Marks a case as a documented known gap (reported, not failing the suite). No case is
-    /// one today; kept for gaps the suite documents before they are closed.
-    #[allow(dead_code)]
-    fn known_gap(&mut self, why: &'static str) -> &mut Self {
-        self.known_gap = Some(why);
-        self
-    }
-
     fn only_if(&mut self, sql: &str) -> &mut Self {
         self.only_if = Some(self.fill(sql));
         self
@@ -521,7 +509,6 @@ impl Book {
             expect: Expect::Either,
             verify: Vec::new(),
             only_if: None,
-            known_gap: None,
         });
         self.cases.last_mut().unwrap()
     }
@@ -3538,12 +3525,7 @@ async fn adversarial_sql_leaks_no_marker_and_never_fails_open() {
     let mut failures = String::new();
     for (n, r) in &results {
         let c = by_n[n];
-        let gap = r.failed() && c.known_gap.is_some();
-        let verdict = match (r.failed(), gap) {
-            (_, true) => "GAP ",
-            (true, false) => "FAIL",
-            (false, _) => "ok  ",
-        };
+        let verdict = if r.failed() { "FAIL" } else { "ok  " };
         let mut line = format!(
             "{verdict} {n:04} [{}] {} — {}{}",
             c.class.label(),
@@ -3566,11 +3548,8 @@ async fn adversarial_sql_leaks_no_marker_and_never_fails_open() {
                 "\n       (not counted: marker in {loc}, the DDL it depended on did not take effect)"
             );
         }
-        if let (true, Some(why)) = (gap, c.known_gap) {
-            let _ = write!(line, "\n       known gap: {why}");
-        }
         let _ = writeln!(report, "{line}");
-        if r.failed() && !gap {
+        if r.failed() {
             let _ = writeln!(failures, "{line}");
         }
     }
@@ -3580,15 +3559,7 @@ async fn adversarial_sql_leaks_no_marker_and_never_fails_open() {
     let path = target_dir().join("adversarial-report.txt");
     std::fs::write(&path, &report).unwrap();
     eprintln!("adversarial report: {}", path.display());
-    let failed = results
-        .iter()
-        .filter(|(n, r)| r.failed() && by_n[*n].known_gap.is_none())
-        .count();
-    let gaps = results
-        .iter()
-        .filter(|(n, r)| r.failed() && by_n[*n].known_gap.is_some())
-        .count();
-    eprintln!("adversarial: {gaps} known gaps (see the report)");
+    let failed = results.iter().filter(|(_, r)| r.failed()).count();
     assert!(
         failures.is_empty(),
         "{failed} of {} adversarial cases failed (report: {}):\n{failures}",
