@@ -26,9 +26,10 @@ use zeroize::Zeroizing;
 
 use crate::model::{
     AuditList, AuditVerifyReport, ChangesResponse, CreateKeyringRequest, CreateTokenRequest,
-    CreatedToken, ErrorBody, Health, IndexMaterialResponse, KeyringList, KeyringMeta,
-    MaterialResponse, ProxyInfo, ProxyList, Role, SetMinVersionRequest, SetProxyRequest, TokenInfo,
-    TokenList, VersionState,
+    CreatedToken, ErrorBody, Health, IndexConfirmRequest, IndexMaterialResponse, IndexPassReport,
+    IndexPassRequest, IndexPassResponse, IndexPhase, KeyringList, KeyringMeta, MaterialResponse,
+    ProxyInfo, ProxyList, Role, SetMinVersionRequest, SetProxyRequest, TokenInfo, TokenList,
+    VersionState,
 };
 use crate::server::{certs_from_pem, provider};
 
@@ -359,6 +360,62 @@ impl Client {
             generation: resp.generation,
             key,
         })
+    }
+
+    /// `POST /v1/keyrings/{name}/index/confirm` (proxy certificate required): this proxy has taken
+    /// in `phase` of the blind-index key rotation to `generation`.
+    pub async fn index_confirm(
+        &self,
+        name: &str,
+        generation: u32,
+        phase: IndexPhase,
+    ) -> Result<(), ClientError> {
+        let body = IndexConfirmRequest { generation, phase };
+        let _: serde_json::Value = self
+            .call(
+                Method::POST,
+                &format!("/v1/keyrings/{name}/index/confirm"),
+                Some(&body),
+                Duration::ZERO,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `POST /v1/keyrings/{name}/index/passes` (proxy certificate required): starts a re-index
+    /// or compaction pass; 409 until every granted proxy confirmed the phase.
+    pub async fn index_pass_start(
+        &self,
+        name: &str,
+        generation: u32,
+        phase: IndexPhase,
+    ) -> Result<IndexPassResponse, ClientError> {
+        let body = IndexPassRequest { generation, phase };
+        self.call(
+            Method::POST,
+            &format!("/v1/keyrings/{name}/index/passes"),
+            Some(&body),
+            Duration::ZERO,
+        )
+        .await
+    }
+
+    /// `POST /v1/keyrings/{name}/index/passes/{pass}`: reports the end of a pass.
+    pub async fn index_pass_report(
+        &self,
+        name: &str,
+        pass: &str,
+        report: &IndexPassReport,
+    ) -> Result<(), ClientError> {
+        let _: serde_json::Value = self
+            .call(
+                Method::POST,
+                &format!("/v1/keyrings/{name}/index/passes/{pass}"),
+                Some(report),
+                Duration::ZERO,
+            )
+            .await?;
+        Ok(())
     }
 
     /// `GET /v1/changes?since=REV[&wait=SECS]`.

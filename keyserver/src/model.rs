@@ -188,12 +188,21 @@ pub struct KeyringMeta {
     pub index: IndexMeta,
 }
 
-/// State of one blind-index key generation.
+/// State of one blind-index key generation (docs/format.md §2.5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IndexState {
-    /// The generation whose tags are stored with new values and searched by lookups.
+    /// The generation whose tags are stored with new single-tag cells and searched by lookups.
     Active,
+    /// During a blind-index key rotation, before the cut-over: the generation being introduced
+    /// (its tag is the second tag of dual cells; lookups search it too).
+    Next,
+    /// During a blind-index key rotation, after the cut-over: the generation being replaced
+    /// (dual cells still carry its tag first; lookups search it too).
+    Retiring,
+    /// Replaced by a completed rotation: its material is no longer served (and, when it was
+    /// random, destroyed).
+    Retired,
 }
 
 impl IndexState {
@@ -201,15 +210,67 @@ impl IndexState {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Active => "active",
+            Self::Next => "next",
+            Self::Retiring => "retiring",
+            Self::Retired => "retired",
         }
     }
     /// Parses the database spelling.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "active" => Some(Self::Active),
+            "next" => Some(Self::Next),
+            "retiring" => Some(Self::Retiring),
+            "retired" => Some(Self::Retired),
             _ => None,
         }
     }
+    /// Whether its material is served to granted proxies.
+    pub fn is_served(self) -> bool {
+        !matches!(self, Self::Retired)
+    }
+}
+
+/// The phase of a blind-index key rotation from generation `from` to `to` (docs/format.md §2.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IndexPhase {
+    /// Before the cut-over: proxies write dual cells (`tag_from ‖ 0x02 ‖ tag_to ‖ envelope`),
+    /// lookups search both tags; `reencrypt` re-indexes single cells into dual ones.
+    Dual,
+    /// After the cut-over: proxies write single cells under `to`, lookups search both tags,
+    /// `ON CONFLICT` targets the second-tag index; `reencrypt` compacts dual cells.
+    Cutover,
+}
+
+impl IndexPhase {
+    /// Database / wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Dual => "dual",
+            Self::Cutover => "cutover",
+        }
+    }
+    /// Parses the database / wire spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "dual" => Some(Self::Dual),
+            "cutover" => Some(Self::Cutover),
+            _ => None,
+        }
+    }
+}
+
+/// A blind-index key rotation in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexRotation {
+    /// The generation being replaced.
+    pub from: u32,
+    /// The generation being introduced.
+    pub to: u32,
+    /// Current phase.
+    pub phase: IndexPhase,
 }
 
 /// One generation of a keyring's blind-index key.
@@ -241,6 +302,54 @@ pub struct IndexMeta {
     /// material): lookups search those tags too, and
     /// `pgseal-proxy reencrypt` re-tags the cells. Empty for keyrings created with lineages.
     pub legacy_tag_versions: Vec<u32>,
+    /// A blind-index key rotation in progress (absent when none is: a proxy of an earlier
+    /// release then still reads the metadata, and fails closed once one starts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<IndexRotation>,
+}
+
+/// `POST /v1/keyrings/{name}/index/confirm` (proxies): the caller has taken in `phase` of the
+/// rotation to `generation` (it writes and searches as that phase says, docs/format.md §2.5).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexConfirmRequest {
+    /// The rotation's `to` generation.
+    pub generation: u32,
+    /// The phase taken in.
+    pub phase: IndexPhase,
+}
+
+/// `POST /v1/keyrings/{name}/index/passes` (proxies, run by `pgseal-proxy reencrypt`): starts a
+/// re-index (phase `dual`) or compaction (phase `cutover`) pass; refused (409) until every proxy
+/// granted the keyring has confirmed the phase.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexPassRequest {
+    /// The rotation's `to` generation.
+    pub generation: u32,
+    /// The phase the pass belongs to.
+    pub phase: IndexPhase,
+}
+
+/// Answer to [`IndexPassRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexPassResponse {
+    /// Non-enumerable pass id (`ip_` + 32 hex digits), to report the pass's end with.
+    pub pass: String,
+}
+
+/// `POST /v1/keyrings/{name}/index/passes/{pass}` (the proxy identity that started the pass):
+/// the pass ended. `complete` means it went over every configured column of the keyring and
+/// left no cell in the form of the previous phase (a single cell under `from` for `dual`, a dual
+/// cell for `cutover`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexPassReport {
+    /// Whether no cell of the previous phase's form is left.
+    pub complete: bool,
+    /// Cells rewritten by the pass.
+    pub rewritten: u64,
 }
 
 /// Entry of `GET /v1/keyrings`.

@@ -337,6 +337,8 @@ fn index_meta(
         active_generation: row.active_index_generation,
         generations,
         legacy_tag_versions,
+        // Filled in by the rotation work (schema 4).
+        rotation: None,
     })
 }
 

@@ -225,6 +225,7 @@ mod tests {
                 active_generation: 1,
                 generations: Vec::new(),
                 legacy_tag_versions: Vec::new(),
+                rotation: None,
             },
         }
     }
