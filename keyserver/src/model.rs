@@ -352,6 +352,60 @@ pub struct IndexPassReport {
     pub rewritten: u64,
 }
 
+/// `GET /v1/keyrings/{name}/index/rotation` (admins): the state of a blind-index key rotation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexRotationStatus {
+    /// Keyring name.
+    pub keyring: String,
+    /// Generation whose tags new single-tag cells get.
+    pub active_generation: u32,
+    /// The rotation in progress, if any (`None`: nothing to confirm, no passes).
+    pub rotation: Option<IndexRotation>,
+    /// Every proxy currently granted the keyring, by name, and whether it confirmed the current
+    /// phase (empty without a rotation).
+    pub proxies: Vec<IndexProxyConfirmation>,
+    /// The re-index (`dual`) and compaction (`cutover`) passes of this rotation, oldest first.
+    pub passes: Vec<IndexPassInfo>,
+    /// What the next step (`--cutover` in phase `dual`, `--finish` in phase `cutover`) still
+    /// waits for; `None` when it would be accepted now (or without a rotation).
+    pub next_step_blocked_by: Option<String>,
+}
+
+/// Whether one granted proxy confirmed the current phase of a rotation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexProxyConfirmation {
+    /// Proxy name.
+    pub proxy: String,
+    /// Whether it confirmed the current phase of the rotation's `to` generation.
+    pub confirmed: bool,
+    /// RFC 3339 time of its (first) confirmation.
+    pub confirmed_at: Option<String>,
+}
+
+/// One re-index or compaction pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexPassInfo {
+    /// Pass id (`ip_…`).
+    pub id: String,
+    /// Proxy identity that started it (the only one that may report it).
+    pub proxy: String,
+    /// The rotation's `to` generation.
+    pub generation: u32,
+    /// The phase it belongs to.
+    pub phase: IndexPhase,
+    /// RFC 3339 start time.
+    pub started_at: String,
+    /// RFC 3339 end time (`None`: not reported yet).
+    pub ended_at: Option<String>,
+    /// As reported (`None`: not reported yet).
+    pub complete: Option<bool>,
+    /// Cells rewritten, as reported.
+    pub rewritten: Option<u64>,
+}
+
 /// Entry of `GET /v1/keyrings`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -11,8 +11,9 @@ use pgseal_crypto::SecretKey;
 
 use crate::audit::AuditEvent;
 use crate::model::{
-    AuditRecord, AuditVerifyReport, ChangesResponse, KeyringMeta, KeyringName, KeyringSummary,
-    ProxyInfo, ProxyName, Role, TokenInfo, VersionState,
+    AuditRecord, AuditVerifyReport, ChangesResponse, IndexPassReport, IndexPhase,
+    IndexRotationStatus, KeyringMeta, KeyringName, KeyringSummary, ProxyInfo, ProxyName, Role,
+    TokenInfo, VersionState,
 };
 use crate::rootkey::{RootKey, RootKeyError};
 
@@ -36,6 +37,9 @@ pub enum StoreError {
     /// The version was destroyed.
     #[error("key version destroyed")]
     Destroyed,
+    /// The blind-index generation was retired by a completed rotation.
+    #[error("blind-index generation retired")]
+    IndexRetired,
     /// Root key failure.
     #[error(transparent)]
     RootKey(#[from] RootKeyError),
@@ -176,6 +180,58 @@ pub trait KeyStore: Send + Sync {
         root: &dyn RootKey,
         ev: &AuditEvent,
     ) -> Result<IndexMaterial, StoreError>;
+    /// Starts a blind-index key rotation: generation g+1 (fresh random material) in state
+    /// `next`, phase `dual`. Conflict when one is in progress.
+    fn index_rotate_start(
+        &self,
+        name: &KeyringName,
+        root: &dyn RootKey,
+        ev: &AuditEvent,
+    ) -> Result<KeyringMeta, StoreError>;
+    /// The cut-over: g+1 `active`, g `retiring`, phase `cutover`. Conflict (saying what is
+    /// missing) unless every granted proxy confirmed phase `dual` and a complete `dual` pass
+    /// started after the last of those confirmations.
+    fn index_cutover(&self, name: &KeyringName, ev: &AuditEvent)
+        -> Result<KeyringMeta, StoreError>;
+    /// Ends the rotation: g `retired` (its random material erased), no rotation. Gated like
+    /// the cut-over, on phase `cutover`.
+    fn index_finish(&self, name: &KeyringName, ev: &AuditEvent) -> Result<KeyringMeta, StoreError>;
+    /// The rotation, its confirmations and passes (admins).
+    fn index_rotation_status(
+        &self,
+        name: &KeyringName,
+        ev: &AuditEvent,
+    ) -> Result<IndexRotationStatus, StoreError>;
+    /// Records that `proxy` (holding the grant) took in `phase` of the rotation to `generation`;
+    /// a repeat keeps the first confirmation. Conflict when that is not the current phase.
+    fn index_confirm(
+        &self,
+        proxy: &ProxyName,
+        name: &KeyringName,
+        generation: u32,
+        phase: IndexPhase,
+        ev: &AuditEvent,
+    ) -> Result<(), StoreError>;
+    /// Starts pass `pass_id` of `proxy`; Conflict unless the phase is current and every granted
+    /// proxy confirmed it, or when too many passes of the keyring are open.
+    fn index_pass_start(
+        &self,
+        proxy: &ProxyName,
+        name: &KeyringName,
+        generation: u32,
+        phase: IndexPhase,
+        pass_id: &str,
+        ev: &AuditEvent,
+    ) -> Result<(), StoreError>;
+    /// Records the end of a pass started by `proxy` (NotFound for any other pass id).
+    fn index_pass_report(
+        &self,
+        proxy: &ProxyName,
+        name: &KeyringName,
+        pass_id: &str,
+        report: &IndexPassReport,
+        ev: &AuditEvent,
+    ) -> Result<(), StoreError>;
     /// Keyrings visible to `access` changed after revision `since` (not audited: the caller audits).
     fn changes_since(&self, access: Access<'_>, since: u64) -> Result<ChangesResponse, StoreError>;
     /// Stores a new token.

@@ -13,13 +13,23 @@ use super::{
 use crate::audit::{record_hash, verify_chain, AuditEvent, GENESIS_HASH};
 use crate::model::{
     AuditRecord, AuditVerifyReport, ChangedKeyring, ChangesResponse, IndexGenerationInfo,
-    IndexMeta, IndexState, KeyringMeta, KeyringName, KeyringSummary, ProxyInfo, ProxyName, Role,
-    TokenInfo, VersionInfo, VersionState,
+    IndexMeta, IndexPassInfo, IndexPassReport, IndexPhase, IndexProxyConfirmation, IndexRotation,
+    IndexRotationStatus, IndexState, KeyringMeta, KeyringName, KeyringSummary, ProxyInfo,
+    ProxyName, Role, TokenInfo, VersionInfo, VersionState,
 };
 use crate::rootkey::{RootKey, RootKeyError};
 use crate::util::{now_rfc3339, random_id};
 
 const ROOT_CHECK_BINDING: &[u8] = b"pgseal-keyserver/root-check";
+
+/// Most passes of one keyring that may be open (started, not reported) at a time.
+pub const MAX_OPEN_INDEX_PASSES: i64 = 16;
+/// An open pass older than this (seconds) counts as abandoned (its `reencrypt` died) and is
+/// dropped when the next pass starts.
+pub const ABANDONED_PASS_SECS: i64 = 24 * 3600;
+/// Reported passes kept per keyring (besides the newest complete one); older ones are dropped
+/// (the audit log keeps every report).
+const KEPT_REPORTED_PASSES: i64 = 32;
 
 /// How hard SQLite syncs to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
@@ -337,8 +347,7 @@ fn index_meta(
         active_generation: row.active_index_generation,
         generations,
         legacy_tag_versions,
-        // Filled in by the rotation work (schema 4).
-        rotation: None,
+        rotation: load_rotation(tx, &row.id)?,
     })
 }
 
@@ -357,11 +366,12 @@ fn meta_of(tx: &Connection, row: KeyringRow) -> Result<KeyringMeta, StoreError> 
     })
 }
 
-/// Generation `generation` of a new lineage, with fresh random index material.
+/// Generation `generation` of a lineage, with fresh random index material.
 fn insert_index_generation(
     tx: &Connection,
     keyring_id: &str,
     generation: u32,
+    state: IndexState,
     root: &dyn RootKey,
     created_at: &str,
 ) -> Result<(), StoreError> {
@@ -369,10 +379,230 @@ fn insert_index_generation(
     let wrapped = root.wrap(&key, &index_binding(keyring_id, generation))?;
     tx.prepare_cached(
         "INSERT INTO index_generations (keyring_id, generation, state, wrapped, created_at) \
-         VALUES (?1, ?2, 'active', ?3, ?4)",
+         VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
-    .execute(params![keyring_id, generation, wrapped, created_at])?;
+    .execute(params![
+        keyring_id,
+        generation,
+        state.as_str(),
+        wrapped,
+        created_at
+    ])?;
     Ok(())
+}
+
+/// The blind-index key rotation in progress, if any.
+fn load_rotation(tx: &Connection, keyring_id: &str) -> Result<Option<IndexRotation>, StoreError> {
+    let row = tx
+        .prepare_cached(
+            "SELECT from_generation, to_generation, phase FROM index_rotations \
+             WHERE keyring_id = ?1",
+        )?
+        .query_row([keyring_id], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })
+        .optional()?;
+    let Some((from, to, phase)) = row else {
+        return Ok(None);
+    };
+    Ok(Some(IndexRotation {
+        from: to_u32(from, "rotation from")?,
+        to: to_u32(to, "rotation to")?,
+        phase: IndexPhase::parse(&phase)
+            .ok_or_else(|| StoreError::Corrupt(format!("rotation phase {phase}")))?,
+    }))
+}
+
+/// Next value of the rotation sequence (confirmations and pass starts are ordered by it).
+fn next_index_seq(tx: &Connection) -> Result<i64, StoreError> {
+    let cur: i64 = get_meta(tx, "index_seq")?
+        .unwrap_or_else(|| "0".to_owned())
+        .parse()
+        .map_err(|_| StoreError::Corrupt("index_seq".into()))?;
+    let next = cur
+        .checked_add(1)
+        .ok_or_else(|| StoreError::Corrupt("index_seq overflow".into()))?;
+    set_meta(tx, "index_seq", &next.to_string())?;
+    Ok(next)
+}
+
+/// Who holds the keyring's grant and whether each confirmed `phase` of generation `to`.
+struct Confirmations {
+    /// (proxy, first confirmation time) for every granted proxy, by name.
+    granted: Vec<(String, Option<String>)>,
+    /// Highest sequence number among the granted proxies' confirmations (0: none).
+    last_seq: i64,
+}
+
+impl Confirmations {
+    fn missing(&self) -> Vec<&str> {
+        self.granted
+            .iter()
+            .filter(|(_, at)| at.is_none())
+            .map(|(p, _)| p.as_str())
+            .collect()
+    }
+}
+
+fn confirmations(
+    tx: &Connection,
+    keyring_id: &str,
+    to: u32,
+    phase: IndexPhase,
+) -> Result<Confirmations, StoreError> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT g.proxy, c.seq, c.confirmed_at FROM proxy_grants g \
+         LEFT JOIN index_confirmations c ON c.keyring_id = g.keyring_id AND c.proxy = g.proxy \
+              AND c.generation = ?2 AND c.phase = ?3 \
+         WHERE g.keyring_id = ?1 ORDER BY g.proxy",
+    )?;
+    let rows = stmt.query_map(params![keyring_id, to, phase.as_str()], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, Option<i64>>(1)?,
+            r.get::<_, Option<String>>(2)?,
+        ))
+    })?;
+    let mut out = Confirmations {
+        granted: Vec::new(),
+        last_seq: 0,
+    };
+    for row in rows {
+        let (proxy, seq, at) = row?;
+        out.last_seq = out.last_seq.max(seq.unwrap_or(0));
+        out.granted.push((proxy, at));
+    }
+    Ok(out)
+}
+
+/// What the next step of rotation `rot` (the cut-over after `dual`, the finish after
+/// `cutover`) still waits for; `None` when it may be taken now.
+fn step_gate(
+    tx: &Connection,
+    keyring_id: &str,
+    rot: &IndexRotation,
+) -> Result<Option<String>, StoreError> {
+    let c = confirmations(tx, keyring_id, rot.to, rot.phase)?;
+    let missing = c.missing();
+    let phase = rot.phase.as_str();
+    if !missing.is_empty() {
+        return Ok(Some(format!(
+            "{} of {} granted proxies have not confirmed phase {phase} of generation {}: {}",
+            missing.len(),
+            c.granted.len(),
+            rot.to,
+            missing.join(", ")
+        )));
+    }
+    let passed = tx
+        .prepare_cached(
+            "SELECT 1 FROM index_passes WHERE keyring_id = ?1 AND generation = ?2 AND phase = ?3 \
+             AND complete = 1 AND start_seq > ?4",
+        )?
+        .exists(params![keyring_id, rot.to, phase, c.last_seq])?;
+    if !passed {
+        let kind = match rot.phase {
+            IndexPhase::Dual => "re-index",
+            IndexPhase::Cutover => "compaction",
+        };
+        return Ok(Some(format!(
+            "no complete {kind} pass (phase {phase} of generation {}) reported that started \
+             after the last confirmation: run pgseal-proxy reencrypt",
+            rot.to
+        )));
+    }
+    Ok(None)
+}
+
+fn no_rotation(name: &KeyringName) -> StoreError {
+    StoreError::Conflict(
+        "no_index_rotation",
+        format!(
+            "no blind-index key rotation is in progress for keyring {name} \
+             (start one with `keyring rotate-index {name}`)"
+        ),
+    )
+}
+
+/// The rotation, if it is at `phase` of generation `generation`; else the stale-proxy conflict.
+fn current_rotation(
+    tx: &Connection,
+    keyring_id: &str,
+    generation: u32,
+    phase: IndexPhase,
+) -> Result<IndexRotation, StoreError> {
+    let rot = load_rotation(tx, keyring_id)?;
+    match rot {
+        Some(r) if r.to == generation && r.phase == phase => Ok(r),
+        Some(r) => Err(StoreError::Conflict(
+            "index_rotation_stale",
+            format!(
+                "the blind-index key rotation is at phase {} of generation {}, not phase {} of \
+                 generation {generation}: re-read the keyring metadata",
+                r.phase.as_str(),
+                r.to,
+                phase.as_str()
+            ),
+        )),
+        None => Err(StoreError::Conflict(
+            "index_rotation_stale",
+            format!(
+                "no blind-index key rotation is in progress (phase {} of generation \
+                 {generation} is over): re-read the keyring metadata",
+                phase.as_str()
+            ),
+        )),
+    }
+}
+
+/// Bumps the server revision and marks the keyring changed at it.
+fn touch_keyring(tx: &Connection, keyring_id: &str) -> Result<(), StoreError> {
+    let rev = bump_revision(tx)?;
+    tx.prepare_cached("UPDATE keyrings SET revision = ?1 WHERE id = ?2")?
+        .execute(params![rev, keyring_id])?;
+    Ok(())
+}
+
+fn index_passes(
+    tx: &Connection,
+    keyring_id: &str,
+    generation: u32,
+) -> Result<Vec<IndexPassInfo>, StoreError> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT id, proxy, generation, phase, started_at, ended_at, complete, rewritten \
+         FROM index_passes WHERE keyring_id = ?1 AND generation = ?2 ORDER BY start_seq",
+    )?;
+    let rows = stmt.query_map(params![keyring_id, generation], |r| {
+        Ok((
+            (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
+            r.get::<_, i64>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, String>(4)?,
+            r.get::<_, Option<String>>(5)?,
+            r.get::<_, Option<i64>>(6)?,
+            r.get::<_, Option<i64>>(7)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let ((id, proxy), g, phase, started_at, ended_at, complete, rewritten) = row?;
+        out.push(IndexPassInfo {
+            id,
+            proxy,
+            generation: to_u32(g, "pass generation")?,
+            phase: IndexPhase::parse(&phase)
+                .ok_or_else(|| StoreError::Corrupt(format!("pass phase {phase}")))?,
+            started_at,
+            ended_at,
+            complete: complete.map(|c| c != 0),
+            rewritten: rewritten.map(|n| to_u64(n, "rewritten")).transpose()?,
+        });
+    }
+    Ok(out)
 }
 
 fn insert_version(
@@ -568,7 +798,7 @@ impl KeyStore for SqliteStore {
             )?
             .execute(params![id, name.as_str(), now, rev])?;
             insert_version(tx, &id, 1, root, &now)?;
-            insert_index_generation(tx, &id, 1, root, &now)?;
+            insert_index_generation(tx, &id, 1, IndexState::Active, root, &now)?;
             let row = load_keyring(tx, name)?.ok_or(StoreError::NotFound)?;
             meta_of(tx, row)
         })
@@ -674,7 +904,7 @@ impl KeyStore for SqliteStore {
                 let index_source = tx
                     .prepare_cached(
                         "SELECT generation FROM index_generations \
-                         WHERE keyring_id = ?1 AND source_version = ?2",
+                         WHERE keyring_id = ?1 AND source_version = ?2 AND state <> 'retired'",
                     )?
                     .query_row(params![row.id, version], |r| r.get::<_, i64>(0))
                     .optional()?;
@@ -780,14 +1010,21 @@ impl KeyStore for SqliteStore {
     ) -> Result<IndexMaterial, StoreError> {
         self.write_tx(Some(ev), |tx| {
             let row = load_accessible(tx, Access::Proxy(proxy), name)?;
-            let (wrapped, source): (Option<Vec<u8>>, Option<i64>) = tx
+            let (state, wrapped, source): (String, Option<Vec<u8>>, Option<i64>) = tx
                 .prepare_cached(
-                    "SELECT wrapped, source_version FROM index_generations \
+                    "SELECT state, wrapped, source_version FROM index_generations \
                      WHERE keyring_id = ?1 AND generation = ?2",
                 )?
-                .query_row(params![row.id, generation], |r| Ok((r.get(0)?, r.get(1)?)))
+                .query_row(params![row.id, generation], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
                 .optional()?
                 .ok_or(StoreError::NotFound)?;
+            let state = IndexState::parse(&state)
+                .ok_or_else(|| StoreError::Corrupt(format!("index generation state {state}")))?;
+            if !state.is_served() {
+                return Err(StoreError::IndexRetired);
+            }
             let key = match (wrapped, source) {
                 (Some(w), None) => root.unwrap(&w, &index_binding(&row.id, generation))?,
                 (None, Some(v)) => {
@@ -813,6 +1050,353 @@ impl KeyStore for SqliteStore {
                 generation,
                 key,
             })
+        })
+    }
+
+    fn index_rotate_start(
+        &self,
+        name: &KeyringName,
+        root: &dyn RootKey,
+        ev: &AuditEvent,
+    ) -> Result<KeyringMeta, StoreError> {
+        self.write_tx(Some(ev), |tx| {
+            let row = load_keyring(tx, name)?.ok_or(StoreError::NotFound)?;
+            if let Some(r) = load_rotation(tx, &row.id)? {
+                return Err(StoreError::Conflict(
+                    "index_rotation_in_progress",
+                    format!(
+                        "a blind-index key rotation of keyring {name} from generation {} to {} \
+                         is in progress (phase {}): finish it first",
+                        r.from,
+                        r.to,
+                        r.phase.as_str()
+                    ),
+                ));
+            }
+            let max: i64 = tx
+                .prepare_cached(
+                    "SELECT COALESCE(MAX(generation), 0) FROM index_generations \
+                     WHERE keyring_id = ?1",
+                )?
+                .query_row([row.id.as_str()], |r| r.get(0))?;
+            let next = to_u32(max, "index generation")?
+                .checked_add(1)
+                .ok_or_else(|| {
+                    StoreError::Conflict("generation_overflow", "no more generations".into())
+                })?;
+            let now = now_rfc3339();
+            insert_index_generation(tx, &row.id, next, IndexState::Next, root, &now)?;
+            // Nothing of an earlier rotation is left (finish clears it); be sure.
+            tx.prepare_cached("DELETE FROM index_confirmations WHERE keyring_id = ?1")?
+                .execute([row.id.as_str()])?;
+            tx.prepare_cached("DELETE FROM index_passes WHERE keyring_id = ?1")?
+                .execute([row.id.as_str()])?;
+            tx.prepare_cached(
+                "INSERT INTO index_rotations (keyring_id, from_generation, to_generation, phase, \
+                 started_at) VALUES (?1, ?2, ?3, 'dual', ?4)",
+            )?
+            .execute(params![row.id, row.active_index_generation, next, now])?;
+            touch_keyring(tx, &row.id)?;
+            let row = load_keyring(tx, name)?.ok_or(StoreError::NotFound)?;
+            meta_of(tx, row)
+        })
+    }
+
+    fn index_cutover(
+        &self,
+        name: &KeyringName,
+        ev: &AuditEvent,
+    ) -> Result<KeyringMeta, StoreError> {
+        self.write_tx(Some(ev), |tx| {
+            let row = load_keyring(tx, name)?.ok_or(StoreError::NotFound)?;
+            let rot = load_rotation(tx, &row.id)?.ok_or_else(|| no_rotation(name))?;
+            if rot.phase != IndexPhase::Dual {
+                return Err(StoreError::Conflict(
+                    "index_phase",
+                    format!(
+                        "the rotation of keyring {name} to generation {} is past the cut-over \
+                         (phase cutover): the next step is --finish",
+                        rot.to
+                    ),
+                ));
+            }
+            if let Some(msg) = step_gate(tx, &row.id, &rot)? {
+                return Err(StoreError::Conflict("index_rotation_not_ready", msg));
+            }
+            // In this order: at most one generation is active at any moment.
+            let a = tx
+                .prepare_cached(
+                    "UPDATE index_generations SET state = 'retiring' \
+                     WHERE keyring_id = ?1 AND generation = ?2 AND state = 'active'",
+                )?
+                .execute(params![row.id, rot.from])?;
+            let b = tx
+                .prepare_cached(
+                    "UPDATE index_generations SET state = 'active' \
+                     WHERE keyring_id = ?1 AND generation = ?2 AND state = 'next'",
+                )?
+                .execute(params![row.id, rot.to])?;
+            if a != 1 || b != 1 {
+                return Err(StoreError::Corrupt(
+                    "rotation generations not in the states of phase dual".into(),
+                ));
+            }
+            tx.prepare_cached(
+                "UPDATE index_rotations SET phase = 'cutover' WHERE keyring_id = ?1",
+            )?
+            .execute([row.id.as_str()])?;
+            tx.prepare_cached("UPDATE keyrings SET active_index_generation = ?1 WHERE id = ?2")?
+                .execute(params![rot.to, row.id])?;
+            touch_keyring(tx, &row.id)?;
+            let row = load_keyring(tx, name)?.ok_or(StoreError::NotFound)?;
+            meta_of(tx, row)
+        })
+    }
+
+    fn index_finish(&self, name: &KeyringName, ev: &AuditEvent) -> Result<KeyringMeta, StoreError> {
+        let meta = self.write_tx(Some(ev), |tx| {
+            let row = load_keyring(tx, name)?.ok_or(StoreError::NotFound)?;
+            let rot = load_rotation(tx, &row.id)?.ok_or_else(|| no_rotation(name))?;
+            if rot.phase != IndexPhase::Cutover {
+                return Err(StoreError::Conflict(
+                    "index_phase",
+                    format!(
+                        "the rotation of keyring {name} to generation {} has not been cut over \
+                         yet (phase dual): the next step is --cutover",
+                        rot.to
+                    ),
+                ));
+            }
+            if let Some(msg) = step_gate(tx, &row.id, &rot)? {
+                return Err(StoreError::Conflict("index_rotation_not_ready", msg));
+            }
+            // The random material is erased (secure_delete, then the WAL is truncated below);
+            // a derived generation keeps only the number of its source version, which can
+            // then be destroyed.
+            let n = tx
+                .prepare_cached(
+                    "UPDATE index_generations SET state = 'retired', wrapped = NULL, \
+                     retired_at = ?1 WHERE keyring_id = ?2 AND generation = ?3 \
+                     AND state = 'retiring'",
+                )?
+                .execute(params![now_rfc3339(), row.id, rot.from])?;
+            if n != 1 {
+                return Err(StoreError::Corrupt(
+                    "rotation generation not in the state of phase cutover".into(),
+                ));
+            }
+            for sql in [
+                "DELETE FROM index_rotations WHERE keyring_id = ?1",
+                "DELETE FROM index_confirmations WHERE keyring_id = ?1",
+                "DELETE FROM index_passes WHERE keyring_id = ?1",
+            ] {
+                tx.prepare_cached(sql)?.execute([row.id.as_str()])?;
+            }
+            touch_keyring(tx, &row.id)?;
+            let row = load_keyring(tx, name)?.ok_or(StoreError::NotFound)?;
+            meta_of(tx, row)
+        })?;
+        self.checkpoint_truncate()?;
+        Ok(meta)
+    }
+
+    fn index_rotation_status(
+        &self,
+        name: &KeyringName,
+        ev: &AuditEvent,
+    ) -> Result<IndexRotationStatus, StoreError> {
+        self.write_tx(Some(ev), |tx| {
+            let row = load_keyring(tx, name)?.ok_or(StoreError::NotFound)?;
+            let rotation = load_rotation(tx, &row.id)?;
+            let (proxies, passes, next_step_blocked_by) = match &rotation {
+                None => (Vec::new(), Vec::new(), None),
+                Some(rot) => {
+                    let c = confirmations(tx, &row.id, rot.to, rot.phase)?;
+                    let proxies = c
+                        .granted
+                        .into_iter()
+                        .map(|(proxy, at)| IndexProxyConfirmation {
+                            proxy,
+                            confirmed: at.is_some(),
+                            confirmed_at: at,
+                        })
+                        .collect();
+                    (
+                        proxies,
+                        index_passes(tx, &row.id, rot.to)?,
+                        step_gate(tx, &row.id, rot)?,
+                    )
+                }
+            };
+            Ok(IndexRotationStatus {
+                keyring: row.name,
+                active_generation: row.active_index_generation,
+                rotation,
+                proxies,
+                passes,
+                next_step_blocked_by,
+            })
+        })
+    }
+
+    fn index_confirm(
+        &self,
+        proxy: &ProxyName,
+        name: &KeyringName,
+        generation: u32,
+        phase: IndexPhase,
+        ev: &AuditEvent,
+    ) -> Result<(), StoreError> {
+        self.write_tx(Some(ev), |tx| {
+            let row = load_accessible(tx, Access::Proxy(proxy), name)?;
+            current_rotation(tx, &row.id, generation, phase)?;
+            let known = tx
+                .prepare_cached(
+                    "SELECT 1 FROM index_confirmations WHERE keyring_id = ?1 AND generation = ?2 \
+                     AND phase = ?3 AND proxy = ?4",
+                )?
+                .exists(params![row.id, generation, phase.as_str(), proxy.as_str()])?;
+            if !known {
+                // The first confirmation counts: "after the last confirmation" cannot be moved
+                // by a proxy repeating itself.
+                let seq = next_index_seq(tx)?;
+                tx.prepare_cached(
+                    "INSERT INTO index_confirmations (keyring_id, generation, phase, proxy, seq, \
+                     confirmed_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![
+                    row.id,
+                    generation,
+                    phase.as_str(),
+                    proxy.as_str(),
+                    seq,
+                    now_rfc3339()
+                ])?;
+            }
+            Ok(())
+        })
+    }
+
+    fn index_pass_start(
+        &self,
+        proxy: &ProxyName,
+        name: &KeyringName,
+        generation: u32,
+        phase: IndexPhase,
+        pass_id: &str,
+        ev: &AuditEvent,
+    ) -> Result<(), StoreError> {
+        self.write_tx(Some(ev), |tx| {
+            let row = load_accessible(tx, Access::Proxy(proxy), name)?;
+            current_rotation(tx, &row.id, generation, phase)?;
+            let c = confirmations(tx, &row.id, generation, phase)?;
+            let missing = c.missing().len();
+            if missing > 0 {
+                // Counts only: a proxy does not learn the names of the others.
+                return Err(StoreError::Conflict(
+                    "index_phase_unconfirmed",
+                    format!(
+                        "{missing} of {} proxies granted keyring {name} have not confirmed \
+                         phase {} of generation {generation} yet; retry when they have",
+                        c.granted.len(),
+                        phase.as_str()
+                    ),
+                ));
+            }
+            let now = crate::util::now_unix();
+            tx.prepare_cached(
+                "DELETE FROM index_passes WHERE keyring_id = ?1 AND ended_at IS NULL \
+                 AND started_unix < ?2",
+            )?
+            .execute(params![row.id, now.saturating_sub(ABANDONED_PASS_SECS)])?;
+            let open: i64 = tx
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM index_passes WHERE keyring_id = ?1 AND ended_at IS NULL",
+                )?
+                .query_row([row.id.as_str()], |r| r.get(0))?;
+            if open >= MAX_OPEN_INDEX_PASSES {
+                return Err(StoreError::Conflict(
+                    "too_many_open_passes",
+                    format!(
+                        "{open} passes of keyring {name} are open (started, not reported); at \
+                         most {MAX_OPEN_INDEX_PASSES} may be: report them, or wait until they \
+                         are {} hours old and count as abandoned",
+                        ABANDONED_PASS_SECS / 3600
+                    ),
+                ));
+            }
+            let seq = next_index_seq(tx)?;
+            tx.prepare_cached(
+                "INSERT INTO index_passes (id, keyring_id, generation, phase, proxy, start_seq, \
+                 started_at, started_unix) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                pass_id,
+                row.id,
+                generation,
+                phase.as_str(),
+                proxy.as_str(),
+                seq,
+                now_rfc3339(),
+                now
+            ])?;
+            Ok(())
+        })
+    }
+
+    fn index_pass_report(
+        &self,
+        proxy: &ProxyName,
+        name: &KeyringName,
+        pass_id: &str,
+        report: &IndexPassReport,
+        ev: &AuditEvent,
+    ) -> Result<(), StoreError> {
+        self.write_tx(Some(ev), |tx| {
+            let row = load_accessible(tx, Access::Proxy(proxy), name)?;
+            let pass = tx
+                .prepare_cached(
+                    "SELECT generation, phase, ended_at IS NOT NULL FROM index_passes \
+                     WHERE id = ?1 AND keyring_id = ?2 AND proxy = ?3",
+                )?
+                .query_row(params![pass_id, row.id, proxy.as_str()], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, bool>(2)?,
+                    ))
+                })
+                .optional()?;
+            // Unknown, of another keyring or started by another proxy: all look alike.
+            let (generation, phase, reported) = pass.ok_or(StoreError::NotFound)?;
+            if reported {
+                return Err(StoreError::Conflict(
+                    "index_pass_reported",
+                    "the pass was already reported".into(),
+                ));
+            }
+            let generation = to_u32(generation, "pass generation")?;
+            let phase = IndexPhase::parse(&phase)
+                .ok_or_else(|| StoreError::Corrupt(format!("pass phase {phase}")))?;
+            current_rotation(tx, &row.id, generation, phase)?;
+            let rewritten = i64::try_from(report.rewritten)
+                .map_err(|_| StoreError::Invalid("rewritten is too large".into()))?;
+            tx.prepare_cached(
+                "UPDATE index_passes SET ended_at = ?1, complete = ?2, rewritten = ?3 \
+                 WHERE id = ?4",
+            )?
+            .execute(params![now_rfc3339(), report.complete, rewritten, pass_id])?;
+            // Bounded: keep the newest reported passes and the newest complete one (the only
+            // one the gates need).
+            tx.prepare_cached(
+                "DELETE FROM index_passes WHERE keyring_id = ?1 AND ended_at IS NOT NULL \
+                 AND id NOT IN (SELECT id FROM index_passes WHERE keyring_id = ?1 \
+                     AND ended_at IS NOT NULL ORDER BY start_seq DESC LIMIT ?2) \
+                 AND id NOT IN (SELECT id FROM index_passes WHERE keyring_id = ?1 \
+                     AND complete = 1 ORDER BY start_seq DESC LIMIT 1)",
+            )?
+            .execute(params![row.id, KEPT_REPORTED_PASSES])?;
+            Ok(())
         })
     }
 
@@ -929,6 +1513,13 @@ impl KeyStore for SqliteStore {
                     .execute([name.as_str(), id.as_str()])?;
                 tx.prepare_cached("UPDATE keyrings SET revision = ?1 WHERE id = ?2")?.execute(params![rev, id])?;
             }
+            // A withdrawn grant takes the proxy's rotation confirmations with it: granted again,
+            // it confirms again (after re-reading the keyring).
+            tx.prepare_cached(
+                "DELETE FROM index_confirmations WHERE proxy = ?1 AND keyring_id NOT IN \
+                 (SELECT keyring_id FROM proxy_grants WHERE proxy = ?1)",
+            )?
+            .execute([name.as_str()])?;
             proxy_info(tx, name.as_str())
         })
     }
@@ -946,6 +1537,8 @@ impl KeyStore for SqliteStore {
     fn delete_proxy(&self, name: &ProxyName, ev: &AuditEvent) -> Result<(), StoreError> {
         self.write_tx(Some(ev), |tx| {
             tx.prepare_cached("DELETE FROM proxy_grants WHERE proxy = ?1")?
+                .execute([name.as_str()])?;
+            tx.prepare_cached("DELETE FROM index_confirmations WHERE proxy = ?1")?
                 .execute([name.as_str()])?;
             let n = tx
                 .prepare_cached("DELETE FROM proxies WHERE name = ?1")?
