@@ -82,6 +82,90 @@ pub async fn rotate(
     st.finish(ev, res).await
 }
 
+/// Which step of a blind-index key rotation an admin asks for.
+#[derive(Debug, Clone, Copy)]
+enum IndexStep {
+    Start,
+    Cutover,
+    Finish,
+}
+
+async fn index_step(st: AppState, caller: Caller, name: String, step: IndexStep) -> Response {
+    let action = match step {
+        IndexStep::Start => "index.rotate",
+        IndexStep::Cutover => "index.cutover",
+        IndexStep::Finish => "index.finish",
+    };
+    let ev = caller.event(action).keyring(&name);
+    let res = async {
+        caller.require_admin(ADMIN)?;
+        let name = keyring_name(&name)?;
+        let ev = ev.clone();
+        let meta = st
+            .blocking(move |s, root| match step {
+                IndexStep::Start => s.index_rotate_start(&name, root, &ev),
+                IndexStep::Cutover => s.index_cutover(&name, &ev),
+                IndexStep::Finish => s.index_finish(&name, &ev),
+            })
+            .await?;
+        st.notify_change(meta.revision);
+        Ok((StatusCode::OK, meta))
+    }
+    .await;
+    st.finish(ev, res).await
+}
+
+/// `POST /v1/keyrings/{name}/index/rotate` (key-admin): starts a blind-index key rotation
+/// (generation g+1 `next`, phase `dual`); 409 when one is in progress.
+pub async fn index_rotate(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Response {
+    index_step(st, caller, name, IndexStep::Start).await
+}
+
+/// `POST /v1/keyrings/{name}/index/cutover` (key-admin): 409 saying what is missing unless every
+/// granted proxy confirmed phase `dual` and a complete re-index pass started after that.
+pub async fn index_cutover(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Response {
+    index_step(st, caller, name, IndexStep::Cutover).await
+}
+
+/// `POST /v1/keyrings/{name}/index/finish` (key-admin): gated like the cut-over, on phase
+/// `cutover` and a complete compaction pass.
+pub async fn index_finish(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Response {
+    index_step(st, caller, name, IndexStep::Finish).await
+}
+
+/// `GET /v1/keyrings/{name}/index/rotation` (key-admin, auditor): the rotation, the granted
+/// proxies' confirmations and the passes.
+pub async fn index_rotation_status(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Response {
+    let ev = caller.event("index.rotation.read").keyring(&name);
+    let res = async {
+        caller.require_admin(READERS)?;
+        let name = keyring_name(&name)?;
+        let ev = ev.clone();
+        let status = st
+            .blocking(move |s, _| s.index_rotation_status(&name, &ev))
+            .await?;
+        Ok((StatusCode::OK, status))
+    }
+    .await;
+    st.finish(ev, res).await
+}
+
 /// `POST /v1/keyrings/{name}/versions/{version}/{disable|enable|destroy}` (key-admin).
 pub async fn version_action(
     State(st): State<AppState>,

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -10,8 +11,12 @@ use base64::Engine;
 
 use super::{parse_query, parse_version, ApiError, AppState, Caller};
 use crate::auth::Principal;
-use crate::model::{IndexMaterialResponse, KeyringName, MaterialResponse};
+use crate::model::{
+    IndexConfirmRequest, IndexMaterialResponse, IndexPassReport, IndexPassRequest,
+    IndexPassResponse, KeyringName, MaterialResponse,
+};
 use crate::store::Access;
+use crate::util::random_id;
 
 /// Longest long-poll wait for `GET /v1/changes`.
 pub const MAX_WAIT_SECS: u64 = 30;
@@ -109,6 +114,106 @@ pub async fn get_index_material(
                 material: base64::engine::general_purpose::STANDARD.encode(m.key.expose_secret()),
             },
         ))
+    }
+    .await;
+    st.finish(ev, res).await
+}
+
+/// `POST /v1/keyrings/{name}/index/confirm` `{"generation", "phase"}`: proxies only (granted
+/// keyrings; else the uniform 404); 409 when that is not the rotation's current phase.
+pub async fn index_confirm(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Body,
+) -> Response {
+    let mut ev = caller.event("index_phase.confirm").keyring(&name);
+    let res = async {
+        let proxy = caller.require_proxy()?;
+        let name = keyring_name(&name)?;
+        let req: IndexConfirmRequest = st.read_json(body).await?;
+        ev = ev.clone().detail(format!(
+            "generation={} phase={}",
+            req.generation,
+            req.phase.as_str()
+        ));
+        let ev = ev.clone();
+        st.blocking(move |s, _| s.index_confirm(&proxy, &name, req.generation, req.phase, &ev))
+            .await?;
+        Ok((StatusCode::OK, serde_json::json!({})))
+    }
+    .await;
+    st.finish(ev, res).await
+}
+
+/// `POST /v1/keyrings/{name}/index/passes` `{"generation", "phase"}`: proxies only; 201 with
+/// the pass id, 409 until every granted proxy confirmed the phase (counts only in the message).
+pub async fn index_pass_start(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Body,
+) -> Response {
+    let mut ev = caller.event("index_pass.start").keyring(&name);
+    let res = async {
+        let proxy = caller.require_proxy()?;
+        let name = keyring_name(&name)?;
+        let req: IndexPassRequest = st.read_json(body).await?;
+        let pass = random_id("ip").map_err(|_| ApiError::Internal)?;
+        ev = ev.clone().detail(format!(
+            "generation={} phase={} pass={pass}",
+            req.generation,
+            req.phase.as_str()
+        ));
+        let ev = ev.clone();
+        let id = pass.clone();
+        st.blocking(move |s, _| {
+            s.index_pass_start(&proxy, &name, req.generation, req.phase, &id, &ev)
+        })
+        .await?;
+        Ok((StatusCode::CREATED, IndexPassResponse { pass }))
+    }
+    .await;
+    st.finish(ev, res).await
+}
+
+/// Whether `s` looks like a pass id (`ip_` + 32 lowercase hex digits).
+fn is_pass_id(s: &str) -> bool {
+    s.len() == 35
+        && s.starts_with("ip_")
+        && s.bytes()
+            .skip(3)
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// `POST /v1/keyrings/{name}/index/passes/{pass}` `{"complete", "rewritten"}`: only the proxy
+/// that started the pass (any other caller, and any unknown id, gets the uniform 404); 409 when
+/// the rotation moved on since the pass started.
+pub async fn index_pass_report(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path((name, pass)): Path<(String, String)>,
+    body: Body,
+) -> Response {
+    let mut ev = caller
+        .event("index_pass.report")
+        .keyring(&name)
+        .detail(format!("pass={pass}"));
+    let res = async {
+        let proxy = caller.require_proxy()?;
+        let name = keyring_name(&name)?;
+        if !is_pass_id(&pass) {
+            return Err(ApiError::NotFound);
+        }
+        let report: IndexPassReport = st.read_json(body).await?;
+        ev = ev.clone().detail(format!(
+            "pass={pass} complete={} rewritten={}",
+            report.complete, report.rewritten
+        ));
+        let ev = ev.clone();
+        st.blocking(move |s, _| s.index_pass_report(&proxy, &name, &pass, &report, &ev))
+            .await?;
+        Ok((StatusCode::OK, serde_json::json!({})))
     }
     .await;
     st.finish(ev, res).await

@@ -25,6 +25,8 @@ pub enum ApiError {
     Conflict(&'static str, String),
     /// 410: the version was destroyed.
     Gone,
+    /// 410: the blind-index generation was retired (answered like a destroyed version).
+    IndexRetired,
     /// 500 (details only in the server log).
     Internal,
 }
@@ -39,7 +41,7 @@ impl ApiError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Conflict(..) => StatusCode::CONFLICT,
-            Self::Gone => StatusCode::GONE,
+            Self::Gone | Self::IndexRetired => StatusCode::GONE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -72,6 +74,10 @@ impl ApiError {
                 "version_destroyed",
                 "the key version was destroyed".to_owned(),
             ),
+            Self::IndexRetired => (
+                "index_generation_retired",
+                "the blind-index generation was retired by a completed rotation".to_owned(),
+            ),
             Self::Internal => ("internal", "internal error".to_owned()),
         };
         ErrorBody {
@@ -91,6 +97,7 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(code, m) => Self::Conflict(code, m),
             StoreError::Invalid(m) => Self::BadRequest(m),
             StoreError::Destroyed => Self::Gone,
+            StoreError::IndexRetired => Self::IndexRetired,
             other => {
                 tracing::error!(error = %other, "storage failure");
                 Self::Internal

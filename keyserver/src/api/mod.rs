@@ -446,6 +446,22 @@ pub fn router(state: AppState) -> Router {
             "/v1/keyrings/{name}/index/{generation}/material",
             get(dp::get_index_material),
         )
+        .route("/v1/keyrings/{name}/index/rotate", post(cp::index_rotate))
+        .route("/v1/keyrings/{name}/index/cutover", post(cp::index_cutover))
+        .route("/v1/keyrings/{name}/index/finish", post(cp::index_finish))
+        .route(
+            "/v1/keyrings/{name}/index/rotation",
+            get(cp::index_rotation_status),
+        )
+        .route("/v1/keyrings/{name}/index/confirm", post(dp::index_confirm))
+        .route(
+            "/v1/keyrings/{name}/index/passes",
+            post(dp::index_pass_start),
+        )
+        .route(
+            "/v1/keyrings/{name}/index/passes/{pass}",
+            post(dp::index_pass_report),
+        )
         .route(
             "/v1/keyrings/{name}/versions/{version}/{action}",
             post(cp::version_action),
