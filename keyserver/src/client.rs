@@ -27,9 +27,9 @@ use zeroize::Zeroizing;
 use crate::model::{
     AuditList, AuditVerifyReport, ChangesResponse, CreateKeyringRequest, CreateTokenRequest,
     CreatedToken, ErrorBody, Health, IndexConfirmRequest, IndexMaterialResponse, IndexPassReport,
-    IndexPassRequest, IndexPassResponse, IndexPhase, KeyringList, KeyringMeta, MaterialResponse,
-    ProxyInfo, ProxyList, Role, SetMinVersionRequest, SetProxyRequest, TokenInfo, TokenList,
-    VersionState,
+    IndexPassRequest, IndexPassResponse, IndexPhase, IndexRotationStatus, KeyringList, KeyringMeta,
+    MaterialResponse, ProxyInfo, ProxyList, Role, SetMinVersionRequest, SetProxyRequest, TokenInfo,
+    TokenList, VersionState,
 };
 use crate::server::{certs_from_pem, provider};
 
@@ -463,6 +463,48 @@ impl Client {
             Duration::ZERO,
         )
         .await
+    }
+
+    /// `POST /v1/keyrings/{name}/index/rotate`: starts a blind-index key rotation (phase `dual`).
+    pub async fn index_rotate(&self, name: &str) -> Result<KeyringMeta, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/v1/keyrings/{name}/index/rotate"),
+            None::<&()>,
+            Duration::ZERO,
+        )
+        .await
+    }
+
+    /// `POST /v1/keyrings/{name}/index/cutover`: the cut-over (phase `cutover`).
+    pub async fn index_cutover(&self, name: &str) -> Result<KeyringMeta, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/v1/keyrings/{name}/index/cutover"),
+            None::<&()>,
+            Duration::ZERO,
+        )
+        .await
+    }
+
+    /// `POST /v1/keyrings/{name}/index/finish`: ends the rotation (the old generation retired).
+    pub async fn index_finish(&self, name: &str) -> Result<KeyringMeta, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/v1/keyrings/{name}/index/finish"),
+            None::<&()>,
+            Duration::ZERO,
+        )
+        .await
+    }
+
+    /// `GET /v1/keyrings/{name}/index/rotation`: the rotation, confirmations and passes.
+    pub async fn index_rotation_status(
+        &self,
+        name: &str,
+    ) -> Result<IndexRotationStatus, ClientError> {
+        self.get(&format!("/v1/keyrings/{name}/index/rotation"))
+            .await
     }
 
     /// `POST /v1/keyrings/{name}/versions/{version}/{action}` with action disable|enable|destroy.

@@ -9,7 +9,7 @@ use zeroize::Zeroizing;
 use super::{AuditCommand, KeyringCommand, ProxyCommand, Remote, RoleArg, TokenCommand};
 use crate::audit::escape_display;
 use crate::client::{Client, ClientConfig, ClientError};
-use crate::model::{AuditRecord, AuditVerifyReport, KeyringMeta, Role};
+use crate::model::{AuditRecord, AuditVerifyReport, IndexRotationStatus, KeyringMeta, Role};
 use crate::store::sqlite::Durability;
 use crate::store::{KeyStore, SqliteStore};
 
@@ -101,6 +101,15 @@ fn print_keyring(m: &KeyringMeta) -> Result<(), CliError> {
             g.created_at
         )?;
     }
+    if let Some(r) = &m.index.rotation {
+        outln!(
+            "  blind-index rotation:    generation {} -> {}, phase {} (`keyring rotate-index {} --status`)",
+            r.from,
+            r.to,
+            r.phase.as_str(),
+            m.name
+        )?;
+    }
     if !m.index.legacy_tag_versions.is_empty() {
         let list: Vec<String> = m
             .index
@@ -112,6 +121,74 @@ fn print_keyring(m: &KeyringMeta) -> Result<(), CliError> {
             "  legacy tags under:       version(s) {} (re-tagged by `pgseal-proxy reencrypt`)",
             list.join(", ")
         )?;
+    }
+    Ok(())
+}
+
+fn print_rotation_status(st: &IndexRotationStatus) -> Result<(), CliError> {
+    let name = escape_display(&st.keyring);
+    outln!("keyring {name}")?;
+    outln!("  active blind-index generation: {}", st.active_generation)?;
+    let Some(r) = &st.rotation else {
+        outln!("  no blind-index key rotation in progress")?;
+        return Ok(());
+    };
+    outln!(
+        "  rotation: generation {} -> {}, phase {}",
+        r.from,
+        r.to,
+        r.phase.as_str()
+    )?;
+    let confirmed = st.proxies.iter().filter(|p| p.confirmed).count();
+    outln!(
+        "  proxies confirmed phase {}: {} of {}",
+        r.phase.as_str(),
+        confirmed,
+        st.proxies.len()
+    )?;
+    for p in &st.proxies {
+        match &p.confirmed_at {
+            Some(at) => outln!(
+                "    {:<32} confirmed {}",
+                escape_display(&p.proxy),
+                escape_display(at)
+            )?,
+            None => outln!("    {:<32} MISSING", escape_display(&p.proxy))?,
+        }
+    }
+    if st.passes.is_empty() {
+        outln!("  passes: none")?;
+    } else {
+        outln!("  passes:")?;
+    }
+    for p in &st.passes {
+        let end = match (&p.ended_at, p.complete, p.rewritten) {
+            (Some(at), Some(c), n) => format!(
+                "ended {} {} rewritten {}",
+                escape_display(at),
+                if c { "complete" } else { "INCOMPLETE" },
+                n.unwrap_or(0)
+            ),
+            _ => "running (not reported)".to_owned(),
+        };
+        outln!(
+            "    {} {:<8} by {:<24} started {} {end}",
+            escape_display(&p.id),
+            p.phase.as_str(),
+            escape_display(&p.proxy),
+            escape_display(&p.started_at)
+        )?;
+    }
+    let next = match r.phase {
+        crate::model::IndexPhase::Dual => "--cutover",
+        crate::model::IndexPhase::Cutover => "--finish",
+    };
+    match &st.next_step_blocked_by {
+        None => outln!("  next step: `keyring rotate-index {name} {next}` (ready)")?,
+        Some(why) => outln!(
+            "  next step: `keyring rotate-index {name} {next}` waits for: {}",
+            escape_display(why)
+        )?,
     }
     Ok(())
 }
@@ -140,6 +217,29 @@ pub async fn keyring(remote: &Remote, cmd: &KeyringCommand) -> Result<(), CliErr
         }
         KeyringCommand::Destroy { name, version } => {
             output_keyring(json, &c.version_action(name, *version, "destroy").await?)
+        }
+        KeyringCommand::RotateIndex {
+            name,
+            cutover,
+            finish,
+            status,
+        } => {
+            if *status {
+                let st = c.index_rotation_status(name).await?;
+                return if json {
+                    print_json(&st)
+                } else {
+                    print_rotation_status(&st)
+                };
+            }
+            let m = if *cutover {
+                c.index_cutover(name).await?
+            } else if *finish {
+                c.index_finish(name).await?
+            } else {
+                c.index_rotate(name).await?
+            };
+            output_keyring(json, &m)
         }
         KeyringCommand::SetMinVersion { name, version } => {
             output_keyring(json, &c.set_min_version(name, *version).await?)

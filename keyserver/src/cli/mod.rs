@@ -158,6 +158,24 @@ pub enum KeyringCommand {
         /// Version.
         version: u32,
     },
+    /// Rotate the blind-index key online (docs/keyserver.md, "Rotating the blind-index key"):
+    /// without a flag, start (generation g+1 `next`, phase dual); then `--status`, `--cutover`,
+    /// `--finish`.
+    RotateIndex {
+        /// Name.
+        name: String,
+        /// Cut over to the new generation (needs every granted proxy's confirmation and a
+        /// complete re-index pass).
+        #[arg(long, conflicts_with_all = ["finish", "status"])]
+        cutover: bool,
+        /// Retire the old generation (needs every confirmation of phase cutover and a complete
+        /// compaction pass).
+        #[arg(long, conflicts_with_all = ["cutover", "status"])]
+        finish: bool,
+        /// Show the phase, which proxies confirmed it, and the passes.
+        #[arg(long, conflicts_with_all = ["cutover", "finish"])]
+        status: bool,
+    },
     /// Set min_decryption_version.
     SetMinVersion {
         /// Name.
