@@ -1724,6 +1724,79 @@ mod tests {
         assert!(m.index.legacy_tag_versions.is_empty());
     }
 
+    /// A database of schema 3 (as the previous release left it) opens under schema 4 with its
+    /// keyrings, their index material (random and derived) and a valid audit chain.
+    #[test]
+    fn upgrade_from_schema_3_keeps_keyrings_and_index_material() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ks.db");
+        let root = LocalRootKey::from_key(SecretKey::generate().unwrap(), "test");
+        let ev = AuditEvent::new("t", "x");
+        let (fresh, old) = (
+            KeyringName::parse("fresh").unwrap(),
+            KeyringName::parse("old").unwrap(),
+        );
+        let p = ProxyName::parse("p1").unwrap();
+        let (k_fresh, k_old) = {
+            let s = SqliteStore::open(&path, Durability::Normal).unwrap();
+            s.check_root_key(&root).unwrap();
+            s.create_keyring(&fresh, &root, &ev).unwrap();
+            s.create_keyring(&old, &root, &ev).unwrap();
+            s.rotate(&old, &root, &ev).unwrap();
+            s.set_proxy(&p, &[fresh.clone(), old.clone()], &ev).unwrap();
+            let k_fresh = s.fetch_index_material(&p, &fresh, 1, &root, &ev).unwrap();
+            let k_old = s.fetch_material(&p, &old, 2, &root, &ev).unwrap();
+            let conn = s.lock().unwrap();
+            // Back to the schema-3 shape: old generations table, no rotation tables; `old`
+            // is a keyring migration 3 derived from its active version 2.
+            conn.execute_batch(
+                "UPDATE index_generations SET wrapped = NULL, source_version = 2 \
+                     WHERE keyring_id = (SELECT id FROM keyrings WHERE name = 'old');
+                 UPDATE keyrings SET legacy_tags = 1 WHERE name = 'old';
+                 CREATE TABLE ig3 (
+                     keyring_id TEXT NOT NULL REFERENCES keyrings(id),
+                     generation INTEGER NOT NULL,
+                     state TEXT NOT NULL
+                         CHECK (state IN ('next', 'active', 'retiring', 'retired', 'destroyed')),
+                     wrapped BLOB, source_version INTEGER, created_at TEXT NOT NULL,
+                     PRIMARY KEY (keyring_id, generation),
+                     CHECK ((state = 'destroyed' AND wrapped IS NULL AND source_version IS NULL)
+                         OR (state <> 'destroyed' AND (wrapped IS NULL) <> (source_version IS NULL))));
+                 INSERT INTO ig3 SELECT keyring_id, generation, state, wrapped, source_version,
+                     created_at FROM index_generations;
+                 DROP TABLE index_generations;
+                 ALTER TABLE ig3 RENAME TO index_generations;
+                 DROP TABLE index_rotations; DROP TABLE index_confirmations;
+                 DROP TABLE index_passes; DELETE FROM meta WHERE key = 'index_seq';
+                 PRAGMA user_version = 3;",
+            )
+            .unwrap();
+            (k_fresh.key, k_old.key)
+        };
+        let s = SqliteStore::open(&path, Durability::Normal).unwrap();
+        s.check_root_key(&root).unwrap();
+        let v: u32 = s
+            .lock()
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, migrations::SCHEMA_VERSION);
+        let m = s.keyring(Access::Admin, &old, &ev).unwrap();
+        assert_eq!(m.index.generations[0].derived_from_version, Some(2));
+        assert_eq!(m.index.legacy_tag_versions, vec![1]);
+        assert_eq!(m.index.rotation, None);
+        let f = s.fetch_index_material(&p, &fresh, 1, &root, &ev).unwrap();
+        assert_eq!(f.key, k_fresh);
+        let o = s.fetch_index_material(&p, &old, 1, &root, &ev).unwrap();
+        assert_eq!(o.key, k_old);
+        assert!(s.verify_audit(None).unwrap().ok);
+        // And the rotation works on the upgraded database.
+        let m = s.index_rotate_start(&old, &root, &ev).unwrap();
+        assert_eq!(m.index.generations[1].state, IndexState::Next);
+        let g2 = s.fetch_index_material(&p, &old, 2, &root, &ev).unwrap();
+        assert_ne!(g2.key, k_old);
+    }
+
     #[test]
     fn wrong_root_key_is_detected() {
         let (_d, s, _root) = store();
