@@ -613,3 +613,116 @@ async fn retired_derived_generation_frees_its_source_version() {
         .any(|v| v.version == 2 && v.state == pgseal_keyserver::model::VersionState::Destroyed));
     assert!(pa.index_material("old", 2).await.is_ok());
 }
+
+/// Runs the CLI against the harness; returns (success, stdout, stderr).
+async fn cli(h: &Harness, args: &[&str]) -> (bool, String, String) {
+    let bin = env!("CARGO_BIN_EXE_pgseal-keyserver");
+    let mut cmd = std::process::Command::new(bin);
+    cmd.args(args)
+        .env("PGSEAL_KEYSERVER_URL", h.url())
+        .env("PGSEAL_KEYSERVER_CA", h.ks_dir().join("pki").join("ca.pem"))
+        .env("PGSEAL_KEYSERVER_TOKEN", &h.admin_token);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_rotate_index_start_status_cutover_finish() {
+    let h = Harness::start().await;
+    let admin = h.admin();
+    admin.create_keyring("k").await.unwrap();
+    admin.set_proxy("proxy-a", &["k".into()]).await.unwrap();
+    let pa = h.proxy("proxy-a");
+
+    let (ok, out, err) = cli(&h, &["keyring", "rotate-index", "k"]).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("blind-index rotation:    generation 1 -> 2, phase dual"),
+        "{out}"
+    );
+    assert!(out.contains("g2    next"), "{out}");
+    let (ok, out, _) = cli(&h, &["keyring", "show", "k"]).await;
+    assert!(ok && out.contains("generation 1 -> 2, phase dual"), "{out}");
+
+    let (ok, out, err) = cli(&h, &["keyring", "rotate-index", "k", "--status"]).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("rotation: generation 1 -> 2, phase dual"),
+        "{out}"
+    );
+    assert!(
+        out.contains("proxies confirmed phase dual: 0 of 1"),
+        "{out}"
+    );
+    assert!(out.contains("proxy-a") && out.contains("MISSING"), "{out}");
+    assert!(out.contains("passes: none"), "{out}");
+    assert!(
+        out.contains("--cutover` waits for: 1 of 1 granted proxies"),
+        "{out}"
+    );
+
+    let (ok, _, err) = cli(&h, &["keyring", "rotate-index", "k", "--cutover"]).await;
+    assert!(!ok);
+    assert!(
+        err.contains(
+            "1 of 1 granted proxies have not confirmed phase dual of generation 2: proxy-a"
+        ),
+        "{err}"
+    );
+    let (ok, _, err) = cli(
+        &h,
+        &["keyring", "rotate-index", "k", "--cutover", "--finish"],
+    )
+    .await;
+    assert!(!ok && err.contains("cannot be used with"), "{err}");
+
+    pa.index_confirm("k", 2, IndexPhase::Dual).await.unwrap();
+    let p = pa.index_pass_start("k", 2, IndexPhase::Dual).await.unwrap();
+    pa.index_pass_report("k", &p.pass, &DONE).await.unwrap();
+    let (ok, out, _) = cli(&h, &["keyring", "rotate-index", "k", "--status"]).await;
+    assert!(ok);
+    assert!(
+        out.contains("proxies confirmed phase dual: 1 of 1"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&p.pass) && out.contains("complete rewritten 7"),
+        "{out}"
+    );
+    assert!(out.contains("--cutover` (ready)"), "{out}");
+    let (ok, out, _) = cli(&h, &["keyring", "rotate-index", "k", "--status", "--json"]).await;
+    assert!(ok, "{out}");
+    let st: pgseal_keyserver::model::IndexRotationStatus = serde_json::from_str(&out).unwrap();
+    assert_eq!(st.passes.len(), 1);
+    assert!(st.proxies[0].confirmed);
+
+    let (ok, out, err) = cli(&h, &["keyring", "rotate-index", "k", "--cutover"]).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("phase cutover") && out.contains("g1    retiring"),
+        "{out}"
+    );
+    pa.index_confirm("k", 2, IndexPhase::Cutover).await.unwrap();
+    let p = pa
+        .index_pass_start("k", 2, IndexPhase::Cutover)
+        .await
+        .unwrap();
+    pa.index_pass_report("k", &p.pass, &DONE).await.unwrap();
+    let (ok, out, err) = cli(&h, &["keyring", "rotate-index", "k", "--finish"]).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("g1    retired") && !out.contains("blind-index rotation:"),
+        "{out}"
+    );
+    let (ok, out, _) = cli(&h, &["keyring", "rotate-index", "k", "--status"]).await;
+    assert!(
+        ok && out.contains("no blind-index key rotation in progress"),
+        "{out}"
+    );
+}
