@@ -11,6 +11,8 @@ use pgseal_proxy::catalog::{dependents, CatalogConnector, CatalogError, Upstream
 use pgseal_proxy::config::{EncryptionSettings, Resolved};
 use pgseal_proxy::encrypt::EncryptionFactory;
 use pgseal_proxy::keys::{KeySource, KeyserverKeys};
+use pgseal_proxy::reencrypt::rotation_pass;
+use pgseal_proxy::rewrite::schema::rotation_ddl;
 use pgseal_proxy::rewrite::ProtectedSchema;
 use pgseal_proxy::session::InterceptorFactory;
 use pgseal_proxy::upstream::simple_query::SimpleClient;
@@ -47,18 +49,41 @@ const USAGE: &str = "usage: pgseal-proxy <serve|check|schema|reencrypt> --config
           column is or is not included); otherwise the DDL for every configured column.\n\
           Converting a column discards its existing values (USING NULL): re-write them through\n\
           the proxy.\n\
+          --index-rotation [--keyring NAME]…: instead, the DDL to run before a blind-index key\n\
+          rotation (`pgseal-keyserver keyring rotate-index`): the stored-cell constraints that\n\
+          also accept two-tag cells, and a second UNIQUE index (pgseal_next_*) per unique\n\
+          column. --index-rotation-done: the DDL after `rotate-index --finish` (single-cell\n\
+          constraints again, second indexes dropped). Printed, not run.\n\
   reencrypt  After a key rotation: rewrite every stored cell of the configured columns that\n\
           is not under its keyring's active version (batches of 500 rows, one transaction\n\
           each; a row changed concurrently is left alone). Connects as\n\
           encryption.catalog_user, which then needs UPDATE on the protected tables. Prints one\n\
           line per column; exit status 1 if a cell could not be opened. Run it, then disable\n\
-          and destroy the old versions on the keyserver.\n\
+          and destroy the old versions on the keyserver. During a blind-index key rotation it\n\
+          is also the re-index pass (before the cut-over: every cell gets both tags) and the\n\
+          compaction pass (after it: every cell one tag of the new generation), reported to\n\
+          the keyserver, which needs a complete pass before `--cutover` and `--finish`.\n\
 \n\
 Options: --config FILE (or -c FILE, --config=FILE); --help; --version.\n\
 Logging: PGSEAL_LOG (or RUST_LOG), e.g. PGSEAL_LOG=debug; logs go to stderr. The level applies\n\
 to pgseal's own targets (pgseal_*); every other crate is logged at warn at most.";
 
-fn parse_args() -> Result<(String, PathBuf)> {
+/// Options of `schema` beyond `--config`.
+#[derive(Default)]
+struct SchemaOptions {
+    /// `--index-rotation` (prepare) or `--index-rotation-done` (after `--finish`).
+    rotation: Option<RotationDdl>,
+    /// `--keyring NAME` (repeatable): only these keyrings' columns.
+    keyrings: Vec<String>,
+}
+
+#[derive(Clone, Copy)]
+enum RotationDdl {
+    Prepare,
+    Done,
+}
+
+fn parse_args() -> Result<(String, PathBuf, SchemaOptions)> {
     let mut args = std::env::args().skip(1);
     let cmd = args.next().unwrap_or_default();
     if cmd == "--version" || cmd == "-V" {
@@ -70,9 +95,18 @@ fn parse_args() -> Result<(String, PathBuf)> {
         std::process::exit(if cmd.is_empty() { 2 } else { 0 });
     }
     let mut config = None;
+    let mut options = SchemaOptions::default();
     while let Some(a) = args.next() {
         match a.as_str() {
             "--config" | "-c" => config = args.next().map(PathBuf::from),
+            "--index-rotation" if cmd == "schema" => options.rotation = Some(RotationDdl::Prepare),
+            "--index-rotation-done" if cmd == "schema" => {
+                options.rotation = Some(RotationDdl::Done);
+            }
+            "--keyring" if cmd == "schema" => match args.next() {
+                Some(k) => options.keyrings.push(k),
+                None => bail!("--keyring needs a keyring name\n{USAGE}"),
+            },
             s => match s.strip_prefix("--config=") {
                 Some(p) => config = Some(PathBuf::from(p)),
                 None => bail!("unknown argument {s:?}\n{USAGE}"),
@@ -80,7 +114,10 @@ fn parse_args() -> Result<(String, PathBuf)> {
         }
     }
     let config = config.context(format!("--config FILE is required\n{USAGE}"))?;
-    Ok((cmd, config))
+    if !options.keyrings.is_empty() && options.rotation.is_none() {
+        bail!("--keyring goes with --index-rotation or --index-rotation-done\n{USAGE}");
+    }
+    Ok((cmd, config, options))
 }
 
 fn current_thread() -> Result<tokio::runtime::Runtime> {
@@ -220,10 +257,23 @@ fn check(path: &Path, resolved: Resolved) -> Result<()> {
     Ok(())
 }
 
-fn schema(resolved: &Resolved) -> Result<()> {
+fn schema(resolved: &Resolved, options: &SchemaOptions) -> Result<()> {
     let Some(settings) = &resolved.encryption else {
         bail!("no [[columns]] configured: nothing to convert");
     };
+    if let Some(which) = options.rotation {
+        for k in &options.keyrings {
+            if !settings.schema.columns().any(|c| &c.keyring == k) {
+                bail!("no configured column uses keyring {k:?}");
+            }
+        }
+        let ddl = match which {
+            RotationDdl::Prepare => rotation_ddl::prepare_ddl(&settings.schema, &options.keyrings),
+            RotationDdl::Done => rotation_ddl::finish_ddl(&settings.schema, &options.keyrings),
+        };
+        print!("{ddl}");
+        return Ok(());
+    }
     let connector = CatalogConnector::new(resolved, settings)?;
     let inspected = current_thread()?.block_on(async {
         let mut client = connector.connect().await?;
@@ -249,14 +299,30 @@ fn reencrypt(resolved: &Resolved) -> Result<()> {
     };
     let keys = KeyserverKeys::start(&settings.keyserver, &settings.schema)
         .with_context(|| format!("keyserver {}", settings.keyserver.url))?;
+    let rotations: Vec<_> = keys
+        .rotations()
+        .into_iter()
+        .filter(|(k, _)| {
+            settings
+                .schema
+                .columns()
+                .any(|c| &c.keyring == k && c.index.is_some())
+        })
+        .collect();
+    let keyserver = if rotations.is_empty() {
+        None
+    } else {
+        Some(KeyserverKeys::client(&settings.keyserver)?)
+    };
     let connector = CatalogConnector::new(resolved, settings)?;
-    let reports = current_thread()?.block_on(async {
+    let (reports, passes) = current_thread()?.block_on(async {
         let mut client = connector.connect().await?;
-        let r = pgseal_proxy::reencrypt::reencrypt(
+        let r = reencrypt_run(
             &mut client,
-            &settings.schema,
+            settings,
             keys.as_ref(),
-            REENCRYPT_BATCH,
+            &rotations,
+            keyserver.as_ref(),
         )
         .await;
         client.close().await;
@@ -267,11 +333,116 @@ fn reencrypt(resolved: &Resolved) -> Result<()> {
         println!("{r}");
         unreadable += r.unreadable;
     }
+    for p in &passes {
+        println!("{p}");
+    }
     if unreadable > 0 {
         bail!("{unreadable} cell(s) could not be opened and still use old key versions");
     }
+    if let Some(p) = passes.iter().find(|p| !p.complete) {
+        bail!("{p}");
+    }
     Ok(())
 }
+
+/// How a blind-index rotation pass of a `reencrypt` run ended.
+struct PassOutcome {
+    pass: rotation_pass::Pass,
+    complete: bool,
+    left: u64,
+    rewritten: u64,
+}
+
+impl std::fmt::Display for PassOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = rotation_pass::what(self.pass.rotation.phase);
+        if self.complete {
+            write!(
+                f,
+                "keyring {}: {what} pass for blind-index generation {} complete ({} cell(s) rewritten); reported to the keyserver",
+                self.pass.keyring, self.pass.rotation.to, self.rewritten
+            )
+        } else {
+            write!(
+                f,
+                "keyring {}: {what} pass for blind-index generation {} incomplete: {} cell(s) still in the previous form or unreadable; reported, run reencrypt again",
+                self.pass.keyring, self.pass.rotation.to, self.left
+            )
+        }
+    }
+}
+
+/// `reencrypt` with the passes of the blind-index rotations in progress.
+async fn reencrypt_run(
+    client: &mut SimpleClient,
+    settings: &EncryptionSettings,
+    keys: &dyn KeySource,
+    rotations: &[(String, pgseal_keyserver::model::IndexRotation)],
+    keyserver: Option<&pgseal_keyserver::client::Client>,
+) -> Result<(Vec<pgseal_proxy::reencrypt::ColumnReport>, Vec<PassOutcome>)> {
+    let mut passes = Vec::new();
+    if let Some(ks) = keyserver {
+        for (keyring, _) in rotations {
+            rotation_pass::check_prepared(client, &settings.schema, keyring).await?;
+        }
+        for (keyring, rotation) in rotations {
+            passes.push(rotation_pass::start(ks, keyring, rotation).await?);
+        }
+        rotation_pass::wait_for_older_transactions(client, OLDER_TRANSACTIONS_LIMIT).await?;
+    }
+    let mut reports =
+        pgseal_proxy::reencrypt::reencrypt(client, &settings.schema, keys, REENCRYPT_BATCH).await?;
+    // Rows the application changed while the pass read them were left alone (their ctid moved):
+    // a rotation pass goes over the table again until none of its cells is left in the previous
+    // form (bounded).
+    for _ in 1..PASS_ROUNDS {
+        let mut left = 0;
+        for pass in &passes {
+            left += rotation_pass::cells_left(client, &settings.schema, pass).await?;
+        }
+        if left == 0 {
+            break;
+        }
+        let again =
+            pgseal_proxy::reencrypt::reencrypt(client, &settings.schema, keys, REENCRYPT_BATCH)
+                .await?;
+        for (r, a) in reports.iter_mut().zip(again) {
+            r.rewritten += a.rewritten;
+            r.changed = a.changed;
+            r.unreadable = a.unreadable;
+        }
+    }
+    let mut outcomes = Vec::new();
+    if let Some(ks) = keyserver {
+        for pass in passes {
+            let columns: Vec<String> = settings
+                .schema
+                .columns()
+                .filter(|c| c.keyring == pass.keyring && c.index.is_some())
+                .map(|c| c.id.to_string())
+                .collect();
+            let of_keyring = reports.iter().filter(|r| columns.contains(&r.column));
+            let (rewritten, unreadable) =
+                of_keyring.fold((0, 0), |(w, u), r| (w + r.rewritten, u + r.unreadable));
+            let left = rotation_pass::cells_left(client, &settings.schema, &pass).await?;
+            let complete = left == 0 && unreadable == 0;
+            rotation_pass::report(ks, &pass, complete, rewritten).await?;
+            outcomes.push(PassOutcome {
+                pass,
+                complete,
+                left: left + unreadable,
+                rewritten,
+            });
+        }
+    }
+    Ok((reports, outcomes))
+}
+
+/// How many times a rotation pass goes over the tables at most.
+const PASS_ROUNDS: usize = 8;
+
+/// How long a rotation pass waits for transactions older than itself.
+const OLDER_TRANSACTIONS_LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Rows per `reencrypt` batch (one upstream transaction each).
 const REENCRYPT_BATCH: usize = 500;
@@ -293,7 +464,7 @@ fn interceptors(resolved: &Resolved) -> Result<Interceptors> {
             _keys: None,
         });
     };
-    let keys = KeyserverKeys::start(&settings.keyserver, &settings.schema)
+    let keys = KeyserverKeys::start_serving(&settings.keyserver, &settings.schema)
         .with_context(|| format!("keyserver {}", settings.keyserver.url))?;
     let catalog = UpstreamCatalog::start(resolved, settings).with_context(|| {
         format!(
@@ -325,7 +496,7 @@ fn interceptors(resolved: &Resolved) -> Result<Interceptors> {
 }
 
 fn main() -> Result<()> {
-    let (cmd, path) = parse_args()?;
+    let (cmd, path, schema_options) = parse_args()?;
     // PGSEAL_LOG (or RUST_LOG) sets the level of pgseal's own targets only: every other crate
     // (sqlparser logs the statements it parses at debug) is capped at `warn`, so no SQL text,
     // value or token reaches the log through a dependency.
@@ -337,7 +508,7 @@ fn main() -> Result<()> {
         .with_context(|| format!("{}: invalid configuration", path.display()))?;
     match cmd.as_str() {
         "check" => check(&path, resolved),
-        "schema" => schema(&resolved),
+        "schema" => schema(&resolved, &schema_options),
         "reencrypt" => reencrypt(&resolved),
         "serve" => {
             // Each session holds a client and an upstream descriptor; start-ups one each.

@@ -60,14 +60,14 @@ impl CellCheckState {
     /// it is on, or "" when it is on several, validated, pg_get_constraintdef)`.
     fn of(check: &CellCheck, column: &str, constraints: &[(&str, &str, bool, &str)]) -> Self {
         if constraints.iter().any(|(name, on, _, def)| {
-            *name == check.name() && !(*on == column && check.matches(def))
+            *name == check.name() && !(*on == column && check.matches_either(def))
         }) {
             return CellCheckState::Differs;
         }
         let mut found = None;
         for (name, _, validated, _) in constraints
             .iter()
-            .filter(|(_, on, _, def)| *on == column && check.matches(def))
+            .filter(|(_, on, _, def)| *on == column && check.matches_either(def))
         {
             if found.is_none() || *validated {
                 found = Some(CellCheckState::Present {

@@ -89,9 +89,31 @@ pub fn parse_value(
     .map_err(|e| CellError::input(col, e))
 }
 
+/// Byte 16 of a dual cell (`tag_from ‖ 0x02 ‖ tag_to ‖ envelope`, docs/format.md §2.5); a
+/// single cell's byte 16 is the envelope's format byte, 0x01.
+pub const DUAL_MARKER: u8 = 0x02;
+
+/// Length of a dual cell's two tags and marker (the envelope starts there).
+pub const DUAL_PREFIX_LEN: usize = 2 * BLIND_INDEX_LEN + 1;
+
+/// The envelope of a stored cell: after the tag (indexed columns) or both tags and the marker
+/// (dual cells of a blind-index rotation); None when the cell is too short.
+pub fn envelope_of(stored: &[u8], indexed: bool) -> Option<&[u8]> {
+    if !indexed {
+        return Some(stored);
+    }
+    let rest = stored.get(BLIND_INDEX_LEN..)?;
+    if rest.first() == Some(&DUAL_MARKER) {
+        stored.get(DUAL_PREFIX_LEN..)
+    } else {
+        Some(rest)
+    }
+}
+
 /// Appends the stored form of `value`: the blind index under the keyring's active index
-/// generation (indexed columns; independent of the data-key version) and the envelope of its
-/// canonical encoding under the active data-key version.
+/// generation (indexed columns; independent of the data-key version; during a blind-index
+/// rotation before its cut-over, a marker and the next generation's tag as well) and the
+/// envelope of its canonical encoding under the active data-key version.
 pub fn seal(
     crypto: &ColumnCrypto,
     col: &ProtectedColumn,
@@ -109,6 +131,11 @@ pub fn seal(
         let mut input = Vec::with_capacity(32);
         value.index_input(spec.norm, &mut input);
         out.extend_from_slice(&key.tag(&input));
+        // Before a blind-index rotation's cut-over: the second tag (docs/format.md §2.5).
+        if let Some(second) = crypto.second_index() {
+            out.push(DUAL_MARKER);
+            out.extend_from_slice(&second.tag(&input));
+        }
         input.zeroize();
     }
     let mut canonical = Vec::with_capacity(32);
@@ -150,11 +177,7 @@ pub fn open(
     let corrupt = || CellError::Corrupt {
         column: col.id.to_string(),
     };
-    let envelope = if col.index.is_some() {
-        stored.get(BLIND_INDEX_LEN..).ok_or_else(corrupt)?
-    } else {
-        stored
-    };
+    let envelope = envelope_of(stored, col.index.is_some()).ok_or_else(corrupt)?;
     open_envelope(crypto, col, envelope)
 }
 
@@ -464,7 +487,84 @@ pub fn typlen(ty: LogicalType) -> i16 {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
+    use crate::keys::{IndexKeys, IndexRotationKeys};
+    use crate::rewrite::IndexSpec;
+    use pgseal_crypto::value::{LogicalType, Normalisation};
+    use pgseal_crypto::{BlindIndexKey, ColumnId, IndexGroup, SecretKey};
+    use pgseal_keyserver::model::IndexPhase;
+
+    /// Before a blind-index rotation's cut-over a sealed cell carries both tags and opens; after
+    /// it, one tag of the new generation. `envelope_of` finds the envelope in every form.
+    #[test]
+    fn dual_cells_during_a_blind_index_rotation() {
+        let id = ColumnId::parse("public.acct.email").unwrap();
+        let col = ProtectedColumn {
+            index: Some(IndexSpec {
+                group: IndexGroup::of_column(&id),
+                norm: Normalisation::default(),
+                unique: true,
+            }),
+            id,
+            ty: LogicalType::Text,
+            keyring: "k".into(),
+        };
+        let group = col.index.as_ref().unwrap().group.clone();
+        let (data, g1, g2) = (
+            SecretKey::from_bytes([1; 32]),
+            SecretKey::from_bytes([5; 32]),
+            SecretKey::from_bytes([6; 32]),
+        );
+        let keys = |generation, material, phase, other, other_material| IndexKeys {
+            generation,
+            material,
+            legacy: &[],
+            rotation: Some(IndexRotationKeys {
+                phase,
+                other,
+                material: other_material,
+            }),
+        };
+        let value = Value::Text("anna@example.org".into());
+        let mut input = Vec::new();
+        value.index_input(Normalisation::default(), &mut input);
+        let tag = |m: &SecretKey, g: u32| BlindIndexKey::derive(m, g, &group).unwrap().tag(&input);
+        let dual = ColumnCrypto::derive(
+            &col,
+            &[(1, &data)],
+            Some(1),
+            &keys(1, &g1, IndexPhase::Dual, 2, &g2),
+        )
+        .unwrap();
+        let mut cell = Vec::new();
+        seal(&dual, &col, &value, &mut cell).unwrap();
+        assert_eq!(cell[16], DUAL_MARKER);
+        assert_eq!(&cell[..16], &tag(&g1, 1)[..]);
+        assert_eq!(&cell[17..33], &tag(&g2, 2)[..]);
+        assert_eq!(open(&dual, &col, &cell).unwrap(), value);
+        assert_eq!(envelope_of(&cell, true).unwrap(), &cell[DUAL_PREFIX_LEN..]);
+        let cut = ColumnCrypto::derive(
+            &col,
+            &[(1, &data)],
+            Some(1),
+            &keys(2, &g2, IndexPhase::Cutover, 1, &g1),
+        )
+        .unwrap();
+        // A dual cell opens after the cut-over too, and a new one is single under generation 2.
+        assert_eq!(open(&cut, &col, &cell).unwrap(), value);
+        let mut single = Vec::new();
+        seal(&cut, &col, &value, &mut single).unwrap();
+        assert_eq!(single[16], pgseal_crypto::envelope::FORMAT_VERSION);
+        assert_eq!(
+            &single[..16],
+            &tag(&g2, 2)[..],
+            "the new single tag is generation 2's"
+        );
+        assert_eq!(envelope_of(&single, true).unwrap(), &single[16..]);
+        assert!(envelope_of(&[0u8; 10], true).is_none());
+        assert!(envelope_of(&cell[..20], true).is_none());
+    }
 
     #[test]
     fn text_arrays() {

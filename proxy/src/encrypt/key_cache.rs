@@ -97,6 +97,7 @@ mod tests {
             generation: 1,
             material: &key,
             legacy: &[],
+            rotation: None,
         };
         Arc::new(ColumnCrypto::derive(&col, &[(version, &key)], Some(version), &index).unwrap())
     }

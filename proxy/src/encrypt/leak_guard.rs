@@ -7,7 +7,8 @@
 //! built from it, `COPY` out of any of these. Every `bytea` result column the proxy does not
 //! decrypt is therefore checked cell by cell, and so are columns of types that can embed `bytea`
 //! values (arrays, records, user-defined types) and COPY data: a value whose bytes could be a
-//! stored value (an envelope header at offset 0, or at offset 16 behind a blind index) is
+//! stored value (an envelope header at offset 0, at offset 16 behind a blind index, or at offset
+//! 33 behind the two tags of a blind-index rotation's dual cell) is
 //! opened with the keys of every protected column; if one authenticates it, the result is
 //! refused. A false refusal needs a forged AES-GCM-SIV tag; plain `bytea` values pay a few byte
 //! comparisons (and only those that look like a header pay the trial decryptions).
@@ -22,9 +23,13 @@ use super::cells;
 use crate::keys::{KeyError, KeySource};
 use crate::rewrite::{ProtectedColumn, ProtectedSchema};
 
-/// Bytes of a stored value the pre-check looks at: an optional blind index, the format byte
-/// and the two high bytes of the key version.
-const PREFIX_LEN: usize = BLIND_INDEX_LEN + 3;
+/// Offsets an envelope header can be at in a stored value: a column without blind index, one
+/// with, a dual cell of a blind-index rotation (docs/format.md §2.5).
+const HEADER_OFFSETS: [usize; 3] = [0, BLIND_INDEX_LEN, cells::DUAL_PREFIX_LEN];
+
+/// Bytes of a stored value the pre-check looks at: the longest prefix before a header, the
+/// format byte and the two high bytes of the key version.
+const PREFIX_LEN: usize = cells::DUAL_PREFIX_LEN + 3;
 
 /// Whether an envelope header could start at `at`: the format byte, then a key version below
 /// 65 536 (the two high bytes of the big-endian u32 are zero), with room for the whole
@@ -40,7 +45,7 @@ fn head_at(bytes: &[u8], at: usize) -> bool {
 
 /// Whether `stored` (raw bytea bytes) could be a protected column's stored value.
 pub fn may_be_stored_value(stored: &[u8]) -> bool {
-    header_at(stored, 0) || header_at(stored, BLIND_INDEX_LEN)
+    HEADER_OFFSETS.iter().any(|at| header_at(stored, *at))
 }
 
 /// Whether a bytea cell in PostgreSQL's text format (`\x` hex, or the escape format) could be
@@ -66,7 +71,7 @@ fn may_be_stored_hex(hex: &[u8], raw: &mut Vec<u8>) -> Option<bool> {
         return Some(false);
     }
     cells::decode_hex(hex.get(..2 * PREFIX_LEN).unwrap_or(hex), raw)?;
-    let head = head_at(raw, 0) || head_at(raw, BLIND_INDEX_LEN);
+    let head = HEADER_OFFSETS.iter().any(|at| head_at(raw, *at));
     raw.clear();
     if !head {
         return Some(false);
@@ -90,7 +95,7 @@ pub fn column_of<'a>(
         // The stored form (behind the blind index where the column has one), and the bare
         // envelope cut out of it or glued behind 16 other bytes (`substring(email from 17)`,
         // `'\x…'::bytea || note`): every offset a header can be at is tried.
-        for at in [0, BLIND_INDEX_LEN] {
+        for at in HEADER_OFFSETS {
             let Some(envelope) = stored.get(at..).filter(|_| header_at(stored, at)) else {
                 continue;
             };
@@ -152,7 +157,7 @@ static HEAD_HEX: LazyLock<memmem::Finder<'static>> =
 /// header, and ends where the digits end. A run glued to other hex digits on either side is
 /// not taken apart.
 ///
-/// Linear in the length of `text`: at most two candidates per run are decoded, each once.
+/// Linear in the length of `text`: at most three candidates per run are decoded, each once.
 fn hex_column_of<'a>(
     schema: &'a ProtectedSchema,
     keys: &dyn KeySource,
@@ -163,17 +168,13 @@ fn hex_column_of<'a>(
         return Ok(None);
     }
     let hex = |i: usize| text.get(i).is_some_and(u8::is_ascii_hexdigit);
-    let index_digits = 2 * BLIND_INDEX_LEN;
     let mut raw = Vec::new();
     for at in HEAD_HEX.find_iter(text) {
-        let start = if at == 0 || !hex(at - 1) {
-            at
-        } else if at >= index_digits
-            && (at == index_digits || !hex(at - index_digits - 1))
-            && (at - index_digits..at).all(hex)
-        {
-            at - index_digits
-        } else {
+        // The run starts at the header, or 16 or 33 bytes of prefix before it.
+        let Some(start) = HEADER_OFFSETS.iter().map(|o| 2 * o).find_map(|digits| {
+            let start = at.checked_sub(digits)?;
+            ((start == 0 || !hex(start - 1)) && (start..at).all(hex)).then_some(start)
+        }) else {
             continue;
         };
         let run = text
@@ -293,10 +294,7 @@ fn escape_column_of<'a>(
     }
     let heads = memmem::find_iter(&raw, &[FORMAT_VERSION, 0, 0]).take(MAX_TRIES);
     for p in heads.collect::<Vec<_>>() {
-        for start in [Some(p), p.checked_sub(BLIND_INDEX_LEN)]
-            .into_iter()
-            .flatten()
-        {
+        for start in HEADER_OFFSETS.iter().filter_map(|o| p.checked_sub(*o)) {
             if let Some(col) = column_of(schema, keys, raw.get(start..).unwrap_or_default())? {
                 return Ok(Some(col));
             }

@@ -1393,6 +1393,9 @@ fn hex_renderings_of_protected_values_in_text_results_are_refused() {
     let email = h.seal("patients", "email", "texted@example.com");
     let notes = h.seal("patients", "notes", "texted note");
     let bare = |stored: &[u8]| hex_text(stored)[2..].to_vec();
+    // A dual cell of a blind-index key rotation (docs/format.md §2.5): tag, 0x02, second tag,
+    // envelope.
+    let dual = [&email[..16], &[2u8][..], &[0x77u8; 16][..], &email[16..]].concat();
     let json = {
         let mut v = b"{\"n\": \"\\\\".to_vec();
         v.extend_from_slice(&hex_text(&notes)[1..]);
@@ -1429,6 +1432,11 @@ fn hex_renderings_of_protected_values_in_text_results_are_refused() {
         ),
         (25, 0, 0, escape_text(&notes), "notes"),
         (1043, 0, 0, escape_text(&email), "email"),
+        // A dual cell, as bytea and re-encoded.
+        (17, 0, 0, hex_text(&dual), "email"),
+        (25, 0, 0, bare(&dual), "email"),
+        (25, 0, 0, base64_text(&dual), "email"),
+        (1043, 0, 0, escape_text(&dual), "email"),
     ] {
         h.client(&query("SELECT f()"));
         let cl = h.server(&cat(&[

@@ -2,8 +2,10 @@
 //! see docs/format.md §2.4).
 
 use pgseal_crypto::{BlindIndexKey, ColumnKeys, EnvelopeKey, SecretKey};
+use pgseal_keyserver::model::IndexPhase;
 
 use super::KeyError;
+pub use crate::rewrite::plan::IndexForm;
 use crate::rewrite::ProtectedColumn;
 
 /// Id bit of a blind-index key that is a legacy one (derived from a data-key version), so that
@@ -19,6 +21,18 @@ pub struct IndexKeys<'a> {
     /// Data-key versions whose cells may still carry a tag of the previous format (derived from
     /// that version's material): searched by lookups, replaced by `reencrypt`.
     pub legacy: &'a [u32],
+    /// A blind-index key rotation in progress (docs/format.md §2.5).
+    pub rotation: Option<IndexRotationKeys<'a>>,
+}
+
+/// The other generation of a blind-index key rotation in progress.
+pub struct IndexRotationKeys<'a> {
+    /// The rotation's phase.
+    pub phase: IndexPhase,
+    /// The generation other than the active one (`to` during `dual`, `from` after the cut-over).
+    pub other: u32,
+    /// Its material.
+    pub material: &'a SecretKey,
 }
 
 /// The prepared keys of one protected column.
@@ -30,8 +44,11 @@ pub struct ColumnCrypto {
     /// Active (sealing) version, if any.
     active_version: Option<u32>,
     /// Blind-index keys whose tags may be stored: the active generation's first (new values
-    /// get its tag), then legacy ones. Empty when the column has no equality index.
+    /// get its tag), then a rotation's other generation, then legacy ones. Empty when the column
+    /// has no equality index.
     index: Vec<BlindIndexKey>,
+    /// The cells' form (a rotation in progress or not).
+    form: IndexForm,
     /// Keyring name (for error messages).
     keyring: String,
     /// Column (for error messages).
@@ -66,6 +83,9 @@ impl ColumnCrypto {
                 BlindIndexKey::derive(index_keys.material, index_keys.generation, &spec.group)
                     .map_err(derr)?,
             );
+            if let Some(r) = &index_keys.rotation {
+                index.push(BlindIndexKey::derive(r.material, r.other, &spec.group).map_err(derr)?);
+            }
             let mut legacy: Vec<&(u32, &SecretKey)> = versions
                 .iter()
                 .filter(|(v, _)| index_keys.legacy.contains(v))
@@ -77,10 +97,18 @@ impl ColumnCrypto {
                 );
             }
         }
+        let form = match (&column.index, &index_keys.rotation) {
+            (Some(_), Some(r)) => match r.phase {
+                IndexPhase::Dual => IndexForm::Dual,
+                IndexPhase::Cutover => IndexForm::Cutover,
+            },
+            _ => IndexForm::Single,
+        };
         Ok(Self {
             envelope,
             active_version: active,
             index,
+            form,
             keyring: column.keyring.clone(),
             column: name,
         })
@@ -105,6 +133,20 @@ impl ColumnCrypto {
     /// the same whichever data-key version seals the envelope).
     pub fn active_index(&self) -> Option<&BlindIndexKey> {
         self.index.first()
+    }
+
+    /// The key of a dual cell's second tag: the rotation's `to` generation before the cut-over
+    /// (None in every other form).
+    pub fn second_index(&self) -> Option<&BlindIndexKey> {
+        match self.form {
+            IndexForm::Dual => self.index.get(1),
+            IndexForm::Single | IndexForm::Cutover => None,
+        }
+    }
+
+    /// The form of the column's cells.
+    pub fn form(&self) -> IndexForm {
+        self.form
     }
 
     /// Blind-index keys whose tags may be stored, active generation first (lookups compute one
@@ -155,6 +197,7 @@ mod tests {
             generation: 1,
             material: &ix,
             legacy: &[],
+            rotation: None,
         };
         let v1 = ColumnCrypto::derive(&col, &[(1, &m1)], Some(1), &index).unwrap();
         let v12 = ColumnCrypto::derive(&col, &[(1, &m1), (2, &m2)], Some(2), &index).unwrap();
@@ -182,6 +225,7 @@ mod tests {
             generation: 1,
             material: &m3,
             legacy: &[1, 2],
+            rotation: None,
         };
         let all =
             ColumnCrypto::derive(&col, &[(1, &m1), (2, &m2), (3, &m3)], Some(3), &index).unwrap();
@@ -199,5 +243,55 @@ mod tests {
         // Version 1 no longer usable (disabled, or below min_decryption_version).
         let fewer = ColumnCrypto::derive(&col, &[(2, &m2), (3, &m3)], Some(3), &index).unwrap();
         assert_eq!(fewer.lookup_keys().len(), 2);
+    }
+
+    /// During a rotation the other generation is searched right after the active one and is the
+    /// second tag of dual cells only before the cut-over.
+    #[test]
+    fn a_rotation_adds_the_other_generation() {
+        let col = column();
+        let (m1, g1, g2) = (
+            SecretKey::from_bytes([1; 32]),
+            SecretKey::from_bytes([7; 32]),
+            SecretKey::from_bytes([8; 32]),
+        );
+        let group = col.index.as_ref().unwrap().group.clone();
+        let dual = IndexKeys {
+            generation: 1,
+            material: &g1,
+            legacy: &[],
+            rotation: Some(IndexRotationKeys {
+                phase: IndexPhase::Dual,
+                other: 2,
+                material: &g2,
+            }),
+        };
+        let c = ColumnCrypto::derive(&col, &[(1, &m1)], Some(1), &dual).unwrap();
+        assert_eq!(c.form(), IndexForm::Dual);
+        let ids: Vec<u32> = c.lookup_keys().iter().map(|k| k.key_version()).collect();
+        assert_eq!(ids, vec![1, 2]);
+        assert_eq!(
+            c.second_index().unwrap().tag(b"x"),
+            BlindIndexKey::derive(&g2, 2, &group).unwrap().tag(b"x")
+        );
+        let cut = IndexKeys {
+            generation: 2,
+            material: &g2,
+            legacy: &[],
+            rotation: Some(IndexRotationKeys {
+                phase: IndexPhase::Cutover,
+                other: 1,
+                material: &g1,
+            }),
+        };
+        let c = ColumnCrypto::derive(&col, &[(1, &m1)], Some(1), &cut).unwrap();
+        assert_eq!(c.form(), IndexForm::Cutover);
+        assert!(c.second_index().is_none());
+        assert_eq!(
+            c.active_index().unwrap().tag(b"x"),
+            BlindIndexKey::derive(&g2, 2, &group).unwrap().tag(b"x")
+        );
+        let ids: Vec<u32> = c.lookup_keys().iter().map(|k| k.key_version()).collect();
+        assert_eq!(ids, vec![2, 1]);
     }
 }

@@ -12,9 +12,11 @@ use std::time::Duration;
 
 use pgseal_crypto::ColumnId;
 use pgseal_keyserver::client::{Client, ClientConfig};
+use pgseal_keyserver::model::IndexRotation;
 use tokio::sync::watch;
 use zeroize::Zeroizing;
 
+use super::confirm::confirm_phases;
 use super::follow::{follow, initial, Shared};
 use super::health::Health;
 use super::snapshot::Snapshot;
@@ -73,6 +75,24 @@ impl KeyserverKeys {
         schema: &ProtectedSchema,
         resync: Duration,
     ) -> Result<Arc<KeyserverKeys>, KeyError> {
+        Self::start_inner(config, schema, resync, false)
+    }
+
+    /// [`Self::start`] for a serving proxy: besides following the change feed, it confirms
+    /// every blind-index rotation phase it has taken in to the keyserver (`keys/confirm.rs`).
+    pub fn start_serving(
+        config: &KeyserverConfig,
+        schema: &ProtectedSchema,
+    ) -> Result<Arc<KeyserverKeys>, KeyError> {
+        Self::start_inner(config, schema, DEFAULT_RESYNC, true)
+    }
+
+    fn start_inner(
+        config: &KeyserverConfig,
+        schema: &ProtectedSchema,
+        resync: Duration,
+        confirm: bool,
+    ) -> Result<Arc<KeyserverKeys>, KeyError> {
         let keyrings: BTreeSet<String> = schema.columns().map(|c| c.keyring.clone()).collect();
         let keyring_of: HashMap<ColumnId, String> = schema
             .columns()
@@ -99,6 +119,7 @@ impl KeyserverKeys {
         };
         let client = new_client()?;
         let probe = new_client()?;
+        let confirmer = if confirm { Some(new_client()?) } else { None };
         let shared = Arc::new(Shared {
             schema: schema.clone(),
             keyring_of,
@@ -142,6 +163,13 @@ impl KeyserverKeys {
                     match initial(&client, &thread_shared).await {
                         Ok(rev) => {
                             let _ = ready_tx.send(Ok(()));
+                            if let Some(c) = confirmer {
+                                tokio::spawn(confirm_phases(
+                                    c,
+                                    Arc::clone(&thread_shared),
+                                    stop_rx.clone(),
+                                ));
+                            }
                             follow(client, probe, thread_shared, rev, stop_rx).await;
                         }
                         Err(e) => {
@@ -178,6 +206,47 @@ impl KeyserverKeys {
                 tracing::error!("the key thread panicked");
             }
         }
+    }
+
+    /// The blind-index key rotations in progress, by keyring, as last fetched.
+    pub fn rotations(&self) -> Vec<(String, IndexRotation)> {
+        let mut v: Vec<(String, IndexRotation)> = self
+            .shared
+            .current()
+            .keyrings
+            .iter()
+            .filter_map(|(n, s)| Some((n.clone(), s.index.rotation.as_ref()?.rotation.clone())))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// A keyserver client with this proxy's identity (for the data-plane calls of
+    /// `reencrypt`: re-index and compaction passes).
+    pub fn client(config: &KeyserverConfig) -> Result<Client, KeyError> {
+        let unavailable = |reason: String| KeyError::Unavailable {
+            keyring: "(keyserver)".into(),
+            reason,
+        };
+        let read = |what: &str, path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| {
+                unavailable(format!(
+                    "cannot read the keyserver {what} {}: {e}",
+                    path.display()
+                ))
+            })
+        };
+        Client::new(ClientConfig {
+            url: config.url.clone(),
+            ca_pem: read("CA certificate", &config.ca)?,
+            identity: Some((
+                read("client certificate", &config.cert)?,
+                Zeroizing::new(read("client key", &config.key)?),
+            )),
+            token: None,
+            timeout: Duration::from_millis(config.timeout_ms.max(1)),
+        })
+        .map_err(|e| unavailable(format!("keyserver client configuration: {e}")))
     }
 
     /// The active (sealing) version of every keyring, as last fetched (for status output).

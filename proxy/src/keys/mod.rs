@@ -11,6 +11,7 @@
 //!   from the first failed contact with the keyserver (`health.rs`), then fails closed.
 
 pub mod config;
+mod confirm;
 mod derive;
 mod follow;
 mod health;
@@ -23,7 +24,7 @@ use std::sync::Arc;
 use pgseal_crypto::{ColumnId, SecretKey};
 
 pub use config::KeyserverConfig;
-pub use derive::{ColumnCrypto, IndexKeys, LEGACY_INDEX_ID};
+pub use derive::{ColumnCrypto, IndexForm, IndexKeys, IndexRotationKeys, LEGACY_INDEX_ID};
 pub use keyserver::KeyserverKeys;
 
 use crate::rewrite::ProtectedSchema;
@@ -117,6 +118,7 @@ impl StaticKeys {
                 generation: 1,
                 material: source,
                 legacy: &legacy,
+                rotation: None,
             };
             let crypto = ColumnCrypto::derive(col, &refs, active, &index)?;
             columns.insert(col.id.clone(), Arc::new(crypto));

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use pgseal_crypto::{ColumnId, SecretKey};
 use pgseal_keyserver::client::{Client, ClientError};
-use pgseal_keyserver::model::{KeyringMeta, VersionState};
+use pgseal_keyserver::model::{IndexPhase, IndexRotation, KeyringMeta, VersionState};
 
-use super::{ColumnCrypto, IndexKeys, KeyError};
+use super::{ColumnCrypto, IndexKeys, IndexRotationKeys, KeyError};
 use crate::rewrite::ProtectedSchema;
 
 /// The usable versions of one keyring, with their material.
@@ -26,7 +26,8 @@ pub(crate) struct KeyringState {
     pub index: IndexLineage,
 }
 
-/// The active generation of a keyring's blind-index lineage, with its material.
+/// The active generation of a keyring's blind-index lineage, with its material, and the other
+/// generation of a rotation in progress (docs/format.md §2.5).
 #[derive(Clone)]
 pub(crate) struct IndexLineage {
     /// Active generation.
@@ -35,6 +36,20 @@ pub(crate) struct IndexLineage {
     pub material: Arc<SecretKey>,
     /// Data-key versions whose cells may still carry a legacy tag.
     pub legacy: Vec<u32>,
+    /// A rotation in progress: its phase and the material of its other generation (`to`
+    /// during `dual`, `from` after the cut-over).
+    pub rotation: Option<RotationKeys>,
+}
+
+/// The keys of a blind-index key rotation in progress.
+#[derive(Clone)]
+pub(crate) struct RotationKeys {
+    /// The rotation as the keyserver states it.
+    pub rotation: IndexRotation,
+    /// The generation other than the active one.
+    pub other: u32,
+    /// Its material.
+    pub material: Arc<SecretKey>,
 }
 
 /// One immutable view of every keyring and column.
@@ -125,30 +140,46 @@ pub(crate) async fn fetch_keyring(
         }
     }
     let generation = meta.index.active_generation;
-    let material = match previous
-        .map(|p| &p.index)
-        .filter(|ix| ix.generation == generation)
-    {
-        Some(ix) => Arc::clone(&ix.material),
-        None => {
-            let f = client
-                .index_material(name, generation)
-                .await
-                .map_err(|e| match e {
-                    ClientError::Api { status: 404, .. } => FetchError::NotServed(format!(
-                        "the blind-index key of keyring {name} is not served to this proxy \
-                         (grant it with `pgseal-keyserver proxy grant PROXY --keyring {name}`)"
-                    )),
-                    other => FetchError::Failed(other),
-                })?;
-            if f.keyring_id != meta.id || f.generation != generation {
+    let reuse = |g: u32| -> Option<Arc<SecretKey>> {
+        let ix = &previous?.index;
+        if ix.generation == g {
+            return Some(Arc::clone(&ix.material));
+        }
+        ix.rotation
+            .as_ref()
+            .filter(|r| r.other == g)
+            .map(|r| Arc::clone(&r.material))
+    };
+    let material = match reuse(generation) {
+        Some(m) => m,
+        None => fetch_index(client, name, &meta.id, generation).await?,
+    };
+    let rotation = match &meta.index.rotation {
+        None => None,
+        Some(r) => {
+            let other = match r.phase {
+                IndexPhase::Dual => r.to,
+                IndexPhase::Cutover => r.from,
+            };
+            let expected_active = match r.phase {
+                IndexPhase::Dual => r.from,
+                IndexPhase::Cutover => r.to,
+            };
+            if expected_active != generation || r.from == r.to {
                 return Err(FetchError::Failed(ClientError::Decode(format!(
-                    "keyserver returned index material of another keyring or generation \
-                     for keyring {name}"
+                    "keyserver metadata of keyring {name} states a blind-index rotation that \
+                     does not fit its active generation"
                 ))));
             }
-            tracing::debug!(keyring = name, keyring_id = %meta.id, generation, "fetched blind-index material");
-            Arc::new(f.key)
+            let material = match reuse(other) {
+                Some(m) => m,
+                None => fetch_index(client, name, &meta.id, other).await?,
+            };
+            Some(RotationKeys {
+                rotation: r.clone(),
+                other,
+                material,
+            })
         }
     };
     Ok(KeyringState {
@@ -160,8 +191,36 @@ pub(crate) async fn fetch_keyring(
             generation,
             material,
             legacy: meta.index.legacy_tag_versions,
+            rotation,
         },
     })
+}
+
+/// Fetches the index material of `generation` of keyring `name` (id `id`).
+async fn fetch_index(
+    client: &Client,
+    name: &str,
+    id: &str,
+    generation: u32,
+) -> Result<Arc<SecretKey>, FetchError> {
+    let f = client
+        .index_material(name, generation)
+        .await
+        .map_err(|e| match e {
+            ClientError::Api { status: 404, .. } => FetchError::NotServed(format!(
+                "the blind-index key of keyring {name} is not served to this proxy \
+                 (grant it with `pgseal-keyserver proxy grant PROXY --keyring {name}`)"
+            )),
+            other => FetchError::Failed(other),
+        })?;
+    if f.keyring_id != id || f.generation != generation {
+        return Err(FetchError::Failed(ClientError::Decode(format!(
+            "keyserver returned index material of another keyring or generation \
+             for keyring {name}"
+        ))));
+    }
+    tracing::debug!(keyring = name, keyring_id = %id, generation, "fetched blind-index material");
+    Ok(Arc::new(f.key))
 }
 
 /// Derives the keys of every column of `schema` whose keyring is in `changed`; other columns keep
@@ -192,6 +251,11 @@ pub(crate) fn build_columns(
             generation: state.index.generation,
             material: &state.index.material,
             legacy: &state.index.legacy,
+            rotation: state.index.rotation.as_ref().map(|r| IndexRotationKeys {
+                phase: r.rotation.phase,
+                other: r.other,
+                material: &r.material,
+            }),
         };
         let crypto = ColumnCrypto::derive(col, &refs, Some(state.active), &index)?;
         out.insert(col.id.clone(), Arc::new(crypto));

@@ -3,7 +3,7 @@
 use sqlparser::ast::{Expr, Ident, ObjectName, ObjectNamePart};
 
 use super::mention;
-use super::plan::{Slot, UpstreamParam};
+use super::plan::{IndexPiece, Slot, UpstreamParam};
 use super::refusal::Refusal;
 use super::schema::{fold, ProtectedColumn, ProtectedSchema, TableResolver};
 use super::scope::{ColKind, Scope};
@@ -17,7 +17,7 @@ pub(crate) struct Ctx<'a> {
     pub(crate) sentinels: Sentinels,
     pub(crate) slots: Vec<Slot>,
     pub(crate) params: Vec<ParamUse>,
-    pub(crate) raws: Vec<String>,
+    pub(crate) raws: Vec<IndexPiece>,
     /// Set when the AST was changed (the statement must be re-printed).
     pub(crate) modified: bool,
     /// The relation names (last part, folded) the analysis resolved, in order: compared with
@@ -232,9 +232,11 @@ impl<'a> Ctx<'a> {
     }
 
     /// Adds a raw SQL fragment; returns the identifier standing for it.
-    pub(crate) fn raw(&mut self, sql: String) -> Ident {
+    /// Adds SQL over an indexed column's tags, rendered for the live form of its cells; returns
+    /// the identifier standing for it.
+    pub(crate) fn index_piece(&mut self, piece: IndexPiece) -> Ident {
         let i = self.raws.len();
-        self.raws.push(sql);
+        self.raws.push(piece);
         self.modified = true;
         self.sentinels.raw(i)
     }

@@ -7,7 +7,7 @@ use sqlparser::ast::{
 
 use super::ctx::{name_parts, Ctx};
 use super::operand::{is_default, operand, Operand};
-use super::plan::{Slot, UpstreamParam};
+use super::plan::{IndexPiece, Slot, UpstreamParam};
 use super::refusal::Refusal;
 use super::schema::{fold, ProtectedColumn};
 use super::scope::{ColKind, Relation, Scope, Source};
@@ -202,9 +202,14 @@ impl Ctx<'_> {
                             match &p.index {
                                 Some(ix) if ix.unique => {
                                     // A raw fragment: sqlparser's AST holds only identifiers
-                                    // here, while PostgreSQL accepts `((expression))`.
-                                    let raw = format!("(substring({c} from 1 for 16))");
-                                    *c = self.raw(raw);
+                                    // here, while PostgreSQL accepts `((expression))`; its
+                                    // expression depends on the live form of the cells (after
+                                    // a blind-index rotation's cut-over, the index of the
+                                    // second tag).
+                                    *c = self.index_piece(IndexPiece::Conflict {
+                                        col: c.to_string(),
+                                        column: p.id.clone(),
+                                    });
                                 }
                                 _ => {
                                     return Err(Refusal::unsupported(

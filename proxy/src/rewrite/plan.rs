@@ -117,8 +117,10 @@ impl RewritePlan {
     pub fn render<E>(
         &self,
         widths: &LookupWidths,
+        forms: &IndexForms,
         mut render_slot: impl FnMut(&Slot) -> Result<String, E>,
     ) -> Result<String, Option<E>> {
+        let mut index_pieces = 0usize;
         let mut out = String::with_capacity(self.rendered_len_hint());
         for p in &self.template {
             match p {
@@ -137,9 +139,22 @@ impl RewritePlan {
                     }
                     self.render_lookup(&mut out, prefix, *param, *negated, widths);
                 }
+                Piece::Index(ix) => {
+                    ix.render(forms.of(index_pieces), &mut out);
+                    index_pieces += 1;
+                }
             }
         }
         Ok(out)
+    }
+
+    /// The columns of the plan's [`Piece::Index`] pieces, in order: [`IndexForms`] gives their
+    /// forms in the same order.
+    pub fn index_piece_columns(&self) -> impl Iterator<Item = &ColumnId> {
+        self.template.iter().filter_map(|p| match p {
+            Piece::Index(ix) => Some(ix.column()),
+            _ => None,
+        })
     }
 
     /// A capacity for [`RewritePlan::render`]'s output: the template's text plus room for
@@ -151,6 +166,7 @@ impl RewritePlan {
                 Piece::Sql(t) => t.len(),
                 Piece::Slot(_) => 96,
                 Piece::Lookup { prefix, .. } => prefix.len() + 48,
+                Piece::Index(_) => 160,
             })
             .sum()
     }
@@ -193,6 +209,7 @@ impl RewritePlan {
                     param,
                     negated,
                 } => self.render_lookup(&mut s, prefix, *param, *negated, &LookupWidths::ONE),
+                Piece::Index(ix) => ix.render(IndexForm::Single, &mut s),
             }
         }
         s
@@ -240,9 +257,140 @@ impl LookupWidths {
     }
 }
 
+/// The form of an indexed column's stored cells (docs/format.md §2.5): whether a blind-index key
+/// rotation is in progress for its keyring, and in which phase. Joins and `ON CONFLICT` targets
+/// are rendered for it ([`Piece::Index`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum IndexForm {
+    /// No rotation: single cells; the prefix is every cell's tag.
+    #[default]
+    Single,
+    /// Rotation before the cut-over: new cells are dual (`tag_from ‖ 0x02 ‖ tag_to ‖ envelope`);
+    /// every cell's prefix is a `from` tag (proxies one phase ahead excepted).
+    Dual,
+    /// Rotation after the cut-over: new cells are single under `to`; every cell's second-tag
+    /// expression ([`next_tag_sql`]) is a `to` tag, prefixes are of either generation.
+    Cutover,
+}
+
+impl IndexForm {
+    /// A number for the key-version lists that decide when a prepared statement is re-prepared.
+    pub fn code(self) -> u32 {
+        match self {
+            Self::Single => 0,
+            Self::Dual => 1,
+            Self::Cutover => 2,
+        }
+    }
+}
+
+/// The forms of a plan's [`Piece::Index`] pieces, in template order (missing: single).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndexForms(pub Vec<IndexForm>);
+
+impl IndexForms {
+    /// Every index piece in the single form.
+    pub const SINGLE: IndexForms = IndexForms(Vec::new());
+
+    fn of(&self, i: usize) -> IndexForm {
+        self.0.get(i).copied().unwrap_or_default()
+    }
+}
+
+/// `substring(<col> from 1 for 16)`: the prefix tag.
+pub fn prefix_tag_sql(col: &str) -> String {
+    format!("SUBSTRING({col} FROM 1 FOR 16)")
+}
+
+/// The tag of generation `to` during a blind-index rotation: a dual cell's second tag, else the
+/// prefix. The `pgseal_next_*` UNIQUE indexes are over exactly this expression.
+pub fn next_tag_sql(col: &str) -> String {
+    format!(
+        "CASE WHEN get_byte({col}, 16) = 2 THEN substring({col} from 18 for 16) \
+         ELSE substring({col} from 1 for 16) END"
+    )
+}
+
+/// A piece of SQL over an indexed column's tags whose text depends on the column's
+/// [`IndexForm`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IndexPiece {
+    /// `a = b` (`<>` when negated) between two protected columns of one index group.
+    Join {
+        /// SQL of the left column reference.
+        left: String,
+        /// SQL of the right column reference.
+        right: String,
+        /// `<>` instead of `=`.
+        negated: bool,
+        /// The left column (its keyring's form decides).
+        column: ColumnId,
+    },
+    /// An `ON CONFLICT` inference element for a unique indexed column.
+    Conflict {
+        /// SQL of the column reference.
+        col: String,
+        /// The column.
+        column: ColumnId,
+    },
+}
+
+impl IndexPiece {
+    /// The column whose form decides the rendering.
+    pub fn column(&self) -> &ColumnId {
+        match self {
+            Self::Join { column, .. } | Self::Conflict { column, .. } => column,
+        }
+    }
+
+    /// Appends the SQL for `form`. A join compares prefixes outside a rotation; during one it
+    /// also compares the second-tag expressions, so that it is exact whichever phase the cells
+    /// were written in (before the cut-over every prefix is a `from` tag, after it every
+    /// second-tag expression is a `to` tag; tags of two generations collide with probability
+    /// 2^-128). An `ON CONFLICT` target names the UNIQUE index that compares every cell: the
+    /// prefix index, or after the cut-over the `pgseal_next_*` index.
+    pub fn render(&self, form: IndexForm, out: &mut String) {
+        match self {
+            Self::Join {
+                left,
+                right,
+                negated,
+                ..
+            } => {
+                let eq = format!("{} = {}", prefix_tag_sql(left), prefix_tag_sql(right));
+                match (form, negated) {
+                    (IndexForm::Single, false) => out.push_str(&eq),
+                    (IndexForm::Single, true) => out.push_str(&format!(
+                        "{} <> {}",
+                        prefix_tag_sql(left),
+                        prefix_tag_sql(right)
+                    )),
+                    (IndexForm::Dual | IndexForm::Cutover, negated) => {
+                        let both =
+                            format!("({eq} OR {} = {})", next_tag_sql(left), next_tag_sql(right));
+                        if *negated {
+                            out.push_str(&format!("(NOT {both})"));
+                        } else {
+                            out.push_str(&both);
+                        }
+                    }
+                }
+            }
+            Self::Conflict { col, .. } => match form {
+                IndexForm::Single | IndexForm::Dual => {
+                    out.push_str(&format!("({})", prefix_tag_sql(col)));
+                }
+                IndexForm::Cutover => out.push_str(&format!("({})", next_tag_sql(col))),
+            },
+        }
+    }
+}
+
 /// A part of the rewritten SQL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Piece {
+    /// SQL over an indexed column's tags, rendered for the live form of its cells.
+    Index(IndexPiece),
     /// Literal SQL text.
     Sql(String),
     /// The rendering of `slots[i]`.

@@ -7,7 +7,7 @@ use sqlparser::ast::{BinaryOperator, Expr, InTarget, Value};
 
 use super::ctx::Ctx;
 use super::operand::{operand, Operand};
-use super::plan::{Slot, UpstreamParam};
+use super::plan::{IndexPiece, Slot, UpstreamParam};
 use super::refusal::Refusal;
 use super::schema::ProtectedColumn;
 use super::scope::Scope;
@@ -161,16 +161,14 @@ impl Ctx<'_> {
                 &format!("{operation} of another index group"),
             ));
         }
-        self.modified = true;
-        Ok(Expr::BinaryOp {
-            left: Box::new(index_prefix(left.clone())),
-            op: if negated {
-                BinaryOperator::NotEq
-            } else {
-                BinaryOperator::Eq
-            },
-            right: Box::new(index_prefix(right.clone())),
-        })
+        // Rendered for the live form of the cells (a blind-index rotation in progress compares
+        // both tags, docs/format.md §2.5).
+        Ok(Expr::Identifier(self.index_piece(IndexPiece::Join {
+            left: left.to_string(),
+            right: right.to_string(),
+            negated,
+            column: a.id.clone(),
+        })))
     }
 
     fn compare(

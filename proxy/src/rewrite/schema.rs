@@ -6,6 +6,7 @@ use pgseal_crypto::value::{LogicalType, Normalisation};
 use pgseal_crypto::{ColumnId, IndexGroup};
 
 pub mod cell_check;
+pub mod rotation_ddl;
 
 /// The equality (blind) index of a protected column.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use sqlparser::ast::Ident;
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::tokenizer::{Location, Token, Tokenizer};
 
-use super::plan::{Piece, UpstreamParam};
+use super::plan::{IndexPiece, Piece, UpstreamParam};
 use super::refusal::{Refusal, INTERNAL_ERROR};
 
 /// Per-call unique sentinel identifiers (`pgseal_<random hex>_s0`, `…_p0`, `…_r0`).
@@ -146,7 +146,7 @@ pub(crate) fn build(
     sentinels: &Sentinels,
     slot_count: usize,
     param_uses: &[ParamUse],
-    raws: &[String],
+    raws: &[IndexPiece],
 ) -> Result<Built, Refusal> {
     let dialect = PostgreSqlDialect {};
     let tokens = Tokenizer::new(&dialect, text)
@@ -248,7 +248,11 @@ pub(crate) fn build(
                 *seen_raws
                     .get_mut(i)
                     .ok_or_else(|| internal("unknown fragment"))? += 1;
-                sql.push_str(raws.get(i).ok_or_else(|| internal("unknown fragment"))?);
+                let ix = raws.get(i).ok_or_else(|| internal("unknown fragment"))?;
+                if !sql.is_empty() {
+                    template.push(Piece::Sql(std::mem::take(&mut sql)));
+                }
+                template.push(Piece::Index(ix.clone()));
             }
         }
     }
@@ -289,13 +293,18 @@ mod tests {
             },
             lookup: None,
         }];
-        let b = build(&text, &s, 1, &uses, &["(raw)".to_owned()]).unwrap();
+        let conflict = IndexPiece::Conflict {
+            col: "c".into(),
+            column: col.clone(),
+        };
+        let b = build(&text, &s, 1, &uses, std::slice::from_ref(&conflict)).unwrap();
         assert_eq!(
             b.template,
             vec![
                 Piece::Sql("SELECT 'é\n', $1 FROM t WHERE a = ".into()),
                 Piece::Slot(0),
-                Piece::Sql(" AND b = ANY($2::bytea[]) AND c = $1 AND d = (raw)".into()),
+                Piece::Sql(" AND b = ANY($2::bytea[]) AND c = $1 AND d = ".into()),
+                Piece::Index(conflict),
             ]
         );
         assert_eq!(

@@ -3,7 +3,7 @@
 use pgseal_crypto::value::{LogicalType, Normalisation};
 use pgseal_crypto::{ColumnId, IndexGroup};
 
-use super::plan::LookupWidths;
+use super::plan::{IndexForm, IndexForms, LookupWidths};
 use super::*;
 
 fn col(table: &str, column: &str, ty: LogicalType, index: Option<(&str, bool)>) -> ProtectedColumn {
@@ -99,7 +99,7 @@ fn check_rendered_with(p: &RewritePlan, widths: &LookupWidths) {
     use sqlparser::dialect::PostgreSqlDialect;
     use sqlparser::tokenizer::{Token, Tokenizer};
     let sql = p
-        .render(widths, |s| -> Result<String, ()> {
+        .render(widths, &IndexForms::SINGLE, |s| -> Result<String, ()> {
             Ok(match s {
                 Slot::Value { .. } => "'\\x00'::bytea".to_owned(),
                 Slot::Lookup { .. } => "'{}'::bytea[]".to_owned(),
@@ -337,7 +337,7 @@ fn select_not_equal_param() {
 
 /// Renders `p` for `widths` with placeholder crypto output.
 fn rendered(p: &RewritePlan, widths: &LookupWidths) -> String {
-    p.render(widths, |_| -> Result<String, ()> {
+    p.render(widths, &IndexForms::SINGLE, |_| -> Result<String, ()> {
         Ok("{slot}".to_owned())
     })
     .unwrap()
@@ -446,6 +446,21 @@ fn aliases_and_joins() {
         p.debug_sql(),
         "SELECT p.name, d.name FROM patients AS p JOIN doctors d ON SUBSTRING(p.name FROM 1 FOR 16) = SUBSTRING(d.name FROM 1 FOR 16) WHERE SUBSTRING(d.license FROM 1 FOR 16) = ANY({slot 0})"
     );
+    // During a blind-index rotation (either phase) a join compares both tag expressions.
+    assert_eq!(p.index_piece_columns().count(), 1);
+    for form in [IndexForm::Dual, IndexForm::Cutover] {
+        let r = p
+            .render(
+                &LookupWidths::ONE,
+                &IndexForms(vec![form]),
+                |_| -> Result<String, ()> { Ok("x".into()) },
+            )
+            .unwrap();
+        assert_eq!(
+            r,
+            "SELECT p.name, d.name FROM patients AS p JOIN doctors d ON (SUBSTRING(p.name FROM 1 FOR 16) = SUBSTRING(d.name FROM 1 FOR 16) OR CASE WHEN get_byte(p.name, 16) = 2 THEN substring(p.name from 18 for 16) ELSE substring(p.name from 1 for 16) END = CASE WHEN get_byte(d.name, 16) = 2 THEN substring(d.name from 18 for 16) ELSE substring(d.name from 1 for 16) END) WHERE SUBSTRING(d.license FROM 1 FOR 16) = ANY(x)"
+    );
+    }
     assert_eq!(
         p.slots,
         vec![Slot::Lookup {
@@ -694,7 +709,30 @@ fn on_conflict_unique_column_do_update_excluded() {
     );
     assert_eq!(
         p.debug_sql(),
-        "INSERT INTO patients (email, name) VALUES ($1::bytea, $2::bytea) ON CONFLICT((substring(email from 1 for 16))) DO UPDATE SET name = EXCLUDED.name"
+        "INSERT INTO patients (email, name) VALUES ($1::bytea, $2::bytea) ON CONFLICT((SUBSTRING(email FROM 1 FOR 16))) DO UPDATE SET name = EXCLUDED.name"
+    );
+    // After a blind-index rotation's cut-over the target is the second-tag index.
+    let cut = p
+        .render(
+            &LookupWidths::ONE,
+            &IndexForms(vec![IndexForm::Cutover]),
+            |_| -> Result<String, ()> { Ok(String::new()) },
+        )
+        .unwrap();
+    assert!(
+        cut.contains("ON CONFLICT((CASE WHEN get_byte(email, 16) = 2 THEN substring(email from 18 for 16) ELSE substring(email from 1 for 16) END))"),
+        "{cut}"
+    );
+    let dual = p
+        .render(
+            &LookupWidths::ONE,
+            &IndexForms(vec![IndexForm::Dual]),
+            |_| -> Result<String, ()> { Ok(String::new()) },
+        )
+        .unwrap();
+    assert!(
+        dual.contains("ON CONFLICT((SUBSTRING(email FROM 1 FOR 16)))"),
+        "{dual}"
     );
     let p = plan(
         "INSERT INTO patients (email) VALUES ('a') ON CONFLICT (email) DO UPDATE SET notes = 'n'",
@@ -1192,6 +1230,11 @@ fn template_text(p: &RewritePlan) -> String {
         .map(|x| match x {
             Piece::Sql(s) => s.clone(),
             Piece::Lookup { prefix, .. } => prefix.clone(),
+            Piece::Index(ix) => {
+                let mut s = String::new();
+                ix.render(IndexForm::Cutover, &mut s);
+                s
+            }
             Piece::Slot(_) => String::new(),
         })
         .collect()
@@ -1368,14 +1411,18 @@ fn cte_column_alias_list_renames_protected_output() {
 fn render_fills_slots_in_order() {
     let p = plan("UPDATE patients SET name = 'a' WHERE email IN ('b', 'c')");
     let sql = p
-        .render(&LookupWidths::ONE, |s| -> Result<String, ()> {
-            Ok(match s {
-                Slot::Value { .. } => "'\\x00'::bytea".to_owned(),
-                Slot::Lookup { literal_texts, .. } => {
-                    format!("'{{{}}}'::bytea[]", literal_texts.len())
-                }
-            })
-        })
+        .render(
+            &LookupWidths::ONE,
+            &IndexForms::SINGLE,
+            |s| -> Result<String, ()> {
+                Ok(match s {
+                    Slot::Value { .. } => "'\\x00'::bytea".to_owned(),
+                    Slot::Lookup { literal_texts, .. } => {
+                        format!("'{{{}}}'::bytea[]", literal_texts.len())
+                    }
+                })
+            },
+        )
         .unwrap();
     assert_eq!(
         sql,
@@ -1486,7 +1533,7 @@ fn print_rendered_for_postgres() {
             continue;
         };
         let out = p
-            .render(&LookupWidths::ONE, |s| -> Result<String, ()> {
+            .render(&LookupWidths::ONE, &IndexForms::SINGLE, |s| -> Result<String, ()> {
                 Ok(match s {
                     Slot::Value { .. } => format!("'\\\\x{:032x}'::bytea", 0u8),
                     Slot::Lookup { .. } => format!("'{{\\\\\\\\x{:032x}}}'::bytea[]", 0u8),

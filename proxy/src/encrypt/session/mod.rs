@@ -21,7 +21,7 @@ use super::{GateInput, Outcome, Shared};
 use crate::keys::ColumnCrypto;
 use crate::protocol::messages::{error_response, Severity};
 use crate::protocol::ProtocolError;
-use crate::rewrite::plan::{LookupWidths, Piece};
+use crate::rewrite::plan::{IndexForms, LookupWidths, Piece};
 use crate::rewrite::{Plan, ProtectedColumn, RewritePlan, Slot, UpstreamParam};
 use crate::session::{Frame, InterceptError, MessageInterceptor, Outbox, SessionInfo, TagSet};
 use crate::sql::gate::{Facts, Trust};
@@ -161,6 +161,8 @@ struct LookupKeys {
     cryptos: Vec<Option<Arc<ColumnCrypto>>>,
     /// The widths of the scalar lookups (one tag per blind-index key).
     widths: LookupWidths,
+    /// The live forms of the plan's index pieces (joins, ON CONFLICT targets).
+    forms: IndexForms,
     /// The versions the rendering depends on.
     versions: KeyVersions,
 }
@@ -494,11 +496,24 @@ impl EncryptSession {
                 versions.push(list(&*self.crypto(column)?));
             }
         }
+        let forms = self.index_forms(plan)?;
+        versions.extend(forms.0.iter().map(|f| vec![f.code()]));
         Ok(LookupKeys {
             cryptos,
+            forms,
             widths: LookupWidths(widths),
             versions: KeyVersions(versions),
         })
+    }
+
+    /// The live forms of the cells a plan's index pieces compare (a blind-index rotation in
+    /// progress or not); empty without index pieces.
+    fn index_forms(&self, plan: &RewritePlan) -> Result<IndexForms, CellError> {
+        let mut forms = Vec::new();
+        for column in plan.index_piece_columns() {
+            forms.push(self.crypto(column)?.form());
+        }
+        Ok(IndexForms(forms))
     }
 
     /// The upstream Parse of a rewrite plan rendered for `widths`: the SQL (slots rendered with
@@ -508,8 +523,9 @@ impl EncryptSession {
         plan: &RewritePlan,
         declared: &[u32],
         widths: &LookupWidths,
+        forms: &IndexForms,
     ) -> Result<(String, Vec<u32>), (&'static str, String)> {
-        let text = self.render(plan, widths)?;
+        let text = self.render(plan, widths, forms)?;
         let oids = plan
             .upstream_param_oids(widths)
             .into_iter()
@@ -535,8 +551,9 @@ impl EncryptSession {
         &self,
         plan: &RewritePlan,
         widths: &LookupWidths,
+        forms: &IndexForms,
     ) -> Result<String, (&'static str, String)> {
-        plan.render(widths, |slot| -> Result<String, CellError> {
+        plan.render(widths, forms, |slot| -> Result<String, CellError> {
             match slot {
                 Slot::Value {
                     column,
@@ -755,7 +772,11 @@ impl EncryptSession {
                 return Ok(());
             }
             Ok(Plan::PassThrough) => out.to_upstream.extend_from_slice(frame.raw()),
-            Ok(Plan::Rewrite(plan)) => match self.render(plan, &LookupWidths::ONE) {
+            Ok(Plan::Rewrite(plan)) => match self
+                .index_forms(plan)
+                .map_err(|e| (e.sqlstate(), e.to_string()))
+                .and_then(|forms| self.render(plan, &LookupWidths::ONE, &forms))
+            {
                 Ok(text) => wire::write_query(out.to_upstream, &text),
                 Err((code, msg)) => {
                     self.refuse_simple(code, &msg, out);
@@ -789,17 +810,17 @@ impl EncryptSession {
             Ok(Plan::Rewrite(plan)) => {
                 // Keys unavailable now: render for one version, re-prepare at Bind (which
                 // reports the key error if they still are).
-                let widths = match self.lookup_keys(plan) {
+                let (widths, forms) = match self.lookup_keys(plan) {
                     Ok(k) => {
                         keys = Some(k.versions);
-                        k.widths
+                        (k.widths, k.forms)
                     }
                     Err(_) => {
                         keys = None;
-                        LookupWidths::ONE
+                        (LookupWidths::ONE, IndexForms::SINGLE)
                     }
                 };
-                match self.upstream_parse(plan, &msg.param_oids, &widths) {
+                match self.upstream_parse(plan, &msg.param_oids, &widths, &forms) {
                     Ok((text, param_oids)) => {
                         ParseMsg {
                             name: msg.name,
@@ -968,7 +989,8 @@ impl EncryptSession {
         if stmt.keys.as_ref() == Some(&keys.versions) {
             return Ok((params, None));
         }
-        let (text, param_oids) = self.upstream_parse(plan, &stmt.declared, &keys.widths)?;
+        let (text, param_oids) =
+            self.upstream_parse(plan, &stmt.declared, &keys.widths, &keys.forms)?;
         Ok((
             params,
             Some(Reparse {

@@ -33,7 +33,16 @@ pub struct CellCheck {
     column: String,
     name: String,
     prefix_len: usize,
+    /// The variant in force during a blind-index key rotation (indexed columns only): it also
+    /// accepts the dual form `tag ‖ 0x02 ‖ tag ‖ envelope` (docs/format.md §2.5).
+    transition: bool,
 }
+
+/// How a LIKE pattern is printed (hex or escape bytea output).
+type Render = dyn Fn(&[u8]) -> String;
+
+/// Byte 16 of a dual cell.
+const DUAL_MARKER: u8 = 0x02;
 
 impl CellCheck {
     /// The constraint for `column` as configured.
@@ -51,7 +60,24 @@ impl CellCheck {
             } else {
                 0
             },
+            transition: false,
         }
+    }
+
+    /// The variant for a blind-index key rotation: accepts single and dual cells (`None` for a
+    /// column without equality index, which has no tags). Same name as [`Self::of`]: it
+    /// replaces that constraint for the rotation and is replaced by it afterwards.
+    pub fn transition_of(column: &ProtectedColumn) -> Option<CellCheck> {
+        column.index.as_ref()?;
+        Some(CellCheck {
+            transition: true,
+            ..Self::of(column)
+        })
+    }
+
+    /// Whether this is the rotation variant.
+    pub fn is_transition(&self) -> bool {
+        self.transition
     }
 
     /// Its name: `pgseal_cell_<column>`, or for long column names a 63-byte cut of it ending
@@ -76,18 +102,43 @@ impl CellCheck {
         p
     }
 
+    /// The pattern of a dual cell: tag, marker, tag, then as [`Self::pattern`].
+    fn dual_pattern(&self) -> Vec<u8> {
+        let mut p = vec![b'_'; BLIND_INDEX_LEN];
+        p.push(DUAL_MARKER);
+        p.extend(self.pattern());
+        p
+    }
+
+    /// The patterns the constraint accepts a cell with.
+    fn patterns(&self) -> Vec<Vec<u8>> {
+        if self.transition {
+            vec![self.pattern(), self.dual_pattern()]
+        } else {
+            vec![self.pattern()]
+        }
+    }
+
     /// The boolean expression, e.g. `"note" LIKE E'\\001________________________________%'::bytea`
     /// (an escape string, the same whatever `standard_conforming_strings` says; in it `\\001`
-    /// is the bytea escape of the format version byte, 1).
+    /// is the bytea escape of the format version byte, 1). The rotation variant is two such
+    /// `LIKE`s joined by `OR`.
     pub fn expression(&self) -> String {
-        let mut pattern = String::new();
-        for b in self.pattern() {
-            match b {
-                b'_' | b'%' => pattern.push(char::from(b)),
-                other => pattern.push_str(&format!("\\\\{other:03o}")),
+        let like = |bytes: Vec<u8>| {
+            let mut pattern = String::new();
+            for b in bytes {
+                match b {
+                    b'_' | b'%' => pattern.push(char::from(b)),
+                    other => pattern.push_str(&format!("\\\\{other:03o}")),
+                }
             }
-        }
-        format!("{} LIKE E'{pattern}'::bytea", quote_ident(&self.column))
+            format!("{} LIKE E'{pattern}'::bytea", quote_ident(&self.column))
+        };
+        self.patterns()
+            .into_iter()
+            .map(like)
+            .collect::<Vec<_>>()
+            .join(" OR ")
     }
 
     /// `ALTER TABLE … ADD CONSTRAINT …` (with `NOT VALID`: existing rows are not checked,
@@ -142,18 +193,40 @@ impl CellCheck {
     pub fn matches(&self, definition: &str) -> bool {
         let definition = definition.trim_end();
         let definition = squash(definition.strip_suffix("NOT VALID").unwrap_or(definition));
-        let pattern = self.pattern();
-        let hex: String = pattern.iter().map(|b| format!("{b:02x}")).collect();
-        let escape: String = pattern
-            .iter()
-            .map(|b| match b {
-                b'_' | b'%' => char::from(*b).to_string(),
-                other => format!("\\{other:03o}"),
-            })
-            .collect();
-        [format!("\\x{hex}"), escape]
-            .iter()
-            .any(|p| definition == squash(&format!("CHECK ({} ~~ '{p}'::bytea)", self.column)))
+        let hex = |pattern: &[u8]| -> String {
+            let digits: String = pattern.iter().map(|b| format!("{b:02x}")).collect();
+            format!("\\x{digits}")
+        };
+        let escape = |pattern: &[u8]| -> String {
+            pattern
+                .iter()
+                .map(|b| match b {
+                    b'_' | b'%' => char::from(*b).to_string(),
+                    other => format!("\\{other:03o}"),
+                })
+                .collect()
+        };
+        let patterns = self.patterns();
+        let renders: [&Render; 2] = [&hex, &escape];
+        renders.iter().any(|render| {
+            let terms: Vec<String> = patterns
+                .iter()
+                .map(|p| format!("{} ~~ '{}'::bytea", self.column, render(p)))
+                .collect();
+            definition == squash(&format!("CHECK ({})", terms.join(" OR ")))
+        })
+    }
+
+    /// Whether `definition` is either variant of this column's constraint (single, or the
+    /// rotation's when the column has tags).
+    pub fn matches_either(&self, definition: &str) -> bool {
+        self.matches(definition)
+            || (self.prefix_len > 0
+                && CellCheck {
+                    transition: !self.transition,
+                    ..self.clone()
+                }
+                .matches(definition))
     }
 }
 
@@ -303,5 +376,34 @@ mod tests {
         ] {
             assert!(!c.matches(&def), "{def}");
         }
+    }
+
+    /// The rotation variant accepts dual cells as well, prints as two LIKEs, and is recognised
+    /// in what PostgreSQL prints (seen with pg_get_constraintdef on PostgreSQL 15).
+    #[test]
+    fn the_rotation_variant() {
+        let c = col("public", "t", "email", true);
+        let t = CellCheck::transition_of(&c).unwrap();
+        assert_eq!(t.name(), CellCheck::of(&c).name());
+        assert_eq!(
+            t.expression(),
+            format!(
+                r#""email" LIKE E'{}\\001{}%'::bytea OR "email" LIKE E'{}\\002{}\\001{}%'::bytea"#,
+                any(16),
+                any(32),
+                any(16),
+                any(16),
+                any(32)
+            )
+        );
+        let ix = "5f".repeat(16);
+        let env = "5f".repeat(32);
+        let printed = format!(
+            r"CHECK (((email ~~ '\x{ix}01{env}25'::bytea) OR (email ~~ '\x{ix}02{ix}01{env}25'::bytea)))"
+        );
+        assert!(t.matches(&printed));
+        assert!(!CellCheck::of(&c).matches(&printed));
+        assert!(CellCheck::of(&c).matches_either(&printed));
+        assert!(CellCheck::transition_of(&col("public", "t", "n", false)).is_none());
     }
 }

@@ -13,11 +13,19 @@
 //! next run). Batches are keyset-paginated by `ctid`, so cells that cannot be opened (corrupt, or
 //! a version the proxy cannot get) are counted once and never loop. Plaintext exists only in this
 //! process's memory; what goes upstream is ciphertext.
+//!
+//! During a blind-index key rotation (docs/format.md §2.5) the same pass also brings every cell
+//! of the rotating keyring's columns to the phase's form: before the cut-over every single cell
+//! becomes a dual one (re-index), after it every cell becomes a single cell under the new
+//! generation (compaction; every cell is looked at, so a single cell still under the old
+//! generation is found too). [`rotation_pass`] tells the keyserver about the pass.
+
+pub mod rotation_pass;
 
 use std::fmt;
 
 use crate::encrypt::cells::{self, decode_bytea_text, CellError};
-use crate::keys::KeySource;
+use crate::keys::{IndexForm, KeySource};
 use crate::rewrite::{ProtectedColumn, ProtectedSchema};
 use crate::upstream::simple_query::{quote_literal, SimpleClient};
 use crate::upstream::UpstreamError;
@@ -42,11 +50,14 @@ pub enum ReencryptError {
         source: UpstreamError,
     },
     /// Two stored rows hold the same value of a unique column (data written before blind
-    /// indexes were kept across rotations): re-tagging one of them violates the UNIQUE index.
+    /// indexes were kept across rotations, or a cell written under an old blind-index
+    /// generation by a proxy that lagged behind a rotation): re-tagging one of them violates
+    /// the UNIQUE index.
     #[error(
-        "{column}: two rows hold the same value of this unique column ({message}); they were \
-         stored before blind indexes were kept across key rotations: find them through the \
-         proxy, merge or delete one, and run reencrypt again"
+        "{column}: two rows hold the same value of this unique column ({message}); their \
+         blind indexes were of different generations (stored before blind indexes were kept \
+         across key rotations, or by a proxy that lagged behind a blind-index rotation): find \
+         them through the proxy, merge or delete one, and run reencrypt again"
     )]
     Duplicate {
         /// Column.
@@ -54,6 +65,10 @@ pub enum ReencryptError {
         /// PostgreSQL's message (names the index, no values).
         message: String,
     },
+    /// A blind-index key rotation's pass cannot run (the database is not prepared for it, the
+    /// keyserver refused it, older transactions did not end).
+    #[error("{0}")]
+    Rotation(String),
     /// The upstream answered something unexpected.
     #[error("{column}: unexpected answer from the upstream: {what}")]
     Answer {
@@ -101,7 +116,7 @@ impl fmt::Display for ColumnReport {
     }
 }
 
-fn quote_ident(s: &str) -> String {
+pub(crate) fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
@@ -145,12 +160,17 @@ async fn reencrypt_column(
         quote_ident(col.id.table())
     );
     let column = quote_ident(col.id.column());
-    // 1-based position of the u32 key version: after the blind index (indexed columns) and
-    // the format-version byte.
-    let version_at = if col.index.is_some() {
-        pgseal_crypto::BLIND_INDEX_LEN + 2
+    let indexed = col.index.is_some();
+    // The u32 key version (1-based position): after the format-version byte, behind the blind
+    // index (indexed columns), behind both tags in a dual cell.
+    let version_expr = if indexed {
+        format!(
+            "CASE WHEN {dual} THEN substring({column} from 35 for 4) \
+             ELSE substring({column} from 18 for 4) END",
+            dual = is_dual_sql(&column)
+        )
     } else {
-        2
+        format!("substring({column} from 2 for 4)")
     };
     let mut report = ColumnReport {
         column: name.clone(),
@@ -168,10 +188,25 @@ async fn reencrypt_column(
             }))
         })?;
         report.active_version = active;
+        let form = if indexed {
+            crypto.form()
+        } else {
+            IndexForm::Single
+        };
+        let stale_version = format!("{version_expr} <> '\\x{active:08x}'::bytea");
+        let dual = is_dual_sql(&column);
+        // Which cells need a rewrite: another key version, or another form than the phase's
+        // (after the cut-over every cell is looked at: a single cell's tag generation cannot be
+        // told from its bytes).
+        let needs = match form {
+            _ if !indexed => stale_version,
+            IndexForm::Single => format!("({stale_version} OR {dual})"),
+            IndexForm::Dual => format!("({stale_version} OR NOT {dual})"),
+            IndexForm::Cutover => "TRUE".to_owned(),
+        };
         let select = format!(
             "SELECT ctid, {column} FROM {table} \
-             WHERE {column} IS NOT NULL AND ctid > {after}::tid \
-             AND substring({column} from {version_at} for 4) <> '\\x{active:08x}'::bytea \
+             WHERE {column} IS NOT NULL AND ctid > {after}::tid AND {needs} \
              ORDER BY ctid LIMIT {batch}",
             after = quote_literal(&after),
         );
@@ -209,7 +244,12 @@ async fn reencrypt_column(
                 }
                 Err(e) => return Err(key_err(e)),
             };
-            let mut sealed = Vec::with_capacity(stored.len());
+            if form == IndexForm::Cutover
+                && is_current_single(&crypto, col, &value, &stored, active)
+            {
+                continue;
+            }
+            let mut sealed = Vec::with_capacity(stored.len() + cells::DUAL_PREFIX_LEN);
             cells::seal(&crypto, col, &value, &mut sealed).map_err(key_err)?;
             updates.push_str(&format!(
                 "UPDATE {table} SET {column} = {new} WHERE ctid = {ctid}::tid AND {column} = {old} RETURNING 1;",
@@ -244,5 +284,41 @@ async fn reencrypt_column(
             .sum();
         report.rewritten += done;
         report.changed += pending - done.min(pending);
+    }
+}
+
+/// SQL: whether a stored cell of `column` (quoted) is a dual cell (byte 17, 1-based, is the
+/// marker). Never raises an error, also not on a short value.
+pub(crate) fn is_dual_sql(column: &str) -> String {
+    format!("substring({column} from 17 for 1) = E'\\\\x02'::bytea")
+}
+
+/// Whether `stored` is already what a rewrite would produce after a blind-index rotation's
+/// cut-over: a single cell under the active version whose tag is the active generation's.
+fn is_current_single(
+    crypto: &crate::keys::ColumnCrypto,
+    col: &ProtectedColumn,
+    value: &pgseal_crypto::value::Value,
+    stored: &[u8],
+    active: u32,
+) -> bool {
+    use pgseal_crypto::BLIND_INDEX_LEN;
+    if stored.get(BLIND_INDEX_LEN) == Some(&cells::DUAL_MARKER) {
+        return false;
+    }
+    let version = stored
+        .get(BLIND_INDEX_LEN + 1..BLIND_INDEX_LEN + 5)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map(u32::from_be_bytes);
+    if version != Some(active) {
+        return false;
+    }
+    let mut tags = Vec::with_capacity(2);
+    if cells::lookup_tags(crypto, col, value, &mut tags).is_err() {
+        return false;
+    }
+    match (tags.first(), stored.get(..BLIND_INDEX_LEN)) {
+        (Some(t), Some(prefix)) => t.as_slice() == prefix,
+        _ => false,
     }
 }
