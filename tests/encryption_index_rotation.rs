@@ -535,6 +535,16 @@ async fn a_pass_on_an_unprepared_table_is_refused() {
         let (ok, out) = proxy_cmd(&env, &["reencrypt"]);
         assert!(!ok, "a pass ran on an unprepared table:\n{out}");
         assert!(out.contains("schema --index-rotation"), "{out}");
+        let (ok, out) = proxy_cmd(&env, &["check"]);
+        assert!(
+            !ok,
+            "check passed on an unprepared table during a rotation:\n{out}"
+        );
+        assert!(
+            out.contains("blind-index key rotation 1 → 2 in phase dual")
+                && out.contains("does not accept two-tag cells"),
+            "{out}"
+        );
     });
     // Writes in the dual phase are refused by the single-cell CHECK constraint (fail closed,
     // nothing stored), and work once the DDL ran.
@@ -546,7 +556,11 @@ async fn a_pass_on_an_unprepared_table_is_refused() {
         .await
         .expect_err("a dual cell passed the single-cell constraint");
     assert_eq!(support::sqlstate(&e), "23514", "{e:?}");
-    tokio::task::block_in_place(|| run_ddl(&env, "--index-rotation"));
+    tokio::task::block_in_place(|| {
+        run_ddl(&env, "--index-rotation");
+        let (ok, out) = proxy_cmd(&env, &["check"]);
+        assert!(ok, "check after the prepare DDL:\n{out}");
+    });
     c.execute(
         "INSERT INTO acct (id, email) VALUES (2, 'b@example.org')",
         &[],

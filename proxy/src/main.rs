@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use pgseal_keyserver::logging;
+use pgseal_keyserver::model::IndexRotation;
 use pgseal_proxy::catalog::load::load_snapshot;
 use pgseal_proxy::catalog::verify::{self, Severity};
 use pgseal_proxy::catalog::{dependents, CatalogConnector, CatalogError, UpstreamCatalog};
@@ -37,6 +38,8 @@ const USAGE: &str = "usage: pgseal-proxy <serve|check|schema|reencrypt> --config
                      (ON CONFLICT (col) would fail and duplicates would not be refused);\n\
             error    a CHECK constraint named pgseal_cell_<column> that is not the stored-cell\n\
                      check of the column as configured (it may refuse the proxy's writes);\n\
+            error    during a blind-index key rotation: a column of the keyring not prepared\n\
+                     for two-tag cells (`schema --index-rotation` prints the DDL);\n\
             warning  index = true but no index on (substring(col from 1 for 16))\n\
                      (equality lookups work but scan the table);\n\
             warning  no stored-cell CHECK constraint, or one still NOT VALID (a value that is\n\
@@ -181,12 +184,12 @@ async fn dependent_notes(
 /// proxy's certificate, the grant of every keyring the columns use, the key material of every
 /// usable version) and an active version for every column (writes need one). Prints one line
 /// per problem; returns the number of errors.
-fn check_keys(settings: &EncryptionSettings) -> usize {
+fn check_keys(settings: &EncryptionSettings) -> (usize, Vec<(String, IndexRotation)>) {
     let keys = match KeyserverKeys::start(&settings.keyserver, &settings.schema) {
         Ok(k) => k,
         Err(e) => {
             println!("error: keyserver {}: {e}", settings.keyserver.url);
-            return 1;
+            return (1, Vec::new());
         }
     };
     let mut errors = 0;
@@ -206,7 +209,38 @@ fn check_keys(settings: &EncryptionSettings) -> usize {
             }
         }
     }
-    errors
+    (errors, keys.rotations())
+}
+
+/// `check` during blind-index key rotations: the database must be ready for dual cells (the
+/// rotation variant of the stored-cell constraints, the second UNIQUE indexes). Returns the
+/// number of errors.
+fn check_rotations(
+    connector: &CatalogConnector,
+    settings: &EncryptionSettings,
+    rotations: &[(String, IndexRotation)],
+) -> Result<usize> {
+    if rotations.is_empty() {
+        return Ok(0);
+    }
+    current_thread()?.block_on(async {
+        let mut client = connector.connect().await?;
+        let mut errors = 0;
+        for (keyring, r) in rotations {
+            println!(
+                "note: keyring {keyring}: blind-index key rotation {} → {} in phase {} (see `pgseal-keyserver keyring rotate-index {keyring} --status`)",
+                r.from,
+                r.to,
+                r.phase.as_str()
+            );
+            if let Err(e) = rotation_pass::check_prepared(&mut client, &settings.schema, keyring).await {
+                println!("error: {e}");
+                errors += 1;
+            }
+        }
+        client.close().await;
+        anyhow::Ok(errors)
+    })
 }
 
 fn check(path: &Path, resolved: Resolved) -> Result<()> {
@@ -226,7 +260,7 @@ fn check(path: &Path, resolved: Resolved) -> Result<()> {
         println!("{}: configuration OK", path.display());
         return Ok(());
     };
-    let key_errors = check_keys(settings);
+    let (key_errors, rotations) = check_keys(settings);
     let column_errors = check_columns(connector, settings).with_context(|| {
         if key_errors > 0 {
             format!("{key_errors} keyserver problem(s) (see above)")
@@ -234,7 +268,8 @@ fn check(path: &Path, resolved: Resolved) -> Result<()> {
             "keyserver OK".to_owned()
         }
     })?;
-    let errors = key_errors + column_errors;
+    let rotation_errors = check_rotations(connector, settings, &rotations)?;
+    let errors = key_errors + column_errors + rotation_errors;
     if errors > 0 {
         bail!(
             "{}: {errors} problem(s) with the keyserver or the protected columns (see above)",
@@ -377,7 +412,7 @@ async fn reencrypt_run(
     client: &mut SimpleClient,
     settings: &EncryptionSettings,
     keys: &dyn KeySource,
-    rotations: &[(String, pgseal_keyserver::model::IndexRotation)],
+    rotations: &[(String, IndexRotation)],
     keyserver: Option<&pgseal_keyserver::client::Client>,
 ) -> Result<(Vec<pgseal_proxy::reencrypt::ColumnReport>, Vec<PassOutcome>)> {
     let mut passes = Vec::new();
