@@ -104,6 +104,18 @@ fn bench(c: &mut Criterion) {
             black_box(factory.plan(black_box(&sql), &sp))
         })
     });
+    // An INSERT with its values inline, new every time (simple protocol, client-side binding):
+    // the gate answers from its shape cache, the rewriter parses and rewrites.
+    let mut k = 0u64;
+    c.bench_function("encrypt/plan_miss_literal_insert", |b| {
+        b.iter(|| {
+            k += 1;
+            let sql = format!(
+                "INSERT INTO patients (id, name, email, ssn, status) VALUES ({k}, 'name {k}', 'p{k}@example.com', {k}, 'active')"
+            );
+            black_box(factory.plan(black_box(&sql), &sp))
+        })
+    });
     // A plain-table statement with a new literal every time, in an encrypting session: the
     // gate's byte-level pre-filter lets it pass without a parse.
     let mut m = 0u64;

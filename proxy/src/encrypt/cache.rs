@@ -8,7 +8,7 @@
 //! are not kept at all.
 
 use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex};
@@ -84,6 +84,10 @@ struct Inner {
     len: usize,
     bytes: usize,
     tick: u64,
+    /// Uses in order (tick, bucket): the front is the least recently used entry once stale
+    /// records (an entry used again later, or gone) are skipped. Eviction is amortised O(1);
+    /// the log is rebuilt from the entries when it grows past a few times their number.
+    recency: VecDeque<(u64, u64)>,
 }
 
 /// The plan cache.
@@ -111,6 +115,7 @@ impl PlanCache {
                 len: 0,
                 bytes: 0,
                 tick: 0,
+                recency: VecDeque::new(),
             }),
             hasher: RandomState::new(),
             capacity: capacity.max(1),
@@ -147,34 +152,45 @@ impl PlanCache {
                 && &*e.search_path == search_path
         })?;
         e.used = tick;
-        Some(e.outcome.clone())
+        let outcome = e.outcome.clone();
+        Self::note_use(&mut g, tick, h);
+        Some(outcome)
     }
 
     /// Removes the least recently used entry; false when empty.
     fn evict_one(g: &mut Inner) -> bool {
-        let oldest = g
-            .buckets
-            .iter()
-            .flat_map(|(k, v)| v.iter().enumerate().map(move |(i, e)| (e.used, *k, i)))
-            .min();
-        let Some((_, k, i)) = oldest else {
-            return false;
-        };
-        if let Some(b) = g.buckets.get_mut(&k) {
-            if i < b.len() {
-                let e = b.swap_remove(i);
-                g.bytes = g.bytes.saturating_sub(e.bytes);
-            }
+        while let Some((tick, k)) = g.recency.pop_front() {
+            let Some(b) = g.buckets.get_mut(&k) else {
+                continue;
+            };
+            let Some(i) = b.iter().position(|e| e.used == tick) else {
+                continue;
+            };
+            let e = b.swap_remove(i);
+            g.bytes = g.bytes.saturating_sub(e.bytes);
             if b.is_empty() {
                 g.buckets.remove(&k);
             }
+            g.len = g.len.saturating_sub(1);
+            return true;
         }
-        g.len = g.len.saturating_sub(1);
-        true
+        false
     }
 
-    /// Stores an outcome, evicting the least recently used ones while full (in entries or
-    /// bytes). An outcome heavier than a quarter of the budget is not stored.
+    /// Records a use; rebuilds the log when stale records dominate it.
+    fn note_use(g: &mut Inner, tick: u64, bucket: u64) {
+        g.recency.push_back((tick, bucket));
+        if g.recency.len() > 4 * g.len + 64 {
+            let mut live: Vec<(u64, u64)> = g
+                .buckets
+                .iter()
+                .flat_map(|(k, v)| v.iter().map(move |e| (e.used, *k)))
+                .collect();
+            live.sort_unstable();
+            g.recency = live.into();
+        }
+    }
+
     pub fn put(
         &self,
         sql: &str,
@@ -212,6 +228,7 @@ impl PlanCache {
         });
         g.len += 1;
         g.bytes += bytes;
+        Self::note_use(&mut g, tick, h);
     }
 
     /// Number of cached outcomes.

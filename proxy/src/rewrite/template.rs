@@ -138,6 +138,83 @@ pub(crate) struct Built {
     pub(crate) max_client_param: usize,
 }
 
+/// What a stretch of the printed SQL is.
+enum Mark {
+    /// One of this call's sentinels.
+    Sentinel(Kind),
+    /// A client parameter `$n`.
+    Placeholder(usize),
+}
+
+/// The sentinels and placeholders of the printed SQL, in order, with their byte spans.
+///
+/// Without a `$` in the text there is no placeholder (and no dollar-quoted string): the
+/// sentinels are then found by substring search, which is exact because their prefix occurs
+/// nowhere in the client's statement ([`Sentinels::new`]) and the printer writes them as bare
+/// identifiers. Otherwise the text is tokenized.
+fn marks(text: &str, sentinels: &Sentinels) -> Result<Vec<(usize, usize, Mark)>, Refusal> {
+    let mut out = Vec::new();
+    if !text.contains('$') {
+        let prefix = sentinels.prefix.as_str();
+        let mut from = 0;
+        while let Some(at) = text.get(from..).and_then(|t| t.find(prefix)) {
+            let start = from + at;
+            let end = text
+                .get(start + prefix.len()..)
+                .and_then(|rest| {
+                    let mut chars = rest.char_indices();
+                    chars.next()?;
+                    Some(
+                        chars
+                            .find(|(_, c)| !c.is_ascii_digit())
+                            .map_or(rest.len(), |(i, _)| i),
+                    )
+                })
+                .map(|n| start + prefix.len() + n)
+                .ok_or_else(|| internal("malformed sentinel"))?;
+            let word = text.get(start..end).ok_or_else(|| internal("span"))?;
+            match sentinels.parse(word) {
+                Some(Ok(k)) => out.push((start, end, Mark::Sentinel(k))),
+                _ => return Err(internal("malformed sentinel")),
+            }
+            from = end;
+        }
+        return Ok(out);
+    }
+    let dialect = PostgreSqlDialect {};
+    let tokens = Tokenizer::new(&dialect, text)
+        .tokenize_with_location()
+        .map_err(|_| internal("printed SQL does not tokenize"))?;
+    let mut pos = Cursor::new(text);
+    for t in tokens {
+        let mark = match &t.token {
+            Token::Word(w) if w.quote_style.is_none() => match sentinels.parse(&w.value) {
+                Some(Ok(k)) => Mark::Sentinel(k),
+                Some(Err(())) => return Err(internal("malformed sentinel")),
+                None => continue,
+            },
+            Token::Placeholder(p) => {
+                let n: usize = p
+                    .strip_prefix('$')
+                    .and_then(|d| d.parse().ok())
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| {
+                        Refusal::new(
+                            super::refusal::SYNTAX_ERROR,
+                            "pgseal: only $n parameters are supported in statements on protected tables",
+                        )
+                    })?;
+                Mark::Placeholder(n)
+            }
+            _ => continue,
+        };
+        let start = pos.offset(t.span.start).ok_or_else(|| internal("span"))?;
+        let end = pos.offset(t.span.end).ok_or_else(|| internal("span"))?;
+        out.push((start, end, mark));
+    }
+    Ok(out)
+}
+
 /// Splits the printed SQL on sentinels and renumbers placeholders.
 /// `param_uses[i]` is the (non-plain) upstream parameter a `p<i>` sentinel stands for.
 /// Every slot, parameter use and raw fragment must appear exactly once, or the call fails.
@@ -148,11 +225,7 @@ pub(crate) fn build(
     param_uses: &[ParamUse],
     raws: &[IndexPiece],
 ) -> Result<Built, Refusal> {
-    let dialect = PostgreSqlDialect {};
-    let tokens = Tokenizer::new(&dialect, text)
-        .tokenize_with_location()
-        .map_err(|_| internal("printed SQL does not tokenize"))?;
-    let mut pos = Cursor::new(text);
+    let marks = marks(text, sentinels)?;
     let mut seen_slots = vec![0usize; slot_count];
     let mut seen_params = vec![0usize; param_uses.len()];
     let mut seen_raws = vec![0usize; raws.len()];
@@ -172,40 +245,18 @@ pub(crate) fn build(
         upstream.len()
     };
 
-    for t in tokens {
-        let kind = match &t.token {
-            Token::Word(w) if w.quote_style.is_none() => match sentinels.parse(&w.value) {
-                Some(Ok(k)) => Some(k),
-                Some(Err(())) => return Err(internal("malformed sentinel")),
-                None => None,
-            },
-            Token::Placeholder(p) => {
-                let n: usize = p
-                    .strip_prefix('$')
-                    .and_then(|d| d.parse().ok())
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| {
-                        Refusal::new(
-                            super::refusal::SYNTAX_ERROR,
-                            "pgseal: only $n parameters are supported in statements on protected tables",
-                        )
-                    })?;
-                max_client_param = max_client_param.max(n);
-                let start = pos.offset(t.span.start).ok_or_else(|| internal("span"))?;
-                let end = pos.offset(t.span.end).ok_or_else(|| internal("span"))?;
-                sql.push_str(text.get(cursor..start).ok_or_else(|| internal("span"))?);
-                let k = number(UpstreamParam::Plain(n), &mut upstream);
-                sql.push_str(&format!("${k}"));
-                cursor = end;
-                continue;
-            }
-            _ => None,
-        };
-        let Some(kind) = kind else { continue };
-        let start = pos.offset(t.span.start).ok_or_else(|| internal("span"))?;
-        let end = pos.offset(t.span.end).ok_or_else(|| internal("span"))?;
+    for (start, end, mark) in marks {
         sql.push_str(text.get(cursor..start).ok_or_else(|| internal("span"))?);
         cursor = end;
+        let kind = match mark {
+            Mark::Sentinel(k) => k,
+            Mark::Placeholder(n) => {
+                max_client_param = max_client_param.max(n);
+                let k = number(UpstreamParam::Plain(n), &mut upstream);
+                sql.push_str(&format!("${k}"));
+                continue;
+            }
+        };
         match kind {
             Kind::Slot(i) => {
                 *seen_slots
@@ -318,6 +369,45 @@ mod tests {
             ]
         );
         assert_eq!(b.max_client_param, 2);
+    }
+
+    /// Without a `$` the sentinels are found by substring search: the same pieces as the
+    /// tokenizer finds, also next to punctuation, at the end, and with look-alikes in literals.
+    #[test]
+    fn sentinels_without_placeholders() {
+        let s = Sentinels::new("x");
+        let col = ColumnId::new("public", "t", "c").unwrap();
+        let conflict = IndexPiece::Conflict {
+            col: "c".into(),
+            column: col,
+        };
+        let text = format!(
+            "INSERT INTO t (a) VALUES ({}) ON CONFLICT({}) WHERE x = 'pgseal_0_s1' AND y = {}",
+            s.slot(0),
+            s.raw(0),
+            s.slot(1)
+        );
+        let fast = build(&text, &s, 2, &[], std::slice::from_ref(&conflict)).unwrap();
+        assert_eq!(
+            fast.template,
+            vec![
+                Piece::Sql("INSERT INTO t (a) VALUES (".into()),
+                Piece::Slot(0),
+                Piece::Sql(") ON CONFLICT(".into()),
+                Piece::Index(conflict.clone()),
+                Piece::Sql(") WHERE x = 'pgseal_0_s1' AND y = ".into()),
+                Piece::Slot(1),
+            ]
+        );
+        // The same text with a `$` in a comment goes through the tokenizer: same pieces.
+        let slow_text = format!("{text} /* $ */");
+        let slow = build(&slow_text, &s, 2, &[], std::slice::from_ref(&conflict)).unwrap();
+        assert_eq!(&slow.template[..5], &fast.template[..5]);
+        // A sentinel that is not one of this call's, or seen twice, fails.
+        let twice = format!("{} {}", s.slot(0), s.slot(0));
+        assert!(build(&twice, &s, 1, &[], &[]).is_err());
+        let unknown = format!("{}", s.slot(3));
+        assert!(build(&unknown, &s, 1, &[], &[]).is_err());
     }
 
     #[test]
