@@ -535,6 +535,29 @@ async fn a_pass_on_an_unprepared_table_is_refused() {
         let (ok, out) = proxy_cmd(&env, &["reencrypt"]);
         assert!(!ok, "a pass ran on an unprepared table:\n{out}");
         assert!(out.contains("schema --index-rotation"), "{out}");
+        // One reencrypt at a time: while another session holds the run's advisory lock, a
+        // second run stops before rewriting anything.
+        std::thread::scope(|scope| {
+            let holder = scope.spawn(|| {
+                env.direct("SELECT pg_advisory_lock(1885693281, 1), pg_sleep(6)");
+            });
+            let start = Instant::now();
+            while env
+                .direct("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted")
+                .trim()
+                == "0"
+            {
+                assert!(start.elapsed() < Duration::from_secs(5), "lock not taken");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let (ok, out) = proxy_cmd(&env, &["reencrypt"]);
+            assert!(!ok, "a second reencrypt ran:\n{out}");
+            assert!(
+                out.contains("another pgseal-proxy reencrypt is running"),
+                "{out}"
+            );
+            holder.join().unwrap();
+        });
         let (ok, out) = proxy_cmd(&env, &["check"]);
         assert!(
             !ok,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use pgseal_keyserver::logging;
-use pgseal_keyserver::model::IndexRotation;
+use pgseal_keyserver::model::{IndexPhase, IndexRotation};
 use pgseal_proxy::catalog::load::load_snapshot;
 use pgseal_proxy::catalog::verify::{self, Severity};
 use pgseal_proxy::catalog::{dependents, CatalogConnector, CatalogError, UpstreamCatalog};
@@ -415,62 +415,133 @@ async fn reencrypt_run(
     rotations: &[(String, IndexRotation)],
     keyserver: Option<&pgseal_keyserver::client::Client>,
 ) -> Result<(Vec<pgseal_proxy::reencrypt::ColumnReport>, Vec<PassOutcome>)> {
+    rotation_pass::lock_single_run(client).await?;
     let mut passes = Vec::new();
     if let Some(ks) = keyserver {
         for (keyring, _) in rotations {
             rotation_pass::check_prepared(client, &settings.schema, keyring).await?;
         }
         for (keyring, rotation) in rotations {
-            passes.push(rotation_pass::start(ks, keyring, rotation).await?);
+            match rotation_pass::start(ks, keyring, rotation).await {
+                Ok(p) => passes.push(p),
+                Err(e) => {
+                    abandon(ks, &passes).await;
+                    return Err(e.into());
+                }
+            }
         }
-        rotation_pass::wait_for_older_transactions(client, OLDER_TRANSACTIONS_LIMIT).await?;
     }
-    let mut reports =
-        pgseal_proxy::reencrypt::reencrypt(client, &settings.schema, keys, REENCRYPT_BATCH).await?;
-    // Rows the application changed while the pass read them were left alone (their ctid moved):
-    // a rotation pass goes over the table again until none of its cells is left in the previous
-    // form (bounded).
-    for _ in 1..PASS_ROUNDS {
-        let mut left = 0;
-        for pass in &passes {
-            left += rotation_pass::cells_left(client, &settings.schema, pass).await?;
+    match rewrite_rounds(client, settings, keys, &passes).await {
+        Ok((reports, outcomes)) => {
+            let mut done = Vec::new();
+            if let Some(ks) = keyserver {
+                for o in outcomes {
+                    if let Err(e) =
+                        rotation_pass::report(ks, &o.pass, o.complete, o.rewritten).await
+                    {
+                        println!("error: {e}");
+                        continue;
+                    }
+                    done.push(o);
+                }
+            }
+            Ok((reports, done))
         }
-        if left == 0 {
-            break;
+        Err(e) => {
+            if let Some(ks) = keyserver {
+                abandon(ks, &passes).await;
+            }
+            Err(e)
         }
-        let again =
+    }
+}
+
+/// Reports `passes` as incomplete (a run that stopped early), so that they do not stay open on
+/// the keyserver; errors are printed, not returned.
+async fn abandon(ks: &pgseal_keyserver::client::Client, passes: &[rotation_pass::Pass]) {
+    for p in passes {
+        if let Err(e) = rotation_pass::report(ks, p, false, 0).await {
+            println!("error: {e}");
+        }
+    }
+}
+
+/// The rewrite rounds of a `reencrypt` run: one round over every column, then, for the passes of
+/// blind-index rotations, more rounds until nothing is left in the previous form (rows the
+/// application changed while a round read them were left alone). A compaction is complete only
+/// after a round that found every cell of the keyring already single under the new generation
+/// (a single cell's generation cannot be read from its bytes, so only opening it tells).
+async fn rewrite_rounds(
+    client: &mut SimpleClient,
+    settings: &EncryptionSettings,
+    keys: &dyn KeySource,
+    passes: &[rotation_pass::Pass],
+) -> Result<(Vec<pgseal_proxy::reencrypt::ColumnReport>, Vec<PassOutcome>)> {
+    let columns_of = |p: &rotation_pass::Pass| -> Vec<String> {
+        settings
+            .schema
+            .columns()
+            .filter(|c| c.keyring == p.keyring && c.index.is_some())
+            .map(|c| c.id.to_string())
+            .collect()
+    };
+    if passes.is_empty() {
+        let reports =
             pgseal_proxy::reencrypt::reencrypt(client, &settings.schema, keys, REENCRYPT_BATCH)
                 .await?;
-        for (r, a) in reports.iter_mut().zip(again) {
-            r.rewritten += a.rewritten;
-            r.changed = a.changed;
-            r.unreadable = a.unreadable;
-        }
+        return Ok((reports, Vec::new()));
     }
-    let mut outcomes = Vec::new();
-    if let Some(ks) = keyserver {
-        for pass in passes {
-            let columns: Vec<String> = settings
-                .schema
-                .columns()
-                .filter(|c| c.keyring == pass.keyring && c.index.is_some())
-                .map(|c| c.id.to_string())
-                .collect();
-            let of_keyring = reports.iter().filter(|r| columns.contains(&r.column));
-            let (rewritten, unreadable) =
-                of_keyring.fold((0, 0), |(w, u), r| (w + r.rewritten, u + r.unreadable));
-            let left = rotation_pass::cells_left(client, &settings.schema, &pass).await?;
-            let complete = left == 0 && unreadable == 0;
-            rotation_pass::report(ks, &pass, complete, rewritten).await?;
-            outcomes.push(PassOutcome {
-                pass,
-                complete,
-                left: left + unreadable,
-                rewritten,
+    rotation_pass::wait_for_older_transactions(client, OLDER_TRANSACTIONS_LIMIT).await?;
+    let mut total =
+        pgseal_proxy::reencrypt::reencrypt(client, &settings.schema, keys, REENCRYPT_BATCH).await?;
+    let mut last = total.clone();
+    let mut verdict: Vec<(bool, u64)> = Vec::new();
+    for round in 1..=PASS_ROUNDS {
+        verdict.clear();
+        for p in passes {
+            let cols = columns_of(p);
+            let of_last = last.iter().filter(|r| cols.contains(&r.column));
+            let (rewritten, changed, unreadable) = of_last.fold((0, 0, 0), |(w, c, u), r| {
+                (w + r.rewritten, c + r.changed, u + r.unreadable)
             });
+            let left = rotation_pass::cells_left(client, &settings.schema, p).await?;
+            let verified = match p.rotation.phase {
+                IndexPhase::Dual => true,
+                IndexPhase::Cutover => rewritten == 0 && changed == 0,
+            };
+            let complete = left == 0 && unreadable == 0 && verified;
+            verdict.push((complete, left + unreadable));
+        }
+        if verdict.iter().all(|(c, _)| *c) || round == PASS_ROUNDS {
+            break;
+        }
+        last = pgseal_proxy::reencrypt::reencrypt(client, &settings.schema, keys, REENCRYPT_BATCH)
+            .await?;
+        for (t, l) in total.iter_mut().zip(&last) {
+            t.rewritten += l.rewritten;
+            t.changed = l.changed;
+            t.unreadable = l.unreadable;
         }
     }
-    Ok((reports, outcomes))
+    let outcomes = passes
+        .iter()
+        .zip(verdict)
+        .map(|(p, (complete, left))| {
+            let cols = columns_of(p);
+            let rewritten = total
+                .iter()
+                .filter(|r| cols.contains(&r.column))
+                .map(|r| r.rewritten)
+                .sum();
+            PassOutcome {
+                pass: p.clone(),
+                complete,
+                left,
+                rewritten,
+            }
+        })
+        .collect();
+    Ok((total, outcomes))
 }
 
 /// How many times a rotation pass goes over the tables at most.

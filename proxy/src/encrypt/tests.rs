@@ -2381,6 +2381,38 @@ fn unnamed_statement_and_literal_lookup_follow_rotation() {
         assert!(p.query.contains(&hex(&t)), "{}", p.query);
     }
     assert!(!contains(&up, b"bob"));
+
+    // A value sealed into a prepared statement's SQL: sealed again under the new active version
+    // (and prepared again) after the rotation, not written under the old one for good.
+    *source.0.lock().unwrap() = v1.clone();
+    let cl = h.server(&cat(&[&simple(b'2'), &ready(b'I')]));
+    let _ = cl;
+    let (up, _) = h.client(&parse(
+        "ins",
+        "INSERT INTO patients (id, email) VALUES (7, 'carol')",
+        &[],
+    ));
+    assert_eq!(tags(&up), "P");
+    let before = ParseMsg::parse(&frames(&up)[0].1).unwrap().query.to_owned();
+    let (up, _) = h.client(&cat(&[&bind("", "ins", &[], &[], &[]), &simple(b'S')]));
+    assert_eq!(tags(&up), "BS", "same keys: no re-prepare");
+    *source.0.lock().unwrap() = v12.clone();
+    let (up, _) = h.client(&cat(&[&bind("", "ins", &[], &[], &[]), &simple(b'S')]));
+    assert_eq!(tags(&up), "CPBS", "re-prepared after the rotation");
+    let after = ParseMsg::parse(&frames(&up)[1].1).unwrap().query.to_owned();
+    assert_ne!(before, after);
+    // The envelope's key version (bytes 17..21 of the stored cell, after the 16-byte tag and
+    // the format byte) is the new active one.
+    let hex_of = |q: &str| {
+        let at = q.find("\\\\x").unwrap() + 3;
+        q[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_hexdigit())
+            .collect::<String>()
+    };
+    assert_eq!(&hex_of(&before)[34..42], "00000001", "{before}");
+    assert_eq!(&hex_of(&after)[34..42], "00000002", "{after}");
+    assert!(!contains(&up, b"carol"));
 }
 
 /// `before`: the catalog knows patients only; `after` (what a refresh finds): a partition

@@ -193,14 +193,18 @@ async fn reencrypt_column(
         } else {
             IndexForm::Single
         };
-        let stale_version = format!("{version_expr} <> '\\x{active:08x}'::bytea");
+        // An E'' literal: the same whatever the session's standard_conforming_strings says.
+        let stale_version = format!("{version_expr} <> E'\\\\x{active:08x}'::bytea");
         let dual = is_dual_sql(&column);
         // Which cells need a rewrite: another key version, or another form than the phase's
         // (after the cut-over every cell is looked at: a single cell's tag generation cannot be
         // told from its bytes).
         let needs = match form {
             _ if !indexed => stale_version,
-            IndexForm::Single => format!("({stale_version} OR {dual})"),
+            // Outside a rotation a dual cell is left alone: a run whose key snapshot is older
+            // than a rotation's start must not turn the rotation's dual cells back into single
+            // ones (after a rotation's finish there are none; the compaction saw to it).
+            IndexForm::Single => format!("({stale_version} AND NOT {dual})"),
             IndexForm::Dual => format!("({stale_version} OR NOT {dual})"),
             IndexForm::Cutover => "TRUE".to_owned(),
         };
@@ -246,6 +250,12 @@ async fn reencrypt_column(
             };
             if form == IndexForm::Cutover
                 && is_current_single(&crypto, col, &value, &stored, active)
+            {
+                continue;
+            }
+            if indexed
+                && form == IndexForm::Single
+                && stored.get(pgseal_crypto::BLIND_INDEX_LEN) == Some(&cells::DUAL_MARKER)
             {
                 continue;
             }

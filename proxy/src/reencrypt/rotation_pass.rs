@@ -96,7 +96,8 @@ pub async fn check_prepared(
         }
         let sql = format!(
             "SELECT pg_catalog.pg_get_indexdef(i.indexrelid, 1, true) FROM pg_catalog.pg_index i \
-             WHERE i.indrelid = {}::regclass AND i.indisunique AND i.indisvalid AND i.indnatts = 1",
+             WHERE i.indrelid = {}::regclass AND i.indisunique AND i.indisvalid AND i.indnatts = 1 \
+             AND i.indpred IS NULL",
             regclass(c)
         );
         let rows = first_values(client.query(&sql).await.map_err(|e| upstream(c, e))?);
@@ -155,54 +156,83 @@ pub fn what(phase: IndexPhase) -> &'static str {
     }
 }
 
-/// Waits until every transaction that was running when this was called has ended (at most
-/// `limit`).
+/// Waits until every transaction of this database's client sessions that was open when this
+/// was called has ended (at most `limit`): each holds the lock on its virtual transaction id from
+/// its start, also one that has not written yet (a Bind whose Execute comes later, an INSERT
+/// waiting for a lock), so a cell sealed under the previous phase is committed, or never will
+/// be, before the pass looks — the wait `CREATE INDEX CONCURRENTLY` makes.
 pub async fn wait_for_older_transactions(
     client: &mut SimpleClient,
     limit: Duration,
 ) -> Result<(), ReencryptError> {
     let err = |e: crate::upstream::UpstreamError| {
-        rotation_err(format!(
-            "cannot read the upstream's transaction snapshot: {e}"
-        ))
+        rotation_err(format!("cannot read the upstream's open transactions: {e}"))
     };
-    let rows = first_values(
-        client
-            .query("SELECT pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text")
-            .await
-            .map_err(err)?,
+    const OPEN: &str = "SELECT l.virtualxid FROM pg_catalog.pg_locks l \
+         JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid \
+         WHERE l.locktype = 'virtualxid' AND l.granted AND l.mode = 'ExclusiveLock' \
+         AND l.pid <> pg_catalog.pg_backend_pid() AND a.datname = pg_catalog.current_database() \
+         AND a.backend_type = 'client backend'";
+    let open: Vec<String> = first_values(client.query(OPEN).await.map_err(err)?)
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .collect();
+    if open.is_empty() {
+        return Ok(());
+    }
+    let list = open
+        .iter()
+        .map(|v| quote_literal(v))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let still = format!(
+        "SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'virtualxid' AND granted \
+         AND virtualxid IN ({list})"
     );
-    let xmax = rows
-        .first()
-        .and_then(|r| r.first().cloned().flatten())
-        .filter(|x| x.bytes().all(|b| b.is_ascii_digit()) && !x.is_empty())
-        .ok_or_else(|| rotation_err("unexpected answer for pg_current_snapshot()".into()))?;
     let started = Instant::now();
     loop {
-        let rows = first_values(
-            client
-                .query(&format!(
-                    "SELECT pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot()) >= '{xmax}'::xid8"
-                ))
-                .await
-                .map_err(err)?,
-        );
+        let rows = first_values(client.query(&still).await.map_err(err)?);
         if rows
             .first()
             .and_then(|r| r.first().cloned().flatten())
             .as_deref()
-            == Some("t")
+            == Some("0")
         {
             return Ok(());
         }
         if started.elapsed() >= limit {
             return Err(rotation_err(format!(
-                "transactions older than the pass were still running after {} s \
-                 (see pg_stat_activity); end them and run reencrypt again",
+                "transactions older than the pass were still open after {} s \
+                 (see pg_stat_activity, state 'idle in transaction' or long queries); end them \
+                 and run reencrypt again",
                 limit.as_secs()
             )));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Takes the session-level advisory lock that lets one `reencrypt` at a time work on this
+/// database (released when the connection closes). A second run stops instead of rewriting
+/// cells for a phase it may have read before the first run's.
+pub async fn lock_single_run(client: &mut SimpleClient) -> Result<(), ReencryptError> {
+    let rows = first_values(
+        client
+            .query("SELECT pg_catalog.pg_try_advisory_lock(1885693281, 1)")
+            .await
+            .map_err(|e| rotation_err(format!("cannot take the reencrypt lock: {e}")))?,
+    );
+    match rows
+        .first()
+        .and_then(|r| r.first().cloned().flatten())
+        .as_deref()
+    {
+        Some("t") => Ok(()),
+        _ => Err(rotation_err(
+            "another pgseal-proxy reencrypt is running against this database (advisory lock \
+             1885693281/1 held); wait for it to end"
+                .into(),
+        )),
     }
 }
 

@@ -138,11 +138,13 @@ struct Stmt {
     parse: Bytes,
 }
 
-/// The blind-index key versions a rendering of a rewrite plan depends on: for each scalar lookup
-/// parameter (in upstream order), then each literal lookup slot (in slot order), the versions
-/// of the column that may be stored, newest first. A scalar lookup has one upstream parameter
-/// per version, and a literal lookup's tags are rendered into the SQL, so a statement prepared
-/// for other versions must be re-prepared before it is bound.
+/// The key versions a rendering of a rewrite plan depends on: for each scalar lookup parameter
+/// (in upstream order), then each literal slot (in slot order), the blind-index versions of the
+/// column that may be stored, newest first (a lookup), or the cells' form with the sealing data-key
+/// version and tag generations (a value sealed into the SQL); then the form of each index piece.
+/// A scalar lookup has one upstream parameter per version, literal lookups and values are
+/// rendered into the SQL, so a statement prepared for other versions must be re-prepared before
+/// it is bound.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct KeyVersions(Vec<Vec<u32>>);
 
@@ -492,8 +494,20 @@ impl EncryptSession {
             }
         }
         for slot in &plan.slots {
-            if let Slot::Lookup { column, .. } = slot {
-                versions.push(list(&*self.crypto(column)?));
+            match slot {
+                Slot::Lookup { column, .. } => versions.push(list(&*self.crypto(column)?)),
+                // A literal sealed into the upstream statement: sealed again (and the statement
+                // prepared again) when the sealing keys or the cells' form change, so that a
+                // statement prepared before a rotation does not go on writing the old form.
+                Slot::Value { column, .. } => {
+                    let c = self.crypto(column)?;
+                    versions.push(vec![
+                        c.form().code(),
+                        c.active_version().unwrap_or(0),
+                        c.active_index().map_or(0, |k| k.key_version()),
+                        c.second_index().map_or(0, |k| k.key_version()),
+                    ]);
+                }
             }
         }
         let forms = self.index_forms(plan)?;
