@@ -11,10 +11,8 @@
 
 mod support;
 
-use std::process::Command;
-
-use support::keyserver::{cargo_bin, ColumnSpec};
-use support::{db_message, proxy_env, secret, sqlstate, EncEnv};
+use support::keyserver::ColumnSpec;
+use support::{db_message, secret, sqlstate, EncEnv};
 
 const KR: &str = "drift";
 const TABLES: &[&str] = &["dr_tab", "dr_col", "dr_swap", "dr_nsp", "dr_kid"];
@@ -40,12 +38,7 @@ async fn refused(c: &tokio_postgres::Client, sql: &str, why: &str) {
 
 /// `pgseal-proxy check` of `env`'s configuration: (exit code, stdout).
 fn check(env: &EncEnv) -> (Option<i32>, String) {
-    let out = Command::new(cargo_bin("pgseal-proxy", "PGSEAL_PROXY_BIN"))
-        .args(["check", "--config"])
-        .arg(env.proxy.config_path())
-        .envs(proxy_env())
-        .output()
-        .unwrap();
+    let out = env.proxy_command(&["check"]);
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).to_string(),

@@ -13,10 +13,9 @@
 mod support;
 
 use std::error::Error;
-use std::process::Command;
 
 use bytes::BytesMut;
-use support::keyserver::{cargo_bin, ColumnSpec};
+use support::keyserver::ColumnSpec;
 use support::{secret, sqlstate, EncEnv};
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 
@@ -83,12 +82,7 @@ impl ToSql for Raw {
 
 /// `pgseal-proxy CMD --config` of the running proxy: (exit code, stdout).
 fn proxy_cmd(env: &EncEnv, cmd: &str) -> (Option<i32>, String) {
-    let out = Command::new(cargo_bin("pgseal-proxy", "PGSEAL_PROXY_BIN"))
-        .args([cmd, "--config"])
-        .arg(env.proxy.config_path())
-        .envs(support::proxy_env())
-        .output()
-        .unwrap();
+    let out = env.proxy_command(&[cmd]);
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     eprintln!(
         "pgseal-proxy {cmd}:\n{stdout}{}",

@@ -10,12 +10,11 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::keyserver::{cargo_bin, ColumnSpec};
+use support::keyserver::ColumnSpec;
 use support::{check_cell, secret, EncEnv};
 
 const KR: &str = "bidxring";
@@ -240,13 +239,7 @@ async fn writer(
 }
 
 fn proxy_cmd(env: &EncEnv, args: &[&str]) -> (bool, String) {
-    let out = Command::new(cargo_bin("pgseal-proxy", "PGSEAL_PROXY_BIN"))
-        .args(args)
-        .arg("--config")
-        .arg(env.proxy.config_path())
-        .envs(support::proxy_env())
-        .output()
-        .unwrap();
+    let out = env.proxy_command(args);
     (
         out.status.success(),
         format!(

@@ -209,13 +209,7 @@ async fn keyserver_outage_grace_then_fail_closed_then_recovery() {
 }
 
 fn check(env: &EncEnv) -> (bool, String) {
-    let out = Command::new(cargo_bin("pgseal-proxy", "PGSEAL_PROXY_BIN"))
-        .arg("check")
-        .arg("--config")
-        .arg(env.proxy.config_path())
-        .envs(support::proxy_env())
-        .output()
-        .unwrap();
+    let out = env.proxy_command(&["check"]);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::keyserver::{cargo_bin, ColumnSpec};
+use support::keyserver::ColumnSpec;
 use support::{check_cell, secret, sqlstate, EncEnv};
 
 const KR: &str = "uniquering";
@@ -126,12 +126,7 @@ async fn assert_duplicate_refused(c: &tokio_postgres::Client, id: i32, email: &s
 }
 
 fn reencrypt(env: &EncEnv) -> (bool, String) {
-    let out = Command::new(cargo_bin("pgseal-proxy", "PGSEAL_PROXY_BIN"))
-        .args(["reencrypt", "--config"])
-        .arg(env.proxy.config_path())
-        .envs(support::proxy_env())
-        .output()
-        .unwrap();
+    let out = env.proxy_command(&["reencrypt"]);
     (
         out.status.success(),
         format!(

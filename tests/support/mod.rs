@@ -436,6 +436,18 @@ impl EncEnv {
         connect(&self.conn_str()).await
     }
 
+    /// Runs `pgseal-proxy ARGS --config <the running proxy's configuration>` (e.g. `check`,
+    /// `reencrypt`, `schema --index-rotation`) to completion.
+    pub fn proxy_command(&self, args: &[&str]) -> Output {
+        Command::new(keyserver::cargo_bin("pgseal-proxy", "PGSEAL_PROXY_BIN"))
+            .args(args)
+            .arg("--config")
+            .arg(self.proxy.config_path())
+            .envs(proxy_env())
+            .output()
+            .unwrap()
+    }
+
     /// SQL straight to PostgreSQL as the superuser (unaligned, tuples only).
     pub fn direct(&self, sql: &str) -> String {
         self.pg.psql(ENC_DB, sql)
