@@ -143,10 +143,10 @@ fn column(n: usize, c: &ColumnConfig) -> Result<ProtectedColumn, ConfigError> {
 
 /// Validates the columns: each entry, duplicates, and index groups (every column of a group
 /// must have types PostgreSQL compares for equality, i.e. one type family such as
-/// int2/int4/int8 or text/varchar, and the same normalisation).
+/// int2/int4/int8 or text/varchar, the same normalisation and the same keyring).
 pub(super) fn protected_schema(columns: &[ColumnConfig]) -> Result<ProtectedSchema, ConfigError> {
     let mut seen: HashMap<ColumnId, usize> = HashMap::new();
-    let mut groups: BTreeMap<String, (usize, LogicalType, Normalisation)> = BTreeMap::new();
+    let mut groups: BTreeMap<String, (usize, LogicalType, Normalisation, String)> = BTreeMap::new();
     let mut out = Vec::with_capacity(columns.len());
     for (i, c) in columns.iter().enumerate() {
         let n = i + 1;
@@ -161,9 +161,9 @@ pub(super) fn protected_schema(columns: &[ColumnConfig]) -> Result<ProtectedSche
             let key = ix.group.as_str().to_owned();
             match groups.get(&key) {
                 None => {
-                    groups.insert(key, (n, p.ty, ix.norm));
+                    groups.insert(key, (n, p.ty, ix.norm, p.keyring.clone()));
                 }
-                Some((first, ty, norm)) => {
+                Some((first, ty, norm, keyring)) => {
                     if ty.family() != p.ty.family() {
                         return Err(invalid(format!(
                             "[[columns]] #{n} {:?}: index_group {key:?} mixes type {} with {ty} (entry #{first}); columns of one group must be comparable",
@@ -174,6 +174,15 @@ pub(super) fn protected_schema(columns: &[ColumnConfig]) -> Result<ProtectedSche
                         return Err(invalid(format!(
                             "[[columns]] #{n} {:?}: index_group {key:?} needs the same case_insensitive/trim as entry #{first}",
                             c.column
+                        )));
+                    }
+                    // The blind-index key is derived from the keyring's index material: columns
+                    // of two keyrings never get equal tags, so a join between them would silently
+                    // find nothing.
+                    if *keyring != p.keyring {
+                        return Err(invalid(format!(
+                            "[[columns]] #{n} {:?}: index_group {key:?} needs the same keyring as entry #{first} ({keyring:?}, not {:?}); tags of two keyrings never compare equal",
+                            c.column, p.keyring
                         )));
                     }
                 }
@@ -349,7 +358,7 @@ index_group = \"patient\"
 [[columns]]
 column = \"public.patients.id_ref\"
 type = \"int4\"
-keyring = \"patients\"
+keyring = \"billing\"
 index = true
 index_group = \"patient\"
 "
@@ -457,6 +466,10 @@ index_group = \"patient\"
                 col("index = true\nindex_group = \"g\"\ncase_insensitive = true")
                     + &second("varchar", "index = true\nindex_group = \"g\""),
                 "#2 \"public.other.x\": index_group \"g\" needs the same case_insensitive/trim as entry #1",
+            ),
+            (
+                col("index = true\nindex_group = \"g\"") + &second("text", "index = true\nindex_group = \"g\""),
+                "#2 \"public.other.x\": index_group \"g\" needs the same keyring as entry #1 (\"patients\", not \"k\")",
             ),
             (
                 col("index = true\nindex_group = \"\""),
