@@ -2385,8 +2385,8 @@ fn unnamed_statement_and_literal_lookup_follow_rotation() {
     // A value sealed into a prepared statement's SQL: sealed again under the new active version
     // (and prepared again) after the rotation, not written under the old one for good.
     *source.0.lock().unwrap() = v1.clone();
-    let cl = h.server(&cat(&[&simple(b'2'), &ready(b'I')]));
-    let _ = cl;
+    // The answer to the previous Bind/Sync.
+    assert_eq!(tags(&h.server(&cat(&[&simple(b'2'), &ready(b'I')]))), "2Z");
     let (up, _) = h.client(&parse(
         "ins",
         "INSERT INTO patients (id, email) VALUES (7, 'carol')",
