@@ -15,6 +15,7 @@
 //! - [`encrypt`]: the encryption interceptor (statements, parameters, results).
 //! - [`keys`]: key material for protected columns (keyserver client cache, rotation, grace period).
 //! - [`catalog`]: upstream catalog facts (existing tables, protected `(table OID, attnum)`).
+//! - [`migrate`]: online migration of existing plaintext columns to pgseal cells and back.
 //! - [`session`]: one client connection end to end, the relay loop and the interceptor seam.
 //! - [`cancel`]: the proxy's own BackendKeyData and its map to the upstream's keys.
 //! - [`config`], [`metrics`], [`shutdown`], [`server`] (accept loop), [`net`] (stream types).
@@ -26,6 +27,7 @@ pub mod config;
 pub mod encrypt;
 pub mod keys;
 pub mod metrics;
+pub mod migrate;
 pub mod net;
 pub mod protocol;
 pub mod reencrypt;

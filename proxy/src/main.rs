@@ -19,7 +19,7 @@ use pgseal_proxy::session::InterceptorFactory;
 use pgseal_proxy::upstream::simple_query::SimpleClient;
 use pgseal_proxy::{Config, PassThrough, Server};
 
-const USAGE: &str = "usage: pgseal-proxy <serve|check|schema|reencrypt> --config FILE\n\
+const USAGE: &str = "usage: pgseal-proxy <serve|check|schema|reencrypt|migrate> --config FILE\n\
 \n\
   serve   Run the proxy. SIGTERM: stop accepting, let in-flight queries finish for\n\
           [shutdown] grace_seconds, then close.\n\
@@ -66,6 +66,19 @@ const USAGE: &str = "usage: pgseal-proxy <serve|check|schema|reencrypt> --config
           is also the re-index pass (before the cut-over: every cell gets both tags) and the\n\
           compaction pass (after it: every cell one tag of the new generation), reported to\n\
           the keyserver, which needs a complete pass before `--cutover` and `--finish`.\n\
+  migrate  Online: take the columns configured with migration = \"encrypt\" from plaintext\n\
+          upstream to pgseal cells (\"decrypt\": back to plaintext) while applications keep\n\
+          working through the proxy (docs/migration.md). Phases prepare, backfill, verify,\n\
+          cut-over, cleanup; state upstream in pgseal.migrations; run it again to resume.\n\
+          Connects as encryption.catalog_user, which must own the tables.\n\
+            --column SCHEMA.TABLE.COLUMN   only this column (repeatable)\n\
+            --batch N          rows per batch, one transaction each (default 1000)\n\
+            --rate N           rows per second at most (default 5000; 0: unthrottled)\n\
+            --dry-run          print the plan and the DDL, change nothing\n\
+            --stop-after PHASE stop once every column reached backfill|verified|cutover\n\
+            --abort            undo migrations that have not been cut over\n\
+          Ctrl-C stops after the current batch. Exit status 0: done (or stopped as asked);\n\
+          1: refused or failed; 130: interrupted.\n\
 \n\
 Options: --config FILE (or -c FILE, --config=FILE); --help; --version.\n\
 Logging: PGSEAL_LOG (or RUST_LOG), e.g. PGSEAL_LOG=debug; logs go to stderr. The level applies\n\
@@ -78,6 +91,8 @@ struct SchemaOptions {
     rotation: Option<RotationDdl>,
     /// `--keyring NAME` (repeatable): only these keyrings' columns.
     keyrings: Vec<String>,
+    /// `migrate`'s options.
+    migrate: pgseal_proxy::migrate::Options,
 }
 
 #[derive(Clone, Copy)]
@@ -110,6 +125,29 @@ fn parse_args() -> Result<(String, PathBuf, SchemaOptions)> {
                 Some(k) => options.keyrings.push(k),
                 None => bail!("--keyring needs a keyring name\n{USAGE}"),
             },
+            "--column" if cmd == "migrate" => match args.next() {
+                Some(c) => options.migrate.columns.push(c),
+                None => bail!("--column needs SCHEMA.TABLE.COLUMN\n{USAGE}"),
+            },
+            "--batch" if cmd == "migrate" => {
+                options.migrate.batch = number(args.next(), "--batch")?.max(1) as usize;
+            }
+            "--rate" if cmd == "migrate" => {
+                let n = number(args.next(), "--rate")?;
+                options.migrate.rate = (n > 0).then_some(n);
+            }
+            "--dry-run" if cmd == "migrate" => options.migrate.dry_run = true,
+            "--abort" if cmd == "migrate" => options.migrate.abort = true,
+            "--stop-after" if cmd == "migrate" => {
+                use pgseal_proxy::migrate::state::Phase;
+                let p = args.next().unwrap_or_default();
+                options.migrate.stop_after = match Phase::parse(&p) {
+                    Some(ph @ (Phase::Backfill | Phase::Verified | Phase::Cutover)) => Some(ph),
+                    _ => bail!(
+                        "--stop-after takes backfill, verified or cutover, not {p:?}\n{USAGE}"
+                    ),
+                };
+            }
             s => match s.strip_prefix("--config=") {
                 Some(p) => config = Some(PathBuf::from(p)),
                 None => bail!("unknown argument {s:?}\n{USAGE}"),
@@ -121,6 +159,13 @@ fn parse_args() -> Result<(String, PathBuf, SchemaOptions)> {
         bail!("--keyring goes with --index-rotation or --index-rotation-done\n{USAGE}");
     }
     Ok((cmd, config, options))
+}
+
+/// A non-negative number argument.
+fn number(arg: Option<String>, name: &str) -> Result<u64> {
+    arg.as_deref()
+        .and_then(|a| a.parse().ok())
+        .with_context(|| format!("{name} needs a number\n{USAGE}"))
 }
 
 fn current_thread() -> Result<tokio::runtime::Runtime> {
@@ -380,6 +425,57 @@ fn reencrypt(resolved: &Resolved) -> Result<()> {
     Ok(())
 }
 
+/// `migrate`: the online migrations of the columns configured with `migration`.
+fn migrate(resolved: &Resolved, options: &SchemaOptions) -> Result<()> {
+    use pgseal_proxy::migrate::{progress, Migrator, Outcome};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let Some(settings) = &resolved.encryption else {
+        bail!("no [[columns]] configured: nothing to migrate");
+    };
+    let keys = KeyserverKeys::start(&settings.keyserver, &settings.schema)
+        .with_context(|| format!("keyserver {}", settings.keyserver.url))?;
+    let connector = CatalogConnector::new(resolved, settings)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let outcome = current_thread()?.block_on(async {
+        let flag = stop.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("migrate: Ctrl-C: stopping after the current batch (run migrate again to resume)");
+                flag.store(true, Ordering::Relaxed);
+            }
+        });
+        let mut client = connector.connect().await?;
+        let r = Migrator::new(
+            &mut client,
+            keys.as_ref(),
+            options.migrate.clone(),
+            progress::for_terminal_or_lines(),
+            &stop,
+        )
+        .run(&settings.schema, &settings.migrations)
+        .await;
+        client.close().await;
+        anyhow::Ok(r?)
+    })?;
+    match outcome {
+        Outcome::Plan(text) => print!("{text}"),
+        Outcome::Aborted(cols) if cols.is_empty() => println!("migrate: nothing to abort"),
+        Outcome::Aborted(cols) => println!("migrate: aborted {}", cols.join(", ")),
+        Outcome::Finished(phases) => {
+            for (c, p) in phases {
+                println!("migrate: {c}: phase {p}");
+            }
+        }
+        Outcome::Interrupted(phases) => {
+            for (c, p) in phases {
+                println!("migrate: {c}: phase {p} (interrupted)");
+            }
+            std::process::exit(130);
+        }
+    }
+    Ok(())
+}
+
 /// How a blind-index rotation pass of a `reencrypt` run ended.
 struct PassOutcome {
     pass: rotation_pass::Pass,
@@ -616,6 +712,7 @@ fn main() -> Result<()> {
         "check" => check(&path, resolved),
         "schema" => schema(&resolved, &schema_options),
         "reencrypt" => reencrypt(&resolved),
+        "migrate" => migrate(&resolved, &schema_options),
         "serve" => {
             // Each session holds a client and an upstream descriptor; start-ups one each.
             let limits = &resolved.config.limits;

@@ -539,6 +539,8 @@ pub struct ColumnSpec {
     pub trim: bool,
     /// A UNIQUE blind-index expression index exists.
     pub unique: bool,
+    /// `migration = "encrypt"|"decrypt"` (an online migration, docs/migration.md).
+    pub migration: Option<String>,
 }
 
 impl ColumnSpec {
@@ -553,7 +555,14 @@ impl ColumnSpec {
             case_insensitive: false,
             trim: false,
             unique: false,
+            migration: None,
         }
+    }
+
+    /// Configured with `migration = "<direction>"` (`encrypt` or `decrypt`).
+    pub fn migrating(mut self, direction: &str) -> ColumnSpec {
+        self.migration = Some(direction.to_string());
+        self
     }
 
     /// With an equality index.
@@ -599,6 +608,9 @@ impl ColumnSpec {
         }
         if self.unique {
             s.push_str("unique = true\n");
+        }
+        if let Some(m) = &self.migration {
+            s.push_str(&format!("migration = \"{m}\"\n"));
         }
         s
     }

@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::load::{field, TableRow};
 use super::CatalogError;
+use crate::migrate::state::Names;
 use crate::rewrite::schema::cell_check::CellCheck;
 use crate::rewrite::ProtectedSchema;
 use crate::upstream::simple_query::Rows;
@@ -93,8 +94,14 @@ impl OidMemory {
                 continue; // dropped
             };
             let mut kept = r.clone();
-            kept.columns
-                .retain(|k, _| attrs.iter().any(|(a, _)| a == k));
+            // An online migration's cut-over renames the column at attnum k to
+            // `pgseal_old_<k>` (and its shadow to the column's name): not drift; the column's
+            // new attnum is learnt below.
+            kept.columns.retain(|k, _| {
+                attrs
+                    .iter()
+                    .any(|(a, n)| a == k && *n != Names::new(*oid, *k).old)
+            });
             if (s, t) != (&r.schema, &r.table) {
                 drift.push(Drift {
                     oid: *oid,
@@ -106,7 +113,7 @@ impl OidMemory {
                     ),
                 });
             } else {
-                for (k, was) in &r.columns {
+                for (k, was) in &kept.columns {
                     if let Some((_, now)) = attrs.iter().find(|(a, n)| a == k && n != was) {
                         drift.push(Drift {
                             oid: *oid,

@@ -29,6 +29,7 @@ pub mod connection;
 pub mod dependents;
 pub mod drift;
 pub mod load;
+pub mod migrations;
 pub mod upstream;
 pub mod verify;
 
@@ -54,6 +55,12 @@ pub struct TableInfo {
     pub table: String,
     /// Protected columns of this table by attnum.
     pub protected: HashMap<i16, ProtectedColumn>,
+    /// Columns of an online migration's that no client sees (the shadow column being filled,
+    /// the old column after the cut-over): dropped from RowDescription and DataRow.
+    pub hidden: BTreeSet<i16>,
+    /// The names of those columns (a column added since the last load is hidden by its name
+    /// until a load knows its attnum).
+    pub hidden_names: BTreeSet<String>,
 }
 
 /// A partition or inheritance child of configured tables, as the catalog describes it.
@@ -110,6 +117,9 @@ pub struct CatalogSnapshot {
     extra_lower_names: Vec<String>,
     /// Relations tainted because of drift done directly upstream.
     drift: Vec<drift::Drift>,
+    /// Whether online column migrations changed the analysed schema (which may then be empty
+    /// although columns are configured).
+    migrated: bool,
 }
 
 impl CatalogSnapshot {
@@ -136,6 +146,8 @@ impl CatalogSnapshot {
                     schema: s,
                     table: t,
                     protected,
+                    hidden: BTreeSet::new(),
+                    hidden_names: BTreeSet::new(),
                 },
             );
         }
@@ -151,6 +163,7 @@ impl CatalogSnapshot {
             effective: Arc::new(schema.clone()),
             extra_lower_names: Vec::new(),
             drift: Vec::new(),
+            migrated: false,
         }
     }
 
@@ -195,6 +208,8 @@ impl CatalogSnapshot {
                             schema: d.schema.clone(),
                             table: d.table.clone(),
                             protected,
+                            hidden: BTreeSet::new(),
+                            hidden_names: BTreeSet::new(),
                         },
                     );
                     None
@@ -232,6 +247,77 @@ impl CatalogSnapshot {
         self.drift = drifts;
         self.set_effective(schema, effective);
         self
+    }
+
+    /// The same snapshot as online column migrations ask it to be served (see
+    /// [`migrations`]): columns served as plaintext for now leave the analysed schema, columns
+    /// served encrypted sit at the attnum the migration's query saw, migration-owned columns
+    /// are hidden from results, and tables being cut over are tainted. `schema` is the
+    /// configured schema.
+    pub fn with_migrations(
+        mut self,
+        schema: &ProtectedSchema,
+        overrides: &migrations::Overrides,
+    ) -> Self {
+        if overrides.is_empty() {
+            return self;
+        }
+        let mut effective = (*self.effective).clone();
+        for id in &overrides.plain {
+            effective.remove_column(id);
+            for t in self.by_oid.values_mut() {
+                t.protected.retain(|_, c| &c.id != id);
+            }
+        }
+        for (oid, attnum, col) in &overrides.protected {
+            if let Some(t) = self.by_oid.get_mut(oid) {
+                t.protected.retain(|_, c| c.id != col.id);
+                t.protected.insert(*attnum, col.clone());
+            }
+        }
+        for (oid, attnum) in &overrides.hidden {
+            if let Some(t) = self.by_oid.get_mut(oid) {
+                t.hidden.insert(*attnum);
+            }
+        }
+        for (oid, name) in &overrides.hidden_names {
+            if let Some(t) = self.by_oid.get_mut(oid) {
+                t.hidden_names.insert(name.clone());
+            }
+        }
+        for r in &overrides.refused {
+            self.by_oid.remove(&r.oid);
+            self.taint(&mut effective, r.oid, &r.schema, &r.table, r.why.clone());
+        }
+        self.set_effective(schema, effective);
+        self.migrated = true;
+        self
+    }
+
+    /// The schema statements are analysed with: this snapshot's, or `configured` when the
+    /// snapshot was never loaded (it knows nothing yet).
+    pub fn analysed_schema<'a>(&'a self, configured: &'a ProtectedSchema) -> &'a ProtectedSchema {
+        if self.effective.is_empty() && !self.migrated {
+            configured
+        } else {
+            &self.effective
+        }
+    }
+
+    /// The same snapshot with another generation (a degraded copy must not share cached plans
+    /// with the snapshot it was made from).
+    pub(crate) fn with_generation(mut self, generation: u64) -> Self {
+        self.generation = generation;
+        self
+    }
+
+    /// Whether the result column `name` from `(table_oid, attnum)` is hidden from results (an
+    /// online migration's shadow or old column, by attnum or, for a column added since the
+    /// last load, by its name).
+    pub fn hidden_at(&self, table_oid: u32, attnum: i16, name: &str) -> bool {
+        self.by_oid
+            .get(&table_oid)
+            .is_some_and(|t| t.hidden.contains(&attnum) || t.hidden_names.contains(name))
     }
 
     /// The relations tainted because of drift done directly upstream.

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use super::{invalid, ConfigError, UserConfig};
 use crate::keys::KeyserverConfig;
+use crate::migrate::state::Direction;
 use crate::rewrite::{IndexSpec, ProtectedColumn, ProtectedSchema};
 
 /// `[encryption]`: where protected columns live.
@@ -58,6 +59,10 @@ pub struct ColumnConfig {
     /// A UNIQUE blind-index expression index exists (needed for `ON CONFLICT (col)`).
     #[serde(default)]
     pub unique: bool,
+    /// `"encrypt"`: the column may still be plaintext upstream and is being taken to pgseal
+    /// cells by `pgseal-proxy migrate`; `"decrypt"`: it is being taken back to plaintext. The
+    /// proxy then serves it as the migration's state upstream says (docs/migration.md).
+    pub migration: Option<String>,
 }
 
 /// The validated encryption settings.
@@ -75,6 +80,8 @@ pub struct EncryptionSettings {
     pub trusted_migration_users: Vec<String>,
     /// Largest statement text a session may send.
     pub max_statement_bytes: usize,
+    /// Columns configured with `migration = "encrypt"` or `"decrypt"`.
+    pub migrations: BTreeMap<ColumnId, Direction>,
 }
 
 fn is_text(ty: LogicalType) -> bool {
@@ -249,6 +256,20 @@ pub(super) fn settings(
             "encryption.max_statement_bytes must be at least 1024",
         ));
     }
+    let mut migrations = BTreeMap::new();
+    for (i, c) in columns.iter().enumerate() {
+        let Some(m) = &c.migration else { continue };
+        let direction = Direction::parse(m).ok_or_else(|| {
+            invalid(format!(
+                "[[columns]] #{} {:?}: migration = {m:?} (known: \"encrypt\", \"decrypt\")",
+                i + 1,
+                c.column
+            ))
+        })?;
+        if let Ok(id) = ColumnId::parse(&c.column) {
+            migrations.insert(id, direction);
+        }
+    }
     Ok(Some(EncryptionSettings {
         database: enc.database.clone(),
         catalog_user,
@@ -256,6 +277,7 @@ pub(super) fn settings(
         keyserver: ks.clone(),
         trusted_migration_users: enc.trusted_migration_users.clone(),
         max_statement_bytes,
+        migrations,
     }))
 }
 

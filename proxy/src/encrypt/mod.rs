@@ -394,12 +394,8 @@ impl Shared {
         if let Some(o) = self.cache.get(sql, search_path, generation, variant) {
             return o;
         }
-        // A snapshot that was never loaded knows nothing: use the configured schema.
-        let schema = if snapshot.schema().is_empty() {
-            &self.schema
-        } else {
-            snapshot.schema()
-        };
+        // A snapshot that was never loaded knows nothing: the configured schema.
+        let schema = snapshot.analysed_schema(&self.schema);
         let names = self.names_for(&snapshot, schema);
         let analysis = match gate::analyse_cached(
             sql,
@@ -444,11 +440,7 @@ impl Shared {
         input: &GateInput,
     ) -> Result<Arc<Facts>, crate::rewrite::Refusal> {
         let snapshot = self.catalog.snapshot();
-        let schema = if snapshot.schema().is_empty() {
-            &self.schema
-        } else {
-            snapshot.schema()
-        };
+        let schema = snapshot.analysed_schema(&self.schema);
         let names = self.names_for(&snapshot, schema);
         gate::analyse(sql, &input.lexer, &names, input.trust).map(Arc::new)
     }

@@ -79,6 +79,9 @@ pub struct RowPlan {
     guard: Arc<[Guard]>,
     /// Whether any column is guarded.
     any_guard: bool,
+    /// Per column: an online migration's own column (shadow or old), dropped from what the
+    /// client gets (empty: none).
+    hidden: Arc<[bool]>,
 }
 
 /// Why a DataRow could not be decrypted.
@@ -163,7 +166,33 @@ impl RowPlan {
             any,
             guard: guard.into(),
             any_guard,
+            hidden: Arc::from(Vec::new()),
         }
+    }
+
+    /// The same plan with the columns the client does not see (`hidden`, one flag per
+    /// column; see [`FieldMap::hidden`]).
+    pub fn with_hidden(mut self, hidden: Vec<bool>) -> Self {
+        if hidden.iter().any(|h| *h) {
+            self.hidden = hidden.into();
+        }
+        self
+    }
+
+    /// Whether a column is dropped from what the client gets.
+    pub fn any_hidden(&self) -> bool {
+        !self.hidden.is_empty()
+    }
+
+    /// Whether result column `i` is dropped.
+    fn is_hidden(&self, i: usize) -> bool {
+        self.hidden.get(i).copied().unwrap_or(false)
+    }
+
+    /// Whether the client's RowDescription and DataRows differ from the upstream's (columns to
+    /// decrypt or to drop).
+    pub fn rewrites(&self) -> bool {
+        self.any || self.any_hidden()
     }
 
     /// Whether any column needs decryption.
@@ -171,9 +200,9 @@ impl RowPlan {
         self.any
     }
 
-    /// Whether the rows need looking at (a column to decrypt or to check).
+    /// Whether the rows need looking at (a column to decrypt, to check or to drop).
     pub fn inspect(&self) -> bool {
-        self.any || self.any_guard
+        self.any || self.any_guard || self.any_hidden()
     }
 
     /// The same plan for other formats.
@@ -185,6 +214,7 @@ impl RowPlan {
             any: self.any,
             guard: self.guard.clone(),
             any_guard: self.any_guard,
+            hidden: self.hidden.clone(),
         }
     }
 
@@ -255,6 +285,9 @@ pub struct FieldMap {
     /// Why the result must not be handed over, when a field comes from a tainted relation (a
     /// view over a protected table).
     pub tainted: Option<String>,
+    /// Per field: an online migration's own column (the shadow being filled, the old column
+    /// after the cut-over), which no client sees.
+    pub hidden: Vec<bool>,
 }
 
 /// The protected column behind each field, per `snapshot` (bytea fields of known tables only),
@@ -276,17 +309,24 @@ pub fn map_fields(fields: &[Field], snapshot: &CatalogSnapshot) -> FieldMap {
             if !snapshot.knows_oid(f.table_oid) && !unknown.contains(&f.table_oid) {
                 unknown.push(f.table_oid);
             }
-            if f.type_oid != BYTEA_OID {
+            if f.type_oid != BYTEA_OID || snapshot.hidden_at(f.table_oid, f.attnum, &f.name) {
                 return None;
             }
             snapshot.protected_at(f.table_oid, f.attnum).cloned()
         })
         .collect();
+    let hidden: Vec<bool> = fields
+        .iter()
+        .map(|f| f.table_oid != 0 && snapshot.hidden_at(f.table_oid, f.attnum, &f.name))
+        .collect();
     let guard = fields
         .iter()
         .zip(cols.iter())
-        .map(|(f, c)| match c {
+        .zip(hidden.iter())
+        .map(|((f, c), h)| match c {
             Some(_) => Guard::Off,
+            // Dropped, never handed over: nothing to check.
+            None if *h => Guard::Off,
             None => Guard::for_type(f.type_oid),
         })
         .collect();
@@ -295,16 +335,20 @@ pub fn map_fields(fields: &[Field], snapshot: &CatalogSnapshot) -> FieldMap {
         guard,
         unknown,
         tainted,
+        hidden,
     }
 }
 
-/// Appends the RowDescription the client sees: protected columns with their logical types.
+/// Appends the RowDescription the client sees: protected columns with their logical types,
+/// hidden columns left out.
 pub fn write_client_row_description(out: &mut BytesMut, fields: &[Field], plan: &RowPlan) {
     let fields: Vec<Field> = fields
         .iter()
         .zip(plan.cols.iter())
         .zip(plan.formats.iter())
-        .map(|((f, c), format)| match c {
+        .enumerate()
+        .filter(|(i, _)| !plan.is_hidden(*i))
+        .map(|(_, ((f, c), format))| match c {
             Some(c) => Field {
                 type_oid: c.ty.oid(),
                 typlen: cells::typlen(c.ty),
@@ -403,6 +447,10 @@ pub fn decrypt_data_row(
     let mut spans: Vec<Option<(usize, usize)>> = Vec::with_capacity(values.len());
     let mut crypto: Vec<(usize, Arc<ColumnCrypto>)> = Vec::new();
     for (i, (v, c)) in values.iter().zip(plan.cols.iter()).enumerate() {
+        if plan.is_hidden(i) {
+            spans.push(None);
+            continue;
+        }
         let (Some(v), Some(col)) = (v, c) else {
             if let (Some(v), Some(Guard::Bytea | Guard::Embedded | Guard::Text)) =
                 (v, plan.guard.get(i))
@@ -439,9 +487,13 @@ pub fn decrypt_data_row(
         }
         spans.push(Some((start, scratch.len())));
     }
+    let shown = (0..values.len()).filter(|i| !plan.is_hidden(*i)).count();
     put_message(out, b'D', |b| {
-        b.put_i16(i16::try_from(values.len()).unwrap_or(i16::MAX));
-        for (v, span) in values.iter().zip(spans.iter()) {
+        b.put_i16(i16::try_from(shown).unwrap_or(i16::MAX));
+        for (i, (v, span)) in values.iter().zip(spans.iter()).enumerate() {
+            if plan.is_hidden(i) {
+                continue;
+            }
             match span {
                 Some((s, e)) => wire::put_value(b, scratch.get(*s..*e)),
                 None => wire::put_value(b, *v),

@@ -77,6 +77,34 @@ impl ProtectedSchema {
             .insert(column.id.column().to_owned(), column);
     }
 
+    /// Removes a column (a column an online migration serves as plaintext for now); the table
+    /// goes when it has no protected column left, and with it its name from the pre-check's
+    /// names (unless another protected, descendant or tainted relation has it).
+    pub fn remove_column(&mut self, id: &ColumnId) {
+        let Some(tables) = self.tables.get_mut(id.schema()) else {
+            return;
+        };
+        if let Some(cols) = tables.get_mut(id.table()) {
+            cols.remove(id.column());
+            if cols.is_empty() {
+                tables.remove(id.table());
+            }
+        }
+        if tables.is_empty() {
+            self.tables.remove(id.schema());
+        }
+        let lower = id.table().to_lowercase();
+        let still_named = self
+            .tables
+            .values()
+            .flat_map(|t| t.keys())
+            .chain(self.tainted.keys().map(|(_, n)| n))
+            .any(|n| n.to_lowercase() == lower);
+        if !still_named {
+            self.lower_table_names.remove(&lower);
+        }
+    }
+
     /// Makes `(schema, child)` stand for the configured table `(root_schema, root)`: statements
     /// naming the child are analysed with the root's protected columns (and their column
     /// identities, so values are sealed and indexed exactly as through the root). Does nothing

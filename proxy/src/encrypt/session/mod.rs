@@ -134,6 +134,8 @@ struct Stmt {
     keys: Option<KeyVersions>,
     /// The session's name-resolution epoch the statement was analysed at.
     path_epoch: u64,
+    /// The catalog generation the statement was analysed at (or last found to plan the same).
+    catalog: u64,
     /// The client's Parse message (its SQL is analysed again when the epoch has changed).
     parse: Bytes,
 }
@@ -874,6 +876,7 @@ impl EncryptSession {
                 effects,
                 keys,
                 path_epoch: self.path_epoch,
+                catalog: self.shared.catalog.snapshot().generation(),
                 // A copy: a slice of the read buffer would keep all of it alive.
                 parse: Bytes::copy_from_slice(frame.raw()),
             },
@@ -1207,7 +1210,8 @@ impl EncryptSession {
             return Err((crate::rewrite::refusal::FEATURE_NOT_SUPPORTED, why));
         }
         let formats = fields.iter().map(|f| f.format).collect();
-        Ok((RowPlan::guarded(map.cols, map.guard, formats), generation))
+        let plan = RowPlan::guarded(map.cols, map.guard, formats).with_hidden(map.hidden);
+        Ok((plan, generation))
     }
 
     /// The result plan of a RowDescription and the RowDescription the client gets (None: the
@@ -1237,7 +1241,7 @@ impl EncryptSession {
             })?;
         }
         let plan = Arc::new(plan);
-        let client = plan.any().then(|| {
+        let client = plan.rewrites().then(|| {
             let mut b = BytesMut::new();
             rows::write_client_row_description(&mut b, &fields, &plan);
             b.freeze()
@@ -1466,7 +1470,7 @@ impl EncryptSession {
             out.to_client.extend_from_slice(frame.raw());
             return;
         };
-        if !plan.any() {
+        if !plan.rewrites() {
             match rows::check_data_row(&self.shared.schema, &*self.shared.keys, &plan, frame.body())
             {
                 Ok(()) => out.to_client.extend_from_slice(frame.raw()),

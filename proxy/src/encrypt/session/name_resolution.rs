@@ -128,34 +128,59 @@ impl EncryptSession {
 
     /// The refusal of a Bind of statement `name` when the statement was analysed under another
     /// name resolution than the one it will run under (PostgreSQL analyses a prepared statement
-    /// again after a search_path change) and that changes its plan. A statement whose plan is
-    /// unchanged is marked as checked at the current epoch.
+    /// again after a search_path change), or under another catalog (an online migration's
+    /// cut-over turned a column it uses from plaintext to cells or back), and that changes its
+    /// plan. A statement whose plan is unchanged is marked as checked at the current epoch and
+    /// catalog generation.
     pub(super) fn analysed_under_other_resolution(&mut self, name: &str) -> Option<Refused> {
         let unsettled = self.resolution_unsettled();
         let epoch = self.path_epoch;
+        let generation = self.shared.catalog.snapshot().generation();
         let stmt = self.statements.get(name)?;
-        if stmt.path_epoch == epoch && !unsettled {
+        if stmt.path_epoch == epoch && stmt.catalog == generation && !unsettled {
             return None;
         }
+        let path_changed = stmt.path_epoch != epoch;
         let parse = stmt.parse.clone();
         let old = stmt.outcome.clone();
         let sql = ParseMsg::parse(parse.get(5..).unwrap_or_default())
             .map(|m| m.query)
             .unwrap_or_default();
         if !self.names_protected(sql) {
+            self.mark_checked(name, epoch, generation);
             return None;
         }
-        if unsettled || self.plan(sql).result != old.result {
+        let new = self.plan(sql);
+        if unsettled || (path_changed && new.result != old.result) {
             return Some(refused(
                 "pgseal: this prepared statement names a protected table and search_path or \
                  the role changed since it was prepared, which changes what it refers to; \
                  prepare it again",
             ));
         }
+        if new.result != old.result {
+            return Some(match &new.result {
+                // The table is refused now (being cut over): that refusal.
+                Err(r) => (r.sqlstate, r.message.clone()),
+                // PostgreSQL's own words for a prepared statement whose table changed under it
+                // (drivers such as pgjdbc prepare again on it).
+                Ok(_) => refused(
+                    "cached plan must not change result type (pgseal: a column this prepared \
+                     statement uses was migrated between plaintext and encrypted since it was \
+                     prepared; prepare it again)",
+                ),
+            });
+        }
+        self.mark_checked(name, epoch, generation);
+        None
+    }
+
+    /// Records that statement `name` plans the same at `epoch` and catalog `generation`.
+    fn mark_checked(&mut self, name: &str, epoch: u64, generation: u64) {
         if let Some(s) = self.statements.get_mut(name) {
             s.path_epoch = epoch;
+            s.catalog = generation;
         }
-        None
     }
 
     /// The search_path statements are analysed with from now on.

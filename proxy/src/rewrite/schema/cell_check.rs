@@ -75,6 +75,16 @@ impl CellCheck {
         })
     }
 
+    /// The same check on another physical column under another constraint name (an online
+    /// migration's shadow column, whose constraint takes this check's name at the cut-over).
+    pub fn on_column(self, column: &str, name: &str) -> CellCheck {
+        CellCheck {
+            column: column.to_owned(),
+            name: name.to_owned(),
+            ..self
+        }
+    }
+
     /// Whether this is the rotation variant.
     pub fn is_transition(&self) -> bool {
         self.transition
