@@ -372,6 +372,13 @@ fn encrypts_online_through_kills_in_every_phase_with_a_writer_running() {
             state.lines().any(|l| l.trim() == phase),
             "after a kill at {at:?}: phases {state:?}, expected {phase}"
         );
+        if phase == "backfill" {
+            // Mid-migration, check reports the phase and is clean otherwise.
+            let check = env.proxy_command(&["check"]);
+            let out = String::from_utf8_lossy(&check.stdout).to_string();
+            assert!(check.status.success(), "check mid-migration: {out}");
+            assert!(out.contains("phase backfill (served as plaintext"), "{out}");
+        }
         std::thread::sleep(Duration::from_millis(500));
     }
     let last = migrate_ok(&env, &args);

@@ -8,7 +8,9 @@ use pgseal_keyserver::logging;
 use pgseal_keyserver::model::{IndexPhase, IndexRotation};
 use pgseal_proxy::catalog::load::load_snapshot;
 use pgseal_proxy::catalog::verify::{self, Severity};
-use pgseal_proxy::catalog::{dependents, CatalogConnector, CatalogError, UpstreamCatalog};
+use pgseal_proxy::catalog::{
+    dependents, migrations, CatalogConnector, CatalogError, UpstreamCatalog,
+};
 use pgseal_proxy::config::{EncryptionSettings, Resolved};
 use pgseal_proxy::encrypt::EncryptionFactory;
 use pgseal_proxy::keys::{KeySource, KeyserverKeys};
@@ -178,21 +180,35 @@ fn current_thread() -> Result<tokio::runtime::Runtime> {
 /// `check` with `[[columns]]`: every protected column against the upstream catalog; returns
 /// the number of errors.
 fn check_columns(connector: &CatalogConnector, settings: &EncryptionSettings) -> Result<usize> {
-    let (states, notes) = current_thread()?.block_on(async {
+    let (states, notes, migrations) = current_thread()?.block_on(async {
         let mut client = connector.connect().await?;
         let states = verify::inspect(&mut client, &settings.schema).await;
         let notes = dependent_notes(&mut client, &settings.schema).await;
+        let migrations = migration_report(&mut client, settings).await;
         client.close().await;
-        states.map(|s| (s, notes))
+        states.map(|s| (s, notes, migrations))
     })?;
-    let findings = verify::findings(&settings.schema, &states);
+    let migrations = migrations?;
+    for n in &migrations.notes {
+        println!("{n}");
+    }
+    for e in &migrations.errors {
+        println!("{e}");
+    }
+    // Columns served as plaintext during a migration are not expected to be bytea yet.
+    let findings: Vec<_> = verify::findings(&settings.schema, &states)
+        .into_iter()
+        .filter(|f| !migrations.plain.contains(&f.column))
+        .collect();
+    let migration_errors = migrations.errors.len();
     for f in &findings {
         println!("{f}");
     }
-    let mut errors = findings
-        .iter()
-        .filter(|f| f.severity == Severity::Error)
-        .count();
+    let mut errors = migration_errors
+        + findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
+            .count();
     match notes {
         Ok(notes) => {
             for n in &notes {
@@ -211,6 +227,35 @@ fn check_columns(connector: &CatalogConnector, settings: &EncryptionSettings) ->
         );
     }
     Ok(errors)
+}
+
+/// What `check` says of online column migrations (docs/migration.md).
+async fn migration_report(
+    client: &mut SimpleClient,
+    settings: &EncryptionSettings,
+) -> Result<migrations::CheckReport, CatalogError> {
+    let exists = client
+        .query("SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'pgseal' AND c.relname = 'migrations'")
+        .await
+        .map_err(|e| CatalogError(e.to_string()))?
+        .first()
+        .is_some_and(|r| !r.is_empty());
+    let observed = if exists {
+        let rows = client
+            .query(&migrations::query_sql())
+            .await
+            .map_err(|e| CatalogError(e.to_string()))?;
+        rows.first()
+            .map(migrations::observed_from)
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    Ok(migrations::check_report(
+        &settings.schema,
+        &settings.migrations,
+        &observed,
+    ))
 }
 
 /// Partitions and children of the protected tables, views over them and functions naming them
@@ -377,6 +422,20 @@ fn reencrypt(resolved: &Resolved) -> Result<()> {
     let Some(settings) = &resolved.encryption else {
         bail!("no [[columns]] configured: nothing to re-encrypt");
     };
+    // Columns an online migration is taking to cells (or back) are left to `migrate`: their
+    // values may still be plaintext upstream.
+    let mut settings = settings.clone();
+    if !settings.migrations.is_empty() {
+        let mut schema = (*settings.schema).clone();
+        for (id, d) in &settings.migrations {
+            println!(
+                "{id}: skipped: configured with migration = \"{d}\" (remove the setting once `pgseal-proxy migrate` is done)"
+            );
+            schema.remove_column(id);
+        }
+        settings.schema = Arc::new(schema);
+    }
+    let settings = &settings;
     let keys = KeyserverKeys::start(&settings.keyserver, &settings.schema)
         .with_context(|| format!("keyserver {}", settings.keyserver.url))?;
     let rotations: Vec<_> = keys

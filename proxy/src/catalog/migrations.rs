@@ -272,6 +272,61 @@ pub fn overrides(
     out
 }
 
+/// What `pgseal-proxy check` says of online migrations: the columns served as plaintext for now
+/// (their catalog findings do not apply), one note per migration, and errors (a table the
+/// proxies refuse because of a migration's state).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    /// Columns served as plaintext.
+    pub plain: Vec<ColumnId>,
+    /// `note: …` lines.
+    pub notes: Vec<String>,
+    /// `error: …` lines.
+    pub errors: Vec<String>,
+}
+
+/// The check report from the configuration and the observed state rows.
+pub fn check_report(schema: &ProtectedSchema, flags: &Flags, observed: &[Observed]) -> CheckReport {
+    let o = overrides(schema, flags, observed, &mut HashSet::new());
+    let mut report = CheckReport {
+        plain: o.plain.clone(),
+        ..CheckReport::default()
+    };
+    for (id, d) in flags {
+        let row = observed.iter().map(|x| &x.row).find(|r| {
+            (r.schema.as_str(), r.table.as_str(), r.column.as_str())
+                == (id.schema(), id.table(), id.column())
+        });
+        let served = if o.plain.contains(id) {
+            "served as plaintext"
+        } else {
+            "served encrypted"
+        };
+        report.notes.push(match row {
+            Some(r) => format!(
+                "note: {id}: migration = \"{d}\": the migration upstream is to {} in phase {} ({served}; `pgseal-proxy migrate` goes on from there)",
+                r.direction, r.phase
+            ),
+            None => format!(
+                "note: {id}: migration = \"{d}\": not started ({served}; run `pgseal-proxy migrate`)"
+            ),
+        });
+        if row.is_some_and(|r| r.direction == *d && r.phase == Phase::Done) {
+            report.notes.push(format!(
+                "note: {id}: the migration is done; remove migration = \"{d}\" from its [[columns]] entry{} at the next restart",
+                if *d == Direction::Decrypt { " (and the entry itself)" } else { "" }
+            ));
+        }
+    }
+    for r in &o.refused {
+        report.errors.push(format!(
+            "error: {}.{}: statements on this table are refused: it is {}",
+            r.schema, r.table, r.why
+        ));
+    }
+    report
+}
+
 /// The copy of `snapshot` used when it is too old while migrations are configured: every table
 /// with a migrating column is refused until a fresh load.
 pub fn degraded(
@@ -447,6 +502,51 @@ mod tests {
         // Or the row is gone.
         let o = overrides(&schema, &flags, &[], &mut served);
         assert!(o.plain.is_empty());
+    }
+
+    #[test]
+    fn check_reports_the_phase_and_what_is_refused() {
+        let schema = ProtectedSchema::from_columns([col()]);
+        let mut flags = Flags::new();
+        flags.insert(col().id, Direction::Encrypt);
+        let r = check_report(
+            &schema,
+            &flags,
+            &[observed(Direction::Encrypt, Phase::Backfill)],
+        );
+        assert_eq!(r.plain, vec![col().id]);
+        assert!(
+            r.notes[0].contains("phase backfill (served as plaintext"),
+            "{:?}",
+            r.notes
+        );
+        assert!(r.errors.is_empty());
+        let r = check_report(
+            &schema,
+            &flags,
+            &[observed(Direction::Encrypt, Phase::Cutting)],
+        );
+        assert_eq!(r.errors.len(), 1);
+        let r = check_report(
+            &schema,
+            &flags,
+            &[observed(Direction::Encrypt, Phase::Done)],
+        );
+        assert!(r.plain.is_empty());
+        assert!(
+            r.notes.iter().any(|n| n.contains("remove migration")),
+            "{:?}",
+            r.notes
+        );
+        let r = check_report(&schema, &flags, &[]);
+        assert!(r.notes[0].contains("not started"));
+        // A migration upstream the configuration does not know: an error.
+        let r = check_report(
+            &schema,
+            &Flags::new(),
+            &[observed(Direction::Encrypt, Phase::Backfill)],
+        );
+        assert_eq!(r.errors.len(), 1);
     }
 
     #[test]

@@ -341,7 +341,7 @@ pub fn findings(schema: &ProtectedSchema, states: &[ColumnState]) -> Vec<Finding
                 &c.id,
                 Severity::Error,
                 format!(
-                    "type is {ty}, must be bytea (it stores ciphertext); fix (discards existing values): {} -- or run pgseal-proxy schema",
+                    "type is {ty}, must be bytea (it stores ciphertext): its values are still plaintext upstream; encrypt them online with `pgseal-proxy migrate` (set migration = \"encrypt\" in its [[columns]] entry; docs/migration.md), or, discarding them: {} -- or run pgseal-proxy schema",
                     ddl_lines(c, any_statement).join(" ")
                 ),
             ));
