@@ -52,8 +52,8 @@ const USAGE: &str = "usage: pgseal-proxy <serve|check|schema|reencrypt|migrate> 
           cell: blind index if any, format version 1, minimum length; see docs/format.md).\n\
           When the upstream is reachable, only what is still missing (comments say why each\n\
           column is or is not included); otherwise the DDL for every configured column.\n\
-          Converting a column discards its existing values (USING NULL): re-write them through\n\
-          the proxy.\n\
+          Converting a column discards its existing values (USING NULL): for columns that\n\
+          hold data use `migrate` instead.\n\
           --index-rotation [--keyring NAME]…: instead, the DDL to run before a blind-index key\n\
           rotation (`pgseal-keyserver keyring rotate-index`): the stored-cell constraints that\n\
           also accept two-tag cells, and a second UNIQUE index (pgseal_next_*) per unique\n\
