@@ -557,4 +557,57 @@ mod tests {
         let moved = RowPlan::new(vec![protected(), None, None], vec![0, 1, 0]);
         assert!(moved.for_client_formats(&[0, 0, 0]).is_none());
     }
+
+    #[test]
+    fn hidden_columns_are_dropped_from_the_description_and_every_row() {
+        use crate::keys::StaticKeys;
+        use std::collections::HashMap;
+        let field = |name: &str, attnum: i16| Field {
+            name: name.into(),
+            table_oid: 100,
+            attnum,
+            type_oid: 25,
+            typlen: -1,
+            typmod: -1,
+            format: 0,
+        };
+        let fields = vec![
+            field("id", 1),
+            field("pgseal_shadow_2", 5),
+            field("email", 2),
+        ];
+        let plan = RowPlan::new(vec![None, None, None], vec![0, 0, 0])
+            .with_hidden(vec![false, true, false]);
+        assert!(plan.rewrites() && plan.inspect() && !plan.any());
+        let mut desc = BytesMut::new();
+        write_client_row_description(&mut desc, &fields, &plan);
+        let shown = wire::parse_row_description(desc.get(5..).unwrap()).unwrap();
+        let names: Vec<&str> = shown.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["id", "email"]);
+        // A DataRow of three values becomes one of two.
+        let mut body = BytesMut::new();
+        body.put_i16(3);
+        for v in [Some(&b"7"[..]), Some(&b"\\x0102"[..]), None] {
+            wire::put_value(&mut body, v);
+        }
+        let schema = ProtectedSchema::new();
+        let keys = StaticKeys::new(&schema, &HashMap::new()).unwrap();
+        let mut out = BytesMut::new();
+        decrypt_data_row(
+            &schema,
+            &keys,
+            &mut KeyCache::default(),
+            &plan,
+            &body,
+            &mut out,
+            &pgseal_crypto::value::datetime::Utc,
+        )
+        .unwrap();
+        let values = wire::parse_data_row(out.get(5..).unwrap()).unwrap();
+        assert_eq!(values, vec![Some(&b"7"[..]), None]);
+        // Without hidden columns nothing changes.
+        assert!(!RowPlan::new(vec![None], vec![0])
+            .with_hidden(vec![false])
+            .rewrites());
+    }
 }
