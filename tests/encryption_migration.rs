@@ -29,6 +29,18 @@ fn create_table(env: &EncEnv, table: &str, sql: &str) {
 /// Runs `pgseal-proxy migrate ARGS`; with `kill_at`, kills it (SIGKILL) as soon as a line of its
 /// output contains that text. Returns (output lines, exit code; None when killed).
 fn migrate(env: &EncEnv, args: &[&str], kill_at: Option<&str>) -> (Vec<String>, Option<i32>) {
+    migrate_signalled(env, args, kill_at.map(|k| (k, "KILL")))
+}
+
+/// [`migrate`], sending `signal` (`KILL`, `INT`) when a line contains the text; the exit code is
+/// None after a KILL.
+fn migrate_signalled(
+    env: &EncEnv,
+    args: &[&str],
+    at: Option<(&str, &str)>,
+) -> (Vec<String>, Option<i32>) {
+    let kill_at = at.map(|(k, _)| k);
+    let signal = at.map(|(_, s)| s).unwrap_or("KILL");
     let mut child = Command::new(cargo_bin("pgseal-proxy", "PGSEAL_PROXY_BIN"))
         .arg("migrate")
         .args(args)
@@ -52,10 +64,18 @@ fn migrate(env: &EncEnv, args: &[&str], kill_at: Option<&str>) -> (Vec<String>, 
     for line in BufReader::new(stdout).lines().map_while(Result::ok) {
         let hit = kill_at.is_some_and(|k| line.contains(k));
         lines.push(line);
-        if hit {
+        if hit && signal == "KILL" {
             child.kill().unwrap();
             killed = true;
             break;
+        }
+        if hit {
+            let ok = Command::new("kill")
+                .args([&format!("-{signal}"), &child.id().to_string()])
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "kill -{signal}");
         }
     }
     let status = child.wait().unwrap();
@@ -792,5 +812,75 @@ fn an_index_group_is_cut_over_together_and_its_join_stays_exact() {
         pairs(&env),
         before,
         "the join finds the same rows through the blind indexes"
+    );
+}
+
+/// Ctrl-C stops after the current batch (exit status 130, state kept), a later run resumes;
+/// `--abort` before the cut-over removes every trace and the column is served as before.
+#[test]
+fn ctrl_c_stops_after_a_batch_and_abort_undoes_the_migration() {
+    let env = EncEnv::start(&[ColumnSpec::new("public.notes.body", "text", KR)
+        .indexed()
+        .migrating("encrypt")]);
+    create_table(&env, "notes", "CREATE TABLE notes (id int, body text)");
+    env.direct("INSERT INTO notes SELECT g, 'body ' || g FROM generate_series(1, 4000) g");
+    let (lines, code) = migrate_signalled(
+        &env,
+        &["--rate", "2000", "--batch", "200"],
+        Some(("pass=backfill batch=2 ", "INT")),
+    );
+    assert_eq!(code, Some(130), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("(interrupted)")),
+        "{lines:?}"
+    );
+    assert_eq!(
+        env.direct("SELECT phase FROM pgseal.migrations").trim(),
+        "backfill"
+    );
+    let filled: u64 = env
+        .direct("SELECT count(*) FROM notes WHERE pgseal_shadow_2 IS NOT NULL")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(filled > 0 && filled < 4000, "stopped part-way: {filled}");
+    // Served as plaintext meanwhile, without the shadow.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let look = |env: &EncEnv| {
+        rt.block_on(async {
+            let c = env.client().await;
+            let rows = c
+                .query("SELECT * FROM notes WHERE body = 'body 17'", &[])
+                .await
+                .unwrap();
+            (rows.len(), rows.first().map(|r| r.columns().len()))
+        })
+    };
+    assert_eq!(look(&env), (1, Some(2)));
+    // Resume to the end of the backfill, then abort.
+    migrate_ok(&env, &["--rate", "0", "--stop-after", "backfill"]);
+    let out = migrate_ok(&env, &["--abort"]);
+    assert!(out.iter().any(|l| l.contains("aborted")), "{out:?}");
+    assert_eq!(
+        env.direct("SELECT count(*) FROM pgseal.migrations").trim(),
+        "0"
+    );
+    assert_eq!(
+        env.direct("SELECT count(*) FROM pg_attribute WHERE attrelid = 'notes'::regclass AND attname LIKE 'pgseal%' AND NOT attisdropped").trim(),
+        "0"
+    );
+    assert_eq!(
+        env.direct("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'notes'::regclass")
+            .trim(),
+        "0"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(look(&env), (1, Some(2)));
+    // And it can start again from scratch.
+    migrate_ok(&env, &["--rate", "0"]);
+    assert_eq!(look(&env), (1, Some(2)));
+    assert_eq!(
+        env.direct("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'notes'::regclass AND attname = 'body'").trim(),
+        "bytea"
     );
 }
