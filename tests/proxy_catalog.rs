@@ -204,7 +204,7 @@ fn snapshot_has_oids_and_attnums_and_refresh_sees_ddl() {
     // The catalog connection is killed: the next refresh reconnects.
     let killed = env.pg.psql(
         &db,
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'pgseal-catalog'",
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'pgseal-catalog' AND datname = current_database()",
     );
     assert_eq!(killed, "1");
     env.pg.psql(&db, "DROP TABLE public.visits");
