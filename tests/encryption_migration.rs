@@ -388,8 +388,11 @@ fn encrypts_online_through_kills_in_every_phase_with_a_writer_running() {
             lines.join("\n")
         );
         let state = env.direct("SELECT DISTINCT phase FROM pgseal.migrations");
+        // The last kill races with the cleanup, which takes milliseconds: `done` is fine too.
         assert!(
-            state.lines().any(|l| l.trim() == phase),
+            state
+                .lines()
+                .any(|l| l.trim() == phase || (phase == "cutover" && l.trim() == "done")),
             "after a kill at {at:?}: phases {state:?}, expected {phase}"
         );
         if phase == "backfill" {

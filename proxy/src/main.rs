@@ -251,10 +251,14 @@ async fn migration_report(
     } else {
         Vec::new()
     };
+    let cells = migrations::cell_form(client, &settings.migrations).await?;
+    let snapshot = load_snapshot(client, &settings.schema, 1).await?;
     Ok(migrations::check_report(
         &settings.schema,
         &settings.migrations,
         &observed,
+        &cells,
+        |id| snapshot.oid_of(id.schema(), id.table()),
     ))
 }
 

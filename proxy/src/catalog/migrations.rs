@@ -33,7 +33,7 @@ use pgseal_crypto::ColumnId;
 use super::{CatalogError, CatalogSnapshot};
 use crate::migrate::state::{self, Direction, MigrationRow, Phase};
 use crate::rewrite::{ProtectedColumn, ProtectedSchema};
-use crate::upstream::simple_query::{Rows, SimpleClient};
+use crate::upstream::simple_query::{quote_literal, Rows, SimpleClient};
 
 /// The configured migrations: column → direction.
 pub type Flags = BTreeMap<ColumnId, Direction>;
@@ -137,6 +137,95 @@ pub async fn observe(
         .await
         .map_err(|e| CatalogError(e.to_string()))?;
     Ok(results.first().map(observed_from).unwrap_or_default())
+}
+
+/// `(schema, table, column)` of the configured migrating columns that hold pgseal cells upstream
+/// now (`bytea` with a stored-cell constraint `pgseal_cell_*` on exactly that column); None
+/// without such columns.
+pub fn cell_form_sql(flags: &Flags) -> Option<String> {
+    if flags.is_empty() {
+        return None;
+    }
+    let values: Vec<String> = flags
+        .keys()
+        .map(|id| {
+            format!(
+                "({}, {}, {})",
+                quote_literal(id.schema()),
+                quote_literal(id.table()),
+                quote_literal(id.column())
+            )
+        })
+        .collect();
+    Some(format!(
+        "SELECT n.nspname, c.relname, a.attname FROM pg_catalog.pg_attribute a \
+         JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE (n.nspname::text, c.relname::text, a.attname::text) IN (VALUES {}) \
+           AND a.attnum > 0 AND NOT a.attisdropped AND a.atttypid = 'pg_catalog.bytea'::pg_catalog.regtype \
+           AND EXISTS (SELECT 1 FROM pg_catalog.pg_constraint con WHERE con.conrelid = c.oid \
+             AND con.contype = 'c' AND con.conkey = ARRAY[a.attnum] AND con.conname LIKE 'pgseal\\_cell\\_%')",
+        values.join(", ")
+    ))
+}
+
+/// The configured migrating columns that hold pgseal cells upstream now (see
+/// [`cell_form_sql`]): never served as plaintext, whatever the state table says.
+pub async fn cell_form(
+    client: &mut SimpleClient,
+    flags: &Flags,
+) -> Result<HashSet<ColumnId>, CatalogError> {
+    let Some(sql) = cell_form_sql(flags) else {
+        return Ok(HashSet::new());
+    };
+    let results = client
+        .query(&sql)
+        .await
+        .map_err(|e| CatalogError(e.to_string()))?;
+    Ok(results
+        .first()
+        .map(|rows| {
+            rows.iter()
+                .filter_map(|r| {
+                    let f = |i: usize| r.get(i).and_then(|v| v.as_deref());
+                    ColumnId::new(f(0)?, f(1)?, f(2)?).ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// A column the overrides would serve as plaintext but that holds pgseal cells upstream (the
+/// state row deleted or rewound by the host, say) is not served as plaintext: its table is
+/// refused (by `oid_of` its table; when the OID is unknown the column stays in the analysed
+/// schema, i.e. encrypted).
+pub fn guard_cells(
+    o: &mut Overrides,
+    cell_form: &HashSet<ColumnId>,
+    oid_of: impl Fn(&ColumnId) -> Option<u32>,
+) {
+    let held: Vec<ColumnId> = o
+        .plain
+        .iter()
+        .filter(|id| cell_form.contains(*id))
+        .cloned()
+        .collect();
+    for id in held {
+        o.plain.retain(|p| *p != id);
+        if let Some(oid) = oid_of(&id) {
+            if !o.refused.iter().any(|r| r.oid == oid) {
+                o.refused.push(Refused {
+                    oid,
+                    schema: id.schema().to_owned(),
+                    table: id.table().to_owned(),
+                    why: format!(
+                        "holding pgseal cells in column {} (bytea with its stored-cell constraint) while the migration's state upstream says it is plaintext",
+                        id.column()
+                    ),
+                });
+            }
+        }
+    }
 }
 
 /// How a column is served.
@@ -286,8 +375,15 @@ pub struct CheckReport {
 }
 
 /// The check report from the configuration and the observed state rows.
-pub fn check_report(schema: &ProtectedSchema, flags: &Flags, observed: &[Observed]) -> CheckReport {
-    let o = overrides(schema, flags, observed, &mut HashSet::new());
+pub fn check_report(
+    schema: &ProtectedSchema,
+    flags: &Flags,
+    observed: &[Observed],
+    cell_form: &HashSet<ColumnId>,
+    oid_of: impl Fn(&ColumnId) -> Option<u32>,
+) -> CheckReport {
+    let mut o = overrides(schema, flags, observed, &mut HashSet::new());
+    guard_cells(&mut o, cell_form, oid_of);
     let mut report = CheckReport {
         plain: o.plain.clone(),
         ..CheckReport::default()
@@ -505,6 +601,23 @@ mod tests {
     }
 
     #[test]
+    fn a_column_holding_cells_is_never_served_as_plaintext() {
+        let schema = ProtectedSchema::from_columns([col()]);
+        let mut flags = Flags::new();
+        flags.insert(col().id, Direction::Encrypt);
+        let cells: HashSet<ColumnId> = [col().id].into_iter().collect();
+        // The state row was deleted (or rewound) but the column is bytea with its constraint.
+        for obs in [vec![], vec![observed(Direction::Encrypt, Phase::Backfill)]] {
+            let mut o = overrides(&schema, &flags, &obs, &mut HashSet::new());
+            assert_eq!(o.plain, vec![col().id]);
+            guard_cells(&mut o, &cells, |_| Some(100));
+            assert!(o.plain.is_empty());
+            assert_eq!(o.refused.len(), 1);
+            assert!(o.refused[0].why.contains("holding pgseal cells"));
+        }
+    }
+
+    #[test]
     fn check_reports_the_phase_and_what_is_refused() {
         let schema = ProtectedSchema::from_columns([col()]);
         let mut flags = Flags::new();
@@ -513,6 +626,8 @@ mod tests {
             &schema,
             &flags,
             &[observed(Direction::Encrypt, Phase::Backfill)],
+            &HashSet::new(),
+            |_| Some(100),
         );
         assert_eq!(r.plain, vec![col().id]);
         assert!(
@@ -525,12 +640,16 @@ mod tests {
             &schema,
             &flags,
             &[observed(Direction::Encrypt, Phase::Cutting)],
+            &HashSet::new(),
+            |_| Some(100),
         );
         assert_eq!(r.errors.len(), 1);
         let r = check_report(
             &schema,
             &flags,
             &[observed(Direction::Encrypt, Phase::Done)],
+            &HashSet::new(),
+            |_| Some(100),
         );
         assert!(r.plain.is_empty());
         assert!(
@@ -538,13 +657,15 @@ mod tests {
             "{:?}",
             r.notes
         );
-        let r = check_report(&schema, &flags, &[]);
+        let r = check_report(&schema, &flags, &[], &HashSet::new(), |_| Some(100));
         assert!(r.notes[0].contains("not started"));
         // A migration upstream the configuration does not know: an error.
         let r = check_report(
             &schema,
             &Flags::new(),
             &[observed(Direction::Encrypt, Phase::Backfill)],
+            &HashSet::new(),
+            |_| Some(100),
         );
         assert_eq!(r.errors.len(), 1);
     }

@@ -311,6 +311,14 @@ impl CatalogSnapshot {
         self
     }
 
+    /// The OID of the known table `schema.table`.
+    pub fn oid_of(&self, schema: &str, table: &str) -> Option<u32> {
+        self.by_oid
+            .iter()
+            .find(|(_, t)| t.schema == schema && t.table == table)
+            .map(|(oid, _)| *oid)
+    }
+
     /// Whether the result column `name` from `(table_oid, attnum)` is hidden from results (an
     /// online migration's shadow or old column, by attnum or, for a column added since the
     /// last load, by its name).

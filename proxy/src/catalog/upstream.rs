@@ -173,8 +173,11 @@ impl Loader {
                     return Ok((snap, memory));
                 }
                 let observed = migrations::observe(&mut client, &snap).await?;
+                let cells = migrations::cell_form(&mut client, &self.flags).await?;
                 let mut served = self.served_encrypted.clone();
-                let o = migrations::overrides(&self.schema, &self.flags, &observed, &mut served);
+                let mut o =
+                    migrations::overrides(&self.schema, &self.flags, &observed, &mut served);
+                migrations::guard_cells(&mut o, &cells, |id| snap.oid_of(id.schema(), id.table()));
                 self.served_encrypted = served;
                 Ok((snap.with_migrations(&self.schema, &o), memory))
             })

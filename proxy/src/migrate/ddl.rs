@@ -102,12 +102,14 @@ impl ColumnPlan {
         )
     }
 
-    /// The change trigger (`CREATE OR REPLACE`): before every UPDATE that changes the source
-    /// value. An INSERT writes no shadow (NULL: to fill).
+    /// The change trigger (`CREATE OR REPLACE`): before every UPDATE that assigns the source
+    /// column, whatever the value (no `WHEN (NEW.c IS DISTINCT FROM OLD.c)`: values that
+    /// compare equal can differ — `1.5`/`1.50`, `0`/`-0`, a case-insensitive collation — and
+    /// the shadow must be the new one's form). An INSERT writes no shadow (NULL: to fill).
     pub fn trigger_sql(&self) -> String {
         format!(
             "CREATE OR REPLACE TRIGGER {trg} BEFORE UPDATE OF {c} ON {t} FOR EACH ROW \
-             WHEN (NEW.{c} IS DISTINCT FROM OLD.{c}) EXECUTE FUNCTION {f}()",
+             EXECUTE FUNCTION {f}()",
             trg = quote_ident(&self.names.trigger),
             c = self.column(),
             t = self.table(),
@@ -271,9 +273,10 @@ mod tests {
             "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS \"pgseal_shadow_ix_16400_3\" ON \"app\".\"pat\"\"ients\" (substring(\"pgseal_shadow_3\" from 1 for 16))"
         );
         assert!(p.trigger_sql().contains("BEFORE UPDATE OF \"e mail\""));
-        assert!(p
-            .trigger_sql()
-            .contains("WHEN (NEW.\"e mail\" IS DISTINCT FROM OLD.\"e mail\")"));
+        assert!(
+            !p.trigger_sql().contains("WHEN"),
+            "every assignment clears the shadow"
+        );
         assert!(p.function_sql().contains("NEW.\"pgseal_shadow_3\" := NULL"));
         assert_eq!(
             p.pending_sql(),

@@ -23,6 +23,7 @@ pub mod ddl;
 pub mod fill;
 pub mod preflight;
 pub mod progress;
+pub mod quiesce;
 pub mod state;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -91,6 +92,9 @@ pub enum MigrateError {
         /// How many.
         mismatched: u64,
     },
+    /// A cut-over attempt found sessions that could carry the old form across it.
+    #[error("sessions that started before the cut-over are still at work ({0})")]
+    Busy(String),
     /// The upstream answered something unexpected.
     #[error("unexpected answer from the upstream: {0}")]
     Answer(&'static str),
@@ -150,6 +154,10 @@ const CUTOVER_LOCK_TIMEOUT: &str = "5s";
 const SWEEP_ENOUGH: u64 = 50;
 /// Sweeps per table at most.
 const MAX_SWEEPS: u32 = 200;
+/// How long the cut-over waits for sessions that started before it.
+const QUIET_LIMIT: Duration = Duration::from_secs(300);
+/// How often that wait says what it waits for.
+const QUIET_REPORT: Duration = Duration::from_secs(5);
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -654,7 +662,10 @@ impl<'a> Migrator<'a> {
         Ok(Some(total))
     }
 
-    /// The cut-over of every verified column, in one transaction.
+    /// The cut-over of every verified column, in one transaction: wait until no session could
+    /// carry the old form across it ([`quiesce`]), announce it, wait until every proxy refuses
+    /// the tables, then swap under the lock; an attempt that finds a late session or a busy
+    /// table goes back to `verified` (the tables are served again) and tries again.
     async fn cutover(&mut self, columns: &mut [Column]) -> Result<(), MigrateError> {
         let idx: Vec<usize> = (0..columns.len())
             .filter(|i| {
@@ -663,27 +674,30 @@ impl<'a> Migrator<'a> {
                     .is_some_and(|c| matches!(c.row.phase, Phase::Verified | Phase::Cutting))
             })
             .collect();
-        for i in &idx {
-            if let Some(c) = columns.get_mut(*i) {
-                self.set_phase(c, Phase::Cutting, None).await?;
-            }
-        }
-        self.progress.note(&format!(
-            "migrate: cut-over announced; waiting {} ms so that every proxy refuses the tables meanwhile",
-            state::ANNOUNCE_WAIT.as_millis()
-        ));
-        tokio::time::sleep(state::ANNOUNCE_WAIT).await;
         let mut tables: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        let mut oids: Vec<u32> = Vec::new();
         for i in &idx {
             if let Some(c) = columns.get(*i) {
                 tables.entry(c.plan.table()).or_default().push(*i);
+                if !oids.contains(&c.plan.table_oid) {
+                    oids.push(c.plan.table_oid);
+                }
             }
         }
         let mut attempt = 0u32;
         loop {
             attempt += 1;
+            // A run resumed in `cutting`: serve the tables while waiting.
+            self.set_phases(columns, &idx, Phase::Verified).await?;
+            self.wait_for_quiet(&oids).await?;
+            self.set_phases(columns, &idx, Phase::Cutting).await?;
+            self.progress.note(&format!(
+                "migrate: cut-over announced; waiting {} ms so that every proxy refuses the tables meanwhile",
+                state::ANNOUNCE_WAIT.as_millis()
+            ));
+            tokio::time::sleep(state::ANNOUNCE_WAIT).await;
             let started = Instant::now();
-            match self.cutover_once(columns, &tables).await {
+            match self.cutover_once(columns, &tables, &oids).await {
                 Ok(filled) => {
                     for i in &idx {
                         if let Some(c) = columns.get_mut(*i) {
@@ -701,19 +715,22 @@ impl<'a> Migrator<'a> {
                 }
                 Err(e) => {
                     let _ = self.client.query("ROLLBACK").await;
-                    let busy = matches!(&e, MigrateError::Upstream { source: UpstreamError::Query(f), .. } if f.code == "55P03");
+                    // Serve the tables again (also when giving up: until the next run).
+                    self.set_phases(columns, &idx, Phase::Verified).await?;
+                    let busy = match &e {
+                        MigrateError::Upstream {
+                            source: UpstreamError::Query(f),
+                            ..
+                        } => f.code == "55P03",
+                        MigrateError::Busy(_) => true,
+                        _ => false,
+                    };
                     if busy && attempt < CUTOVER_ATTEMPTS {
                         self.progress.note(&format!(
-                            "migrate: cut-over attempt {attempt}: the tables are busy (lock timeout {CUTOVER_LOCK_TIMEOUT}); retrying"
+                            "migrate: cut-over attempt {attempt} given up ({e}); the tables are served again; retrying"
                         ));
                         tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
                         continue;
-                    }
-                    // Serve the tables again until the next run.
-                    for i in &idx {
-                        if let Some(c) = columns.get_mut(*i) {
-                            self.set_phase(c, Phase::Verified, None).await?;
-                        }
                     }
                     return Err(e);
                 }
@@ -721,12 +738,75 @@ impl<'a> Migrator<'a> {
         }
     }
 
-    /// One cut-over transaction up to (not including) its COMMIT; the rows filled under the
-    /// lock.
+    /// Sets the phase of the columns at `idx`.
+    async fn set_phases(
+        &mut self,
+        columns: &mut [Column],
+        idx: &[usize],
+        phase: Phase,
+    ) -> Result<(), MigrateError> {
+        for i in idx {
+            if let Some(c) = columns.get_mut(*i) {
+                if c.row.phase != phase {
+                    self.set_phase(c, phase, None).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits (nothing refused meanwhile) until no other session runs a statement, holds a
+    /// snapshot or holds a lock on the tables since before the wait began.
+    async fn wait_for_quiet(&mut self, oids: &[u32]) -> Result<(), MigrateError> {
+        let since = self
+            .exec("cut-over", "SELECT pg_catalog.statement_timestamp()::text")
+            .await?
+            .first()
+            .and_then(|r| r.first())
+            .and_then(|r| r.first())
+            .cloned()
+            .flatten()
+            .ok_or(MigrateError::Answer("no timestamp"))?;
+        let since = format!(
+            "{}::timestamptz",
+            crate::upstream::simple_query::quote_literal(&since)
+        );
+        let started = Instant::now();
+        let mut said: Option<Instant> = None;
+        loop {
+            let blockers = quiesce::blockers(self.client, oids, &since, true).await?;
+            if blockers.is_empty() {
+                return Ok(());
+            }
+            if started.elapsed() >= QUIET_LIMIT {
+                return Err(MigrateError::Refused(format!(
+                    "the cut-over waited {} s for sessions that started before it ({}); let them finish or end them (pg_cancel_backend / pg_terminate_backend) and run migrate again",
+                    QUIET_LIMIT.as_secs(),
+                    blockers.join("; ")
+                )));
+            }
+            if said.is_none_or(|t| t.elapsed() >= QUIET_REPORT) {
+                self.progress.note(&format!(
+                    "migrate: before the cut-over, waiting for sessions that started earlier: {}",
+                    blockers.join("; ")
+                ));
+                said = Some(Instant::now());
+            }
+            if self.stopped() {
+                return Err(MigrateError::Refused(
+                    "Ctrl-C while waiting for the cut-over; run migrate again".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// One cut-over transaction, COMMIT included; the rows filled under the lock.
     async fn cutover_once(
         &mut self,
         columns: &[Column],
         tables: &BTreeMap<String, Vec<usize>>,
+        oids: &[u32],
     ) -> Result<u64, MigrateError> {
         let names: Vec<&str> = tables.keys().map(String::as_str).collect();
         self.exec(
@@ -737,6 +817,33 @@ impl<'a> Migrator<'a> {
             ),
         )
         .await?;
+        // Work forwarded before every proxy refused the tables (the transaction started at
+        // least ANNOUNCE_WAIT after the announcement, which is more than one second plus the
+        // proxies' snapshot lifetime), and anything queued behind this lock.
+        let late = quiesce::blockers(
+            self.client,
+            oids,
+            "(pg_catalog.now() - interval '1 second')",
+            false,
+        )
+        .await?;
+        if !late.is_empty() {
+            return Err(MigrateError::Busy(late.join("; ")));
+        }
+        // Objects created during the migration that use a column (a view would keep the old
+        // column, and the cleanup could not drop it).
+        for idx in tables.values() {
+            for i in idx {
+                let Some(c) = columns.get(*i) else { continue };
+                let facts = preflight::facts(self.client, &c.plan.col).await?;
+                if let Some(d) = facts.dependents.or(facts.foreign_keys) {
+                    return Err(MigrateError::Refused(format!(
+                        "{}: {d} uses the column now (created during the migration): drop it, run migrate again, and create it again afterwards",
+                        c.plan.col.id
+                    )));
+                }
+            }
+        }
         let mut filled = 0;
         for (table, idx) in tables {
             let plans: Vec<&ColumnPlan> = idx
