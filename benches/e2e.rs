@@ -21,10 +21,19 @@
 //! [`pgseal_proxy::keys::StaticKeys`] (the keyserver is not on the per-statement path: keys are cached)
 //! and its catalog from the upstream like `pgseal-proxy serve`. `--encrypted-only` skips the
 //! pass-through section.
+//!
+//! `--migration` runs only the online-migration benchmark instead (benches/e2e/migration.rs):
+//! `pgseal-proxy migrate` encrypting three columns of a 1,000,000-row table, its backfill rate and
+//! the application's TPS through the proxy before, during and after it, at the default throttle
+//! and unthrottled (`--rows N`, `--secs S`, `--rounds N`, `--rates default,0`, `--batch N`,
+//! `--app-rate N`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+#[path = "e2e/migration.rs"]
+mod migration;
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -73,6 +82,10 @@ fn main() {
         pass_through: !args.iter().any(|a| a == "--encrypted-only"),
         scripts: vec!["lookup".into(), "insert".into(), "insert-check".into()],
     };
+    if args.iter().any(|a| a == "--migration") {
+        migration::run(&migration::MigrationPlan::from_args(short, &opt));
+        return;
+    }
     if let Some(v) = opt("--scripts") {
         plan.scripts = v.split(',').map(str::to_owned).collect();
     }
